@@ -1,0 +1,27 @@
+# Everything runs inside .venv/ at the repository root, installed from constraints.txt.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+export DO_NOT_TRACK := 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+
+.PHONY: venv run test lint clean
+
+.venv/.installed: setup.py constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	touch .venv/.installed
+
+venv: .venv/.installed
+
+run: venv
+	.venv/bin/revenue run
+
+lint: venv
+	.venv/bin/ruff check pipelines transforms tests benchmarks
+
+test: venv lint
+	.venv/bin/python -m pytest -q
+
+clean:
+	rm -rf data/lake data/warehouse data/reports data/quality data/runs dbt_project/target dbt_project/logs

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="revenue-analytics",
+    version="0.1.0",
+    description="Beam + dbt + DuckDB revenue analytics pipeline (MRR, churn, LTV, usage).",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    package_data={"transforms": ["data/*.csv"], "pipelines": ["templates/*"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam",
+        "pyarrow",
+        "duckdb",
+        "dbt-core>=1.11,<1.12",
+        "dbt-duckdb",
+        "great-expectations",
+        "pandas",
+        "click",
+        "rich",
+        "orjson",
+        "iso4217",
+        "plotly",
+        "openpyxl",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
+)

@@ -1,0 +1,150 @@
+"""Lake table schemas (CONTRACT section 3), defined once as pyarrow schemas.
+
+Partition columns are not stored inside the Parquet files; they are the hive
+directory names listed in ``PARTITION_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+MONEY = pa.decimal128(38, 6)  # major unit of the column's currency
+QUANTITY = pa.decimal128(38, 9)  # usage quantities: exact, never float
+
+PAYMENT_EVENT_TYPES = (
+    "customer.created",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.canceled",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "charge.refunded",
+)
+USAGE_EVENT_TYPES = ("usage.recorded",)
+EVENT_TYPES = PAYMENT_EVENT_TYPES + USAGE_EVENT_TYPES
+
+# Provenance columns shared by events/usage: where the row came from and a digest of
+# its canonical payload, used to tell duplicates from conflicts on later runs.
+_PROVENANCE = [
+    pa.field("payload_sha256", pa.string(), nullable=False),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("source_line", pa.int64(), nullable=False),
+]
+
+EVENTS = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("occurred_at", TS, nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("subscription_id", pa.string()),
+        pa.field("plan_id", pa.string()),
+        pa.field("invoice_id", pa.string()),
+        pa.field("currency", pa.string()),  # ISO 4217, upper case
+        pa.field("currency_exponent", pa.int8()),  # minor-unit exponent of currency
+        pa.field("unit_amount", pa.int64()),  # minor units
+        pa.field("quantity", pa.int64()),
+        pa.field("interval", pa.string()),
+        pa.field("interval_count", pa.int64()),
+        pa.field("trial_end", TS),
+        pa.field("effective_at", TS),
+        pa.field("amount", pa.int64()),  # minor units
+        pa.field("tax", pa.int64()),  # minor units
+        pa.field("period_start", TS),
+        pa.field("period_end", TS),
+        pa.field("attempt", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("email_hmac", pa.string()),  # HMAC-SHA256 of the lower-cased email, hex
+        pa.field("name", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("segment", pa.string()),
+        pa.field("attributes", pa.string()),  # JSON object of unknown fields, card numbers redacted
+        *_PROVENANCE,
+    ]
+)
+
+USAGE = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("occurred_at", TS, nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("meter", pa.string(), nullable=False),
+        pa.field("quantity", QUANTITY, nullable=False),
+        pa.field("subscription_id", pa.string()),
+        pa.field("attributes", pa.string()),
+        *_PROVENANCE,
+    ]
+)
+
+DEAD_LETTER = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_line", pa.int64(), nullable=False),  # 1-based; 0 = the file as a whole
+        pa.field("raw", pa.string(), nullable=False),  # redacted; truncated past RAW_LIMIT
+        pa.field("raw_sha256", pa.string(), nullable=False),  # digest of the original bytes
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("event_id", pa.string()),
+    ]
+)
+
+USAGE_BY_METER = pa.list_(pa.struct([("meter", pa.string()), ("quantity", QUANTITY)]))
+MRR_BY_CURRENCY = pa.list_(pa.struct([("currency", pa.string()), ("mrr_minor", pa.int64())]))
+
+CUSTOMER_MONTHS = pa.schema(
+    [
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("reporting_currency", pa.string(), nullable=False),
+        pa.field("mrr", MONEY, nullable=False),  # at the month's last instant (as-of day's end for the as-of month)
+        pa.field("previous_mrr", MONEY, nullable=False),
+        pa.field("mrr_change", MONEY, nullable=False),  # signed
+        pa.field("movement", pa.string(), nullable=False),
+        pa.field("has_paid_before", pa.bool_(), nullable=False),  # some earlier month had mrr > 0
+        pa.field("active_subscriptions", pa.int64(), nullable=False),
+        pa.field("mrr_by_currency", MRR_BY_CURRENCY, nullable=False),  # original currencies, minor units
+        pa.field("revenue_paid", MONEY, nullable=False),  # invoices paid incl. tax, reporting currency
+        pa.field("tax", MONEY, nullable=False),
+        pa.field("refunds", MONEY, nullable=False),
+        pa.field("net_revenue", MONEY, nullable=False),  # revenue_paid - tax - refunds
+        pa.field("invoices_paid", pa.int64(), nullable=False),
+        pa.field("failed_payments", pa.int64(), nullable=False),
+        pa.field("refund_count", pa.int64(), nullable=False),
+        pa.field("usage", USAGE_BY_METER, nullable=False),
+    ]
+)
+
+CUSTOMER_LIFETIME = pa.schema(
+    [
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("reporting_currency", pa.string(), nullable=False),
+        pa.field("first_event_month", pa.date32(), nullable=False),
+        pa.field("first_paid_month", pa.date32()),
+        pa.field("last_paid_month", pa.date32()),
+        pa.field("last_churn_month", pa.date32()),
+        pa.field("months_active", pa.int64(), nullable=False),
+        pa.field("churn_count", pa.int64(), nullable=False),
+        pa.field("current_mrr", MONEY, nullable=False),
+        pa.field("lifetime_revenue", MONEY, nullable=False),  # paid - tax - refunds, reporting currency
+        pa.field("as_of", pa.date32(), nullable=False),
+    ]
+)
+
+LATE_EVENTS = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("occurred_at", TS, nullable=False),
+        pa.field("month", pa.date32(), nullable=False),
+    ]
+)
+
+PARTITION_COLUMNS = {
+    "events": ("event_date", pa.date32()),
+    "usage": ("event_date", pa.date32()),
+    "dead_letter": ("reason", pa.string()),
+    "customer_months": ("month", pa.date32()),
+    "customer_lifetime": ("as_of", pa.date32()),
+}
+
+MOVEMENTS = ("new", "expansion", "contraction", "churn", "reactivation", "unchanged")
