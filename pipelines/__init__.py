@@ -1,0 +1,1 @@
+"""Runnable pipelines, the CLI and run manifests. Logic lives in ``transforms``."""

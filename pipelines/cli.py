@@ -1,0 +1,112 @@
+"""The `revenue` command. Commands parse options and call library functions; nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipelines.errors import RevenueError
+
+log = logging.getLogger("revenue")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INPUT = REPO_ROOT / "data" / "sample" / "events"
+DEFAULT_DATA_DIR = Path("data")
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def _configure_logging(debug: bool) -> None:
+    # Beam logs through the root logger at import time, so force our configuration (STACK.md).
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, force=True,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
+    for noisy in ("apache_beam", "great_expectations", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def error_boundary(func):
+    """Known errors -> one line on stderr and their exit status; tracebacks only with --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = ctx.find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except RevenueError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (OSError, ValueError) as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+BEAM_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="revenue-analytics")
+def main(debug: bool) -> None:
+    """Revenue analytics: ingest payment and usage events, compute MRR, publish a warehouse."""
+    _configure_logging(debug)
+
+
+def data_dir_option(func):
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
+                        show_default=True, help="Where the lake, warehouse, reports and manifests live.")(func)  # fmt: skip
+
+
+@main.command(context_settings=BEAM_ARGS)
+@click.option("--input", "input_dir", type=click.Path(path_type=Path), default=DEFAULT_INPUT,
+              show_default="bundled sample", help="Folder of *.jsonl / *.jsonl.gz event files (recursive).")
+@data_dir_option
+@click.option("--shards", type=click.IntRange(1, 1024), default=None, help="Dedup shards (default: by input size).")
+@click.pass_context
+@error_boundary
+def ingest(ctx, input_dir: Path, data_dir: Path, shards: int | None) -> None:
+    """Parse, validate and deduplicate events into the Parquet lake. Extra args go to Beam."""
+    from pipelines.ingest import run_ingest
+    from pipelines.summary import print_ingest
+
+    result = run_ingest(input_dir, data_dir, ctx.args, shards=shards)
+    print_ingest(result)
+
+
+@main.command()
+@click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--months", type=click.IntRange(1, 600), default=24, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+@click.option("--bad-rate", type=click.FloatRange(0, 0.5), default=0.01, show_default=True,
+              help="Fraction of extra bad lines (malformed, invalid, duplicates, conflicts).")
+@click.option("--start", default="2024-01", show_default=True, help="First month, YYYY-MM.")
+@click.option("--files", "n_files", type=click.IntRange(1, 10_000), default=None, help="Number of event files.")
+@error_boundary
+def generate(customers, months, seed, output, bad_rate, start, n_files) -> None:
+    """Write realistic synthetic events plus their ground truth (counts and expected MRR)."""
+    from pipelines.generate import generate as run_generate
+
+    truth = run_generate(output, customers=customers, months=months, seed=seed, bad_rate=bad_rate,
+                         start=start, n_files=n_files)  # fmt: skip
+    c = truth["counts"]
+    click.echo(f"wrote {c['lines']} lines in {truth['files']} files to {output}: {c['accepted']} accepted, "
+               f"{c['duplicates']} duplicates, {c['dead_letters']} dead letters expected")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""`revenue generate`: realistic synthetic payment and usage events with their ground truth.
+
+The generator simulates customers month by month (signups, trials, several
+subscriptions on monthly/annual/weekly/quarterly/daily plans, upgrades and
+downgrades, immediate and end-of-period cancellations, reactivations, invoices
+with tax, failed payments and retries, refunds, metered usage) and writes the
+events shuffled over many files (some gzipped, in sub-folders). It mixes in bad
+lines at ``bad_rate`` and records, next to the events:
+
+- ``ground_truth.json``: the exact number of lines, accepted events, duplicates and
+  dead letters per reason code that a correct ingest must report;
+- ``expected_mrr.csv``: every customer's MRR (reporting currency USD) for every month
+  from their first event month through the as-of month;
+- ``fx_rates.csv``: the FX table used.
+
+The MRR oracle below is written independently of ``transforms`` (its own interval
+factors, FX lookup and rounding) so tests compare two implementations of the contract.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import csv
+import datetime as dt
+import gzip
+import json
+import random
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import orjson
+
+from pipelines.errors import InputError
+
+UTC = dt.UTC
+CURRENCIES = [("USD", 2, 0.45), ("EUR", 2, 0.2), ("GBP", 2, 0.13), ("JPY", 0, 0.12), ("KWD", 3, 0.10)]
+TAX_PERCENT = {"USD": 0, "EUR": 20, "GBP": 20, "JPY": 10, "KWD": 0}
+# plan_id: (interval, interval_count, USD price in cents, max quantity)
+PLANS = {
+    "starter-monthly": ("month", 1, 2900, 1),
+    "pro-monthly": ("month", 1, 9900, 12),
+    "pro-annual": ("year", 1, 99000, 12),
+    "team-quarterly": ("month", 3, 24000, 5),
+    "support-weekly": ("week", 1, 2500, 1),
+    "sensors-daily": ("day", 1, 150, 20),
+    "enterprise-biennial": ("year", 2, 480000, 1),
+}
+PLAN_WEIGHTS = [30, 28, 14, 10, 8, 5, 5]
+METERS = ("api_calls", "storage_gb", "emails_sent")
+SEGMENTS = ("smb", "mid_market", "enterprise")
+COUNTRIES = ("US", "DE", "GB", "JP", "KW", "FR", "NL", "CA")
+BAD_KINDS = (
+    "malformed_json", "missing_field", "invalid_field", "negative_amount", "unknown_currency",
+    "naive_timestamp", "unknown_event_type", "duplicate", "conflicting_duplicate", "card_in_bad_line",
+)  # fmt: skip
+
+
+def _price(usd_cents: int, currency: str) -> int:
+    """Local list price in minor units: EUR/GBP same figure, JPY x1.5 yen per cent, KWD 0.3 fils per cent."""
+    if currency == "JPY":
+        return usd_cents * 3 // 2
+    if currency == "KWD":
+        return usd_cents * 3
+    return usd_cents
+
+
+def _luhn_card(rng: random.Random) -> str:
+    digits = [4] + [rng.randrange(10) for _ in range(14)]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    digits.append((10 - total % 10) % 10)
+    s = "".join(map(str, digits))
+    return rng.choice([s, " ".join(s[i : i + 4] for i in range(0, 16, 4)), "-".join(s[i : i + 4] for i in range(0, 16, 4))])
+
+
+def _iso(ts: int, offset_hours: int = 0) -> str:
+    if offset_hours:
+        tz = dt.timezone(dt.timedelta(hours=offset_hours))
+        return dt.datetime.fromtimestamp(ts, tz).isoformat()
+    return dt.datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _month_start(year: int, month: int) -> int:
+    return int(dt.datetime(year, month, 1, tzinfo=UTC).timestamp())
+
+
+def _add_months(ts: int, n: int) -> int:
+    d = dt.datetime.fromtimestamp(ts, UTC)
+    y, m = divmod(d.month - 1 + n, 12)
+    last_day = calendar.monthrange(d.year + y, m + 1)[1]
+    return int(d.replace(year=d.year + y, month=m + 1, day=min(d.day, last_day)).timestamp())
+
+
+def _advance(ts: int, interval: str, count: int) -> int:
+    if interval == "day":
+        return ts + 86400 * count
+    if interval == "week":
+        return ts + 7 * 86400 * count
+    if interval == "month":
+        return _add_months(ts, count)
+    return _add_months(ts, 12 * count)
+
+
+class _Oracle:
+    """Independent MRR per the contract: state at the month's last instant, FX at the state's day."""
+
+    FACTOR = {"month": Fraction(1), "year": Fraction(1, 12), "week": Fraction(52, 12), "day": Fraction(365, 12)}
+
+    def __init__(self, fx_path: Path):
+        self.dates: dict[str, list[dt.date]] = {}
+        self.rates: dict[str, list[Fraction]] = {}
+        rows = sorted(csv.DictReader(open(fx_path)), key=lambda r: (r["currency"], r["date"]))
+        for r in rows:
+            self.dates.setdefault(r["currency"], []).append(dt.date.fromisoformat(r["date"]))
+            self.rates.setdefault(r["currency"], []).append(Fraction(r["rate"]))
+
+    def rate(self, currency: str, day: dt.date) -> Fraction:
+        if currency == "USD":
+            return Fraction(1)
+        i = bisect.bisect_right(self.dates[currency], day) - 1
+        if i < 0:
+            raise InputError(f"generator: no FX rate for {currency} on {day}")
+        return self.rates[currency][i]
+
+    def sub_mrr_cents(self, state: dict, exponent: int) -> int:
+        exact = Fraction(state["unit_amount"] * state["quantity"]) * self.FACTOR[state["interval"]]
+        exact = exact / state["interval_count"] / 10**exponent
+        day = dt.datetime.fromtimestamp(state["eff"], UTC).date()
+        cents = exact * self.rate(state["currency"], day) * 100
+        return int(cents + Fraction(1, 2)) if cents >= 0 else -int(-cents + Fraction(1, 2))
+
+
+def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7, bad_rate: float = 0.01,
+             start: str = "2024-01", n_files: int | None = None) -> dict:  # fmt: skip
+    from transforms.fx import bundled_rates_path
+
+    try:
+        y0, m0 = (int(x) for x in start.split("-"))
+        window_start = _month_start(y0, m0)
+    except ValueError:
+        raise InputError(f"--start must be YYYY-MM, got {start!r}") from None
+    window_end = _add_months(window_start, months)
+    output = Path(output)
+    events_dir = output / "events"
+    if events_dir.exists():
+        shutil.rmtree(events_dir)
+    events_dir.mkdir(parents=True)
+    shutil.copyfile(bundled_rates_path(), output / "fx_rates.csv")
+    oracle = _Oracle(output / "fx_rates.csv")
+    rng = random.Random(seed)
+    est_events = customers * months * 7
+    n_files = n_files or max(8, min(400, est_events // 200_000 + 8))
+    paths = []
+    for i in range(n_files):
+        sub = events_dir / f"batch-{i % 4:02d}"
+        paths.append(sub / (f"events-{i:04d}.jsonl" + (".gz" if i % 3 == 1 else "")))
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    handles = [gzip.open(p, "wb", compresslevel=1) if p.suffix == ".gz" else open(p, "wb", buffering=1 << 20)
+               for p in paths]  # fmt: skip
+
+    counts = {"lines": 0, "accepted": 0, "duplicates": 0, "dead_letters": 0}
+    by_reason: dict[str, int] = {}
+    seq = [0]
+    max_occurred = [0]
+    first_event: dict[str, int] = {}
+    sub_states: dict[str, list[tuple[str, list[dict], int | None, int]]] = {}
+
+    def next_id(prefix: str) -> str:
+        seq[0] += 1
+        return f"{prefix}_{seed}_{seq[0]:09d}"
+
+    def emit(event: dict) -> None:
+        handle_i = rng.randrange(n_files)
+        line = orjson.dumps(event)
+        handles[handle_i].write(line + b"\n")
+        counts["lines"] += 1
+        counts["accepted"] += 1
+        ts = event["_ts"] if "_ts" in event else None
+        del ts
+        if rng.random() < bad_rate:
+            bad_line(event, handles[handle_i])
+
+    def dead(reason: str) -> None:
+        counts["dead_letters"] += 1
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+
+    def bad_line(event: dict, handle) -> None:
+        kind = rng.choice(BAD_KINDS)
+        bad = dict(event)
+        bad["event_id"] = next_id("bad")
+        if kind == "malformed_json":
+            text = orjson.dumps(bad)[: -rng.randrange(2, 12)]
+            reason = "malformed_json"
+        elif kind == "card_in_bad_line":
+            text = orjson.dumps(bad)[:-1] + b', "note": "card ' + _luhn_card(rng).encode() + b'"'
+            reason = "malformed_json"
+        elif kind == "missing_field":
+            del bad["customer_id"]
+            text, reason = orjson.dumps(bad), "missing_field"
+        elif kind == "invalid_field":
+            bad["customer_id"] = rng.randrange(10**6)
+            text, reason = orjson.dumps(bad), "invalid_field"
+        elif kind == "negative_amount" and ("amount" in bad or "unit_amount" in bad):
+            bad["amount" if "amount" in bad else "unit_amount"] = -rng.randrange(1, 10**5)
+            text, reason = orjson.dumps(bad), "negative_amount"
+        elif kind == "unknown_currency" and "currency" in bad:
+            bad["currency"] = rng.choice(["XYZ", "EURO", "US$", "ZZZ"])
+            text, reason = orjson.dumps(bad), "unknown_currency"
+        elif kind == "naive_timestamp":
+            bad["occurred_at"] = bad["occurred_at"][:19]
+            text, reason = orjson.dumps(bad), "naive_timestamp"
+        elif kind == "duplicate":
+            # equal as parsed JSON, different bytes: keys in reverse order
+            text = orjson.dumps(dict(reversed(list(event.items()))))
+            handle.write(text + b"\n")
+            counts["lines"] += 1
+            counts["duplicates"] += 1
+            return
+        elif kind == "conflicting_duplicate":
+            bad = dict(event)
+            bad["replayed_by"] = "billing-sync-v2"
+            text, reason = orjson.dumps(bad), "conflicting_duplicate"
+        else:
+            bad["event_type"] = rng.choice(["subscription.paused", "invoice.voided", "Invoice.Paid"])
+            text, reason = orjson.dumps(bad), "unknown_event_type"
+        handle.write(text + b"\n")
+        counts["lines"] += 1
+        dead(reason)
+
+    def event(etype: str, ts: int, customer_id: str, **fields) -> None:
+        offset = 2 if rng.random() < 0.1 else 0
+        ev = {"event_id": next_id("evt"), "event_type": etype, "occurred_at": _iso(ts, offset),
+              "customer_id": customer_id, **fields}  # fmt: skip
+        max_occurred[0] = max(max_occurred[0], ts)
+        if customer_id not in first_event or ts < first_event[customer_id]:
+            first_event[customer_id] = ts
+        emit(ev)
+
+    window_seconds = window_end - window_start
+    for c in range(customers):
+        customer_id = f"cus_{seed}_{c:07d}"
+        currency, exponent = rng.choices([(x[0], x[1]) for x in CURRENCIES], [x[2] for x in CURRENCIES])[0]
+        signup = window_start + int(rng.random() * window_seconds * 0.85)
+        signup_day = dt.datetime.fromtimestamp(signup, UTC)
+        signup = int(signup_day.replace(day=min(signup_day.day, 28)).timestamp())
+        created = {"segment": rng.choice(SEGMENTS), "country": rng.choice(COUNTRIES),
+                   "email": f"billing+{c}@example.com", "name": f"Customer {c}"}  # fmt: skip
+        if rng.random() < 0.03:
+            created["note"] = f"customer read card {_luhn_card(rng)} over the phone"
+        event("customer.created", signup, customer_id, **created)
+        subs = []
+        n_subs = rng.choices([1, 2, 3], [70, 22, 8])[0]
+        sub_start = signup + rng.randrange(60, 3600)
+        for _ in range(n_subs):
+            subs.append(sub_start)
+            sub_start = sub_start + rng.randrange(0, 200) * 86400
+        while subs:
+            begin = subs.pop(0)
+            if begin >= window_end:
+                continue
+            reactivate_at = _simulate_subscription(rng, event, customer_id, currency, exponent, begin, window_end,
+                                                   sub_states, next_id)  # fmt: skip
+            if reactivate_at is not None and reactivate_at < window_end:
+                subs.append(reactivate_at)
+        if rng.random() < 0.6:
+            _usage(rng, event, customer_id, signup, window_end)
+
+    for handle in handles:
+        handle.close()
+
+    as_of = dt.datetime.fromtimestamp(max_occurred[0], UTC).date()
+    rows = _expected_mrr(oracle, sub_states, first_event, as_of)
+    with open(output / "expected_mrr.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["customer_id", "month", "mrr"])
+        writer.writerows(rows)
+    truth = {
+        "seed": seed, "customers": customers, "months": months, "start": start, "bad_rate": bad_rate,
+        "files": n_files, "as_of": as_of.isoformat(), "reporting_currency": "USD",
+        "counts": {**counts, "dead_letters_by_reason": dict(sorted(by_reason.items()))},
+    }  # fmt: skip
+    (output / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    return truth
+
+
+def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, window_end, sub_states, next_id):
+    """Emit one subscription's life; return when the customer comes back (reactivation) or None."""
+    sub_id = next_id("sub")
+    plan_id = rng.choices(list(PLANS), PLAN_WEIGHTS)[0]
+    interval, count, usd, max_qty = PLANS[plan_id]
+    state = {"plan_id": plan_id, "currency": currency, "unit_amount": _price(usd, currency),
+             "quantity": rng.randint(1, max_qty), "interval": interval, "interval_count": count, "eff": begin}  # fmt: skip
+    trial_end = begin + 14 * 86400 if rng.random() < 0.25 else None
+    fields = {"subscription_id": sub_id, "plan_id": plan_id, "currency": currency.lower() if rng.random() < 0.05
+              else currency, "unit_amount": state["unit_amount"], "quantity": state["quantity"], "interval": interval}  # fmt: skip
+    if count != 1:
+        fields["interval_count"] = count
+    if trial_end:
+        fields["trial_end"] = _iso(trial_end)
+    event("subscription.created", begin, customer_id, **fields)
+    states = [state]
+    billing = trial_end or begin
+    cancel_eff = None
+    reactivate_at = None
+    t = begin
+    # walk month by month deciding changes
+    while True:
+        t = t + rng.randrange(20, 40) * 86400
+        if t >= window_end:
+            break
+        r = rng.random()
+        if r < 0.07:  # upgrade / downgrade
+            new = dict(states[-1])
+            if rng.random() < 0.5 and PLANS[new["plan_id"]][3] > 1:
+                new["quantity"] = max(1, new["quantity"] + rng.choice([-3, -2, -1, 1, 1, 2, 4]))
+            else:
+                plan_id = rng.choices(list(PLANS), PLAN_WEIGHTS)[0]
+                interval, count, usd, max_qty = PLANS[plan_id]
+                new.update(plan_id=plan_id, unit_amount=_price(usd, currency), interval=interval,
+                           interval_count=count, quantity=min(new["quantity"], max_qty))  # fmt: skip
+            if new == states[-1]:
+                continue
+            new["eff"] = t if rng.random() < 0.7 else t + rng.randrange(1, 5) * 86400
+            if new["eff"] >= window_end:
+                continue
+            fields = {"subscription_id": sub_id, "plan_id": new["plan_id"], "currency": currency,
+                      "unit_amount": new["unit_amount"], "quantity": new["quantity"], "interval": new["interval"],
+                      "interval_count": new["interval_count"]}  # fmt: skip
+            if new["eff"] != t:
+                fields["effective_at"] = _iso(new["eff"])
+            event("subscription.updated", t, customer_id, **fields)
+            states.append(new)
+            t = new["eff"]
+        elif r < 0.11:  # cancel
+            if rng.random() < 0.5:
+                cancel_eff = t
+                event("subscription.canceled", t, customer_id, subscription_id=sub_id)
+            else:
+                period_end = billing
+                while period_end <= t:
+                    period_end = _advance(period_end, states[-1]["interval"], states[-1]["interval_count"])
+                cancel_eff = period_end
+                event("subscription.canceled", t, customer_id, subscription_id=sub_id, effective_at=_iso(cancel_eff),
+                      reason="too_expensive")  # fmt: skip
+            if rng.random() < 0.4:
+                reactivate_at = cancel_eff + rng.randrange(20, 130) * 86400
+            break
+    # invoices for each billing period until cancellation or the window's end
+    stop = min(cancel_eff or window_end, window_end)
+    period = billing
+    invoice_n = 0
+    while period < stop:
+        current = [s for s in states if s["eff"] <= period][-1]
+        step = ("month", 1) if current["interval"] == "day" else (current["interval"], current["interval_count"])
+        nxt = _advance(period, *step)
+        days = (nxt - period) // 86400 if current["interval"] == "day" else 1
+        net = current["unit_amount"] * current["quantity"] * days
+        tax = net * TAX_PERCENT[currency] // 100
+        invoice_n += 1
+        invoice_id = f"in_{sub_id}_{invoice_n:04d}"
+        paid_at = period + rng.randrange(60, 7200)
+        if rng.random() < 0.08:
+            attempts = rng.choice([1, 1, 2])
+            for a in range(attempts):
+                event("invoice.payment_failed", paid_at, customer_id, invoice_id=invoice_id, currency=currency,
+                      amount=net + tax, subscription_id=sub_id, attempt=a + 1)  # fmt: skip
+                paid_at += rng.randrange(1, 3) * 86400
+        if paid_at < window_end:
+            event("invoice.paid", paid_at, customer_id, invoice_id=invoice_id, currency=currency, amount=net + tax,
+                  tax=tax, subscription_id=sub_id, period_start=_iso(period), period_end=_iso(nxt))  # fmt: skip
+            if rng.random() < 0.03:
+                refund_at = paid_at + rng.randrange(1, 10) * 86400
+                if refund_at < window_end:
+                    amount = net + tax if rng.random() < 0.5 else (net + tax) // 2
+                    event("charge.refunded", refund_at, customer_id, invoice_id=invoice_id, currency=currency,
+                          amount=amount, reason=rng.choice(["requested_by_customer", "duplicate"]))  # fmt: skip
+        period = nxt
+    sub_states.setdefault(customer_id, []).append((sub_id, states, cancel_eff, trial_end))
+    return reactivate_at
+
+
+def _usage(rng, event, customer_id, signup, window_end):
+    meters = rng.sample(METERS, rng.randint(1, 2))
+    t = signup + 86400
+    while t < window_end:
+        for meter in meters:
+            for _ in range(rng.randint(1, 4)):
+                ts = t + rng.randrange(0, 28 * 86400)
+                if ts >= window_end:
+                    continue
+                if meter == "storage_gb":
+                    quantity = rng.randrange(0, 50000) / 100  # e.g. 123.45 GB
+                else:
+                    quantity = rng.randrange(1, 20000)
+                event("usage.recorded", ts, customer_id, meter=meter, quantity=quantity)
+        t = _add_months(t, 1)
+
+
+def _expected_mrr(oracle: _Oracle, sub_states, first_event, as_of: dt.date) -> list[tuple[str, str, str]]:
+    rows = []
+    as_of_end = int(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), UTC).timestamp())
+    for customer_id in sorted(first_event):
+        first = dt.datetime.fromtimestamp(first_event[customer_id], UTC)
+        y, m = first.year, first.month
+        while (y, m) <= (as_of.year, as_of.month):
+            ny, nm = (y + 1, 1) if m == 12 else (y, m + 1)
+            boundary = min(_month_start(ny, nm), as_of_end)
+            total = 0
+            for _, states, cancel_eff, trial_end in sub_states.get(customer_id, []):
+                if cancel_eff is not None and cancel_eff < boundary:
+                    continue
+                if trial_end is not None and trial_end >= boundary:
+                    continue
+                live = [s for s in states if s["eff"] < boundary]
+                if live:
+                    exponent = {"JPY": 0, "KWD": 3}.get(live[-1]["currency"], 2)
+                    total += oracle.sub_mrr_cents(live[-1], exponent)
+            rows.append((customer_id, f"{y:04d}-{m:02d}-01", f"{total // 100}.{total % 100:02d}"))
+            y, m = ny, nm
+    return rows

@@ -1,0 +1,247 @@
+"""`revenue ingest`: JSON Lines -> the lake's events/, usage/ and dead_letter/ tables.
+
+    ListFiles -> ReadEventFiles -> ParseEventLines -> SpillToStaging(shard)
+      -> GroupByShard -> DeduplicateShard (lake index lookup, staged partition files)
+    then, in the driver: check conservation, commit atomically, write the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import lake
+from pipelines.beam_options import pipeline_options
+from pipelines.errors import InputError, RevenueError
+from pipelines.manifest import write_manifest
+from transforms.ingest import (
+    TAGS,
+    ParseEventLines,
+    ReadEventFiles,
+    dedup_shard,
+    empty_staging,
+    env_pii_key,
+    split_by_shard,
+)
+
+log = logging.getLogger(__name__)
+
+SHARD_INPUT_BYTES = 1 << 30  # about 4M events of JSON per dedup shard
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    lines_read: int
+    events_written: int
+    usage_written: int
+    duplicates: int
+    dead_letters: int
+    dead_letters_by_reason: dict[str, int]
+    files: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    recovered_runs: list[str] = field(default_factory=list)
+    emails_not_stored: int = 0
+
+    @property
+    def rows_written(self) -> int:
+        return self.events_written + self.usage_written
+
+    def counts(self) -> dict:
+        return {
+            "lines_read": self.lines_read,
+            "rows_written": self.rows_written,
+            "events_written": self.events_written,
+            "usage_written": self.usage_written,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "dead_letters_by_reason": dict(sorted(self.dead_letters_by_reason.items())),
+        }
+
+
+def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
+    """``(file_index, absolute path, path relative to input)`` of every event file, in path order."""
+    input_dir = Path(input_dir)
+    if not input_dir.exists():
+        raise InputError(f"input folder {input_dir} does not exist")
+    if not input_dir.is_dir():
+        raise InputError(f"input {input_dir} is not a folder")
+    found = []
+    for path in input_dir.rglob("*"):
+        if path.name.endswith((".jsonl", ".jsonl.gz")) and not path.is_dir():
+            found.append(path)
+    if not found:
+        raise InputError(f"input folder {input_dir} has no *.jsonl or *.jsonl.gz files")
+    rel = sorted(p.relative_to(input_dir).as_posix() for p in found)
+    return [(i, str((input_dir / r).resolve()), r) for i, r in enumerate(rel)]
+
+
+def file_checksums(files: list[tuple[int, str, str]]) -> list[dict]:
+    out = []
+    for _, path, rel in files:
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+                    size += len(block)
+            out.append({"path": rel, "bytes": size, "sha256": digest.hexdigest()})
+        except OSError as exc:
+            out.append({"path": rel, "bytes": None, "sha256": None, "error": exc.strerror or str(exc)})
+    return out
+
+
+class _SpillFn(beam.DoFn):
+    """Write parsed tables aside, split by shard; emit ``(shard, (tag, path))`` (keeps memory flat)."""
+
+    def __init__(self, stage: str, tag: str, shards: int):
+        self.stage, self.tag, self.shards = stage, tag, shards
+
+    def process(self, table: pa.Table):
+        key = "raw_sha256" if self.tag == "dead_letter" else "event_id"
+        for shard, part in split_by_shard(table, key, self.shards):
+            path = Path(self.stage) / "parsed" / self.tag / f"{uuid.uuid4().hex}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(part, path, compression="lz4")
+            yield shard, (self.tag, str(path))
+
+
+class _LinesFn(beam.DoFn):
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def process(self, total: int):
+        lake.write_atomic_bytes(Path(self.stage) / "stats" / "lines.json", json.dumps({"lines": total}).encode())
+        yield total
+
+
+class _DedupShardFn(beam.DoFn):
+    def __init__(self, stage: str, index_file: str, run_id: str):
+        self.stage, self.index_file, self.run_id = stage, index_file, run_id
+
+    def process(self, element):
+        shard, refs = element
+        parts = {tag: [] for tag in TAGS}
+        for tag, path in refs:
+            parts[tag].append(pq.read_table(path))
+        tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
+        index = lake.EventIndex(Path(self.index_file), readonly=True)
+        try:
+            result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
+                                 index.lookup_events, index.lookup_dead)  # fmt: skip
+        finally:
+            index.close()
+        out = Path(self.stage) / "out"
+        name = f"part-{self.run_id}-{shard:03d}.parquet"
+        sort = [("occurred_at", "ascending"), ("event_id", "ascending")]
+        lake.write_partitioned(result.events, out / "events", "event_date", name, sort)
+        lake.write_partitioned(result.usage, out / "usage", "event_date", name, sort)
+        lake.write_partitioned(result.dead_letter, out / "dead_letter", "reason", name,
+                               [("source_file", "ascending"), ("source_line", "ascending")])  # fmt: skip
+        keys_dir = Path(self.stage) / "keys"
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(result.index_events, keys_dir / f"events-{shard:03d}.parquet")
+        pq.write_table(result.dead_letter.select(["raw_sha256"]), keys_dir / f"dead-{shard:03d}.parquet")
+        stats = {
+            "events": result.events.num_rows,
+            "usage": result.usage.num_rows,
+            "dead_letters": result.dead_letter.num_rows,
+            "duplicates": result.duplicates,
+            "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
+        }
+        lake.write_atomic_bytes(Path(self.stage) / "stats" / f"shard-{shard:03d}.json", json.dumps(stats).encode())
+        yield shard
+
+
+def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_id: str, shards: int,
+                   pii_key: bytes | None, chunk_lines: int):  # fmt: skip
+    parsed = (
+        p
+        | "ListFiles" >> beam.Create(files, reshuffle=False)
+        | "ReadEventFiles" >> ReadEventFiles(chunk_lines)
+        | "ParseEventLines" >> ParseEventLines(pii_key)
+    )
+    _ = parsed.lines | "CountLines" >> beam.CombineGlobally(sum) | "RecordLines" >> beam.ParDo(_LinesFn(str(stage)))
+    spilled = [
+        parsed[tag] | f"Spill{tag.title().replace('_', '')}" >> beam.ParDo(_SpillFn(str(stage), tag, shards))
+        for tag in TAGS
+    ]
+    return (
+        spilled
+        | "MergeShards" >> beam.Flatten()
+        | "GroupByShard" >> beam.GroupByKey()
+        | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(str(stage), str(index_file), run_id))
+    )
+
+
+def run_ingest(input_dir: Path, data_dir: Path, beam_args: list[str] = (), shards: int | None = None,
+               chunk_lines: int = 50_000, run_id: str | None = None, write_run_manifest: bool = True,
+               checksums: bool = True) -> IngestResult:  # fmt: skip
+    started = time.monotonic()
+    data_dir = Path(data_dir)
+    files = discover_input(Path(input_dir))
+    run_id = run_id or new_run_id()
+    pii_key = env_pii_key()
+    if pii_key is None:
+        log.warning("REVENUE_PII_KEY is not set: customer emails will not be stored (set it to keep keyed hashes)")
+    total_bytes = sum(os.path.getsize(f[1]) * (5 if f[1].endswith(".gz") else 1) for f in files)
+    shards = shards or max(1, min(64, -(-total_bytes // SHARD_INPUT_BYTES)))
+    with lake.lake_lock(data_dir):
+        recovered = lake.recover(data_dir)
+        lake.ensure_index(data_dir)
+        stage = lake.staging_dir(data_dir, run_id)
+        stage.mkdir(parents=True)
+        index_file = lake.index_path(data_dir)
+        options = pipeline_options(beam_args)
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, files, stage, index_file, run_id, shards, pii_key, chunk_lines)
+        lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
+        totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
+        by_reason: dict[str, int] = {}
+        for path in sorted((stage / "stats").glob("shard-*.json")):
+            stats = json.loads(path.read_text())
+            for k in totals:
+                totals[k] += stats[k]
+            for reason, n in stats["dead_by_reason"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
+        accounted = totals["events"] + totals["usage"] + totals["duplicates"] + totals["dead_letters"]
+        if accounted != lines:
+            raise RevenueError(
+                f"conservation check failed: read {lines} lines but accounted for {accounted}; nothing committed"
+            )
+        moves = []
+        out = stage / "out"
+        root = lake.lake_dir(data_dir)
+        for path in sorted(out.rglob("*.parquet")):
+            moves.append((path, root / path.relative_to(out)))
+        keys = sorted((stage / "keys").glob("events-*.parquet")) if (stage / "keys").exists() else []
+        dead_keys = sorted((stage / "keys").glob("dead-*.parquet")) if (stage / "keys").exists() else []
+        lake.commit(data_dir, run_id, moves, keys, dead_keys)
+    result = IngestResult(
+        run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
+        duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,
+        files=file_checksums(files) if checksums else [], seconds=round(time.monotonic() - started, 3),
+        recovered_runs=recovered,
+    )  # fmt: skip
+    if write_run_manifest:
+        write_manifest(data_dir, run_id, "ingest", {
+            "input": str(Path(input_dir).resolve()), "counts": result.counts(), "input_files": result.files,
+            "seconds": result.seconds, "shards": shards, "recovered_runs": recovered,
+        })  # fmt: skip
+    return result
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]

@@ -1,0 +1,333 @@
+"""Ingest transforms: read event files in chunks, parse to Arrow, deduplicate by ``event_id``.
+
+``ReadEventFiles``
+    Input: bounded PCollection of ``(file_index, path, source_file)``. Reads each file
+    (``.jsonl`` or ``.jsonl.gz``) in chunks of lines; a file that cannot be read or a
+    gzip stream that ends early becomes one dead-letter line (``unreadable_file`` /
+    ``truncated_gzip``) so nothing is skipped silently. Output: ``LineChunk``s and
+    those file-level dead letters (as ``LineChunk`` with ``file_error`` set).
+``ParseEventLines``
+    ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
+    staging schemas: lake columns plus ``event_date``, ``file_index``, ``canonical``).
+    Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
+    ``ingest/parse_dead_letters``.
+``dedup_shard``
+    The pure duplicate/conflict resolution used per shard (all rows whose ``event_id``
+    hashes to one shard): an id already in the lake keeps the lake's version; otherwise
+    the first occurrence in input order (file path order, then line) stays. Later rows
+    with an equal payload are duplicates; with a different payload they are
+    ``conflicting_duplicate`` dead letters.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from transforms import schemas
+from transforms.parse import (
+    DEAD_COLUMNS,
+    ParsedChunk,
+    dead_letter_key,
+    parse_lines,
+    truncate_raw,
+)
+from transforms.redact import redact_text
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 50_000
+READ_BLOCK = 8 << 20
+TAGS = ("events", "usage", "dead_letter")
+
+
+def _staging_schema(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("event_date", pa.date32())).append(
+        pa.field("file_index", pa.int64())).append(pa.field("canonical", pa.string()))  # fmt: skip
+
+
+EVENTS_STAGING = _staging_schema(schemas.EVENTS)
+USAGE_STAGING = _staging_schema(schemas.USAGE)
+DEAD_STAGING = schemas.DEAD_LETTER.append(pa.field("reason", pa.string())).append(pa.field("file_index", pa.int64()))
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    source_file: str  # path relative to the input folder
+    file_index: int  # position of the file in path order (conflict resolution uses it)
+    first_line: int
+    lines: tuple[bytes, ...] = ()
+    file_error: tuple[str, str] | None = None  # (reason, message) for a file-level dead letter
+
+
+def read_file_chunks(path: str, source_file: str, file_index: int, chunk_lines: int = CHUNK_LINES):
+    """Yield ``LineChunk``s of a file; read errors become a final chunk with ``file_error``."""
+    line_no = 1
+    pending: list[bytes] = []
+    tail = b""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            while True:
+                block = handle.read(READ_BLOCK)
+                if not block:
+                    break
+                parts = (tail + block).split(b"\n")
+                tail = parts.pop()
+                pending.extend(parts)
+                if len(pending) >= chunk_lines:
+                    yield LineChunk(source_file, file_index, line_no, tuple(pending))
+                    line_no += len(pending)
+                    pending = []
+        if tail:
+            pending.append(tail)
+        if pending:
+            yield LineChunk(source_file, file_index, line_no, tuple(pending))
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        if pending:
+            yield LineChunk(source_file, file_index, line_no, tuple(pending))
+            line_no += len(pending)
+        if isinstance(exc, EOFError | zlib.error) or (
+            isinstance(exc, gzip.BadGzipFile) and line_no > 1
+        ):
+            reason, message = "truncated_gzip", f"compressed stream ends early after line {line_no - 1}: {exc}"
+        else:
+            reason, message = "unreadable_file", f"cannot read file: {getattr(exc, 'strerror', None) or exc}"
+        yield LineChunk(source_file, file_index, line_no, (), (reason, message))
+
+
+class _ReadFileFn(beam.DoFn):
+    def __init__(self, chunk_lines: int):
+        self.chunk_lines = chunk_lines
+        self.files = Metrics.counter("ingest", "files_read")
+
+    def process(self, element):
+        file_index, path, source_file = element
+        self.files.inc()
+        yield from read_file_chunks(path, source_file, file_index, self.chunk_lines)
+
+
+class ReadEventFiles(beam.PTransform):
+    def __init__(self, chunk_lines: int = CHUNK_LINES):
+        super().__init__()
+        if chunk_lines < 1:
+            raise ValueError("chunk_lines must be >= 1")
+        self.chunk_lines = chunk_lines
+
+    def expand(self, files):
+        return files | "ReadChunks" >> beam.ParDo(_ReadFileFn(self.chunk_lines))
+
+
+def chunk_to_tables(chunk: ParsedChunk) -> dict[str, pa.Table]:
+    return {
+        "events": pa.table(chunk.events, schema=EVENTS_STAGING),
+        "usage": pa.table(chunk.usage, schema=USAGE_STAGING),
+        "dead_letter": pa.table(chunk.dead, schema=DEAD_STAGING),
+    }
+
+
+def parse_chunk(element: LineChunk, pii_key: bytes | None) -> tuple[dict[str, pa.Table], ParsedChunk]:
+    parsed = ParsedChunk()
+    if element.file_error:
+        reason, message = element.file_error
+        marker = f"{reason}:{element.source_file}".encode()
+        parsed.lines = 1  # the unreadable remainder counts as one line read, dead-lettered
+        parsed.dead["source_file"].append(element.source_file)
+        parsed.dead["source_line"].append(element.first_line if reason == "truncated_gzip" else 0)
+        parsed.dead["raw"].append("")
+        parsed.dead["raw_sha256"].append(dead_letter_key(element.source_file, 0, marker))
+        parsed.dead["message"].append(truncate_raw(redact_text(message)))
+        parsed.dead["event_id"].append(None)
+        parsed.dead["reason"].append(reason)
+        parsed.dead["file_index"].append(element.file_index)
+    else:
+        parse_lines(list(element.lines), element.source_file, element.file_index, element.first_line,
+                    pii_key, parsed)  # fmt: skip
+    return chunk_to_tables(parsed), parsed
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(self, pii_key: bytes | None):
+        self.pii_key = pii_key
+        self.lines = Metrics.counter("ingest", "lines_read")
+        self.events = Metrics.counter("ingest", "parsed_events")
+        self.usage = Metrics.counter("ingest", "parsed_usage")
+        self.dead = Metrics.counter("ingest", "parse_dead_letters")
+        self.emails = Metrics.counter("ingest", "emails_not_stored")
+
+    def process(self, element: LineChunk):
+        tables, parsed = parse_chunk(element, self.pii_key)
+        self.lines.inc(parsed.lines)
+        self.events.inc(tables["events"].num_rows)
+        self.usage.inc(tables["usage"].num_rows)
+        self.dead.inc(tables["dead_letter"].num_rows)
+        self.emails.inc(parsed.emails_dropped)
+        for tag in TAGS:
+            if tables[tag].num_rows:
+                yield beam.pvalue.TaggedOutput(tag, tables[tag])
+        yield beam.pvalue.TaggedOutput("lines", parsed.lines)
+
+
+class ParseEventLines(beam.PTransform):
+    """``LineChunk`` -> tagged outputs ``events``, ``usage``, ``dead_letter`` (Arrow tables), ``lines`` (ints)."""
+
+    def __init__(self, pii_key: bytes | None = None):
+        super().__init__()
+        self.pii_key = pii_key
+
+    def expand(self, chunks):
+        return chunks | "Parse" >> beam.ParDo(_ParseFn(self.pii_key)).with_outputs(*TAGS, "lines")
+
+
+# ---------------------------------------------------------------------------- dedup
+
+
+def shard_ids(ids: pa.Array, shards: int) -> np.ndarray:
+    if shards <= 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    return np.fromiter((zlib.crc32(s.encode("utf-8", "surrogatepass")) % shards for s in ids.to_pylist()),
+                       dtype=np.int64, count=len(ids))  # fmt: skip
+
+
+def split_by_shard(table: pa.Table, key_column: str, shards: int) -> Iterable[tuple[int, pa.Table]]:
+    if table.num_rows == 0:
+        return
+    if shards <= 1:
+        yield 0, table
+        return
+    shard = shard_ids(table.column(key_column).combine_chunks(), shards)
+    for s in np.unique(shard):
+        yield int(s), table.filter(pa.array(shard == s))
+
+
+@dataclass
+class DedupResult:
+    events: pa.Table  # lake schema + event_date
+    usage: pa.Table
+    dead_letter: pa.Table  # lake schema + reason
+    index_events: pa.Table  # (event_id, payload_sha256) newly accepted
+    duplicates: int
+    dead_letter_duplicates: int  # dead letters already recorded by an earlier run
+
+
+def dedup_shard(
+    events: pa.Table,
+    usage: pa.Table,
+    dead: pa.Table,
+    lake_hashes: Callable[[list[str]], dict[str, str]],
+    known_dead: Callable[[list[str]], set[str]],
+) -> DedupResult:
+    """Resolve duplicates and conflicts among one shard's rows and against the lake."""
+    n_events = events.num_rows
+    keys = pa.table(
+        {
+            "event_id": pa.concat_arrays([events["event_id"].combine_chunks(), usage["event_id"].combine_chunks()]),
+            "sha": pa.concat_arrays([events["payload_sha256"].combine_chunks(), usage["payload_sha256"].combine_chunks()]),
+            "file_index": pa.concat_arrays([events["file_index"].combine_chunks(), usage["file_index"].combine_chunks()]),
+            "line": pa.concat_arrays([events["source_line"].combine_chunks(), usage["source_line"].combine_chunks()]),
+            "row": pa.array(np.arange(n_events + usage.num_rows, dtype=np.int64)),
+        }
+    )
+    keep_events = np.zeros(n_events, dtype=bool)
+    keep_usage = np.zeros(usage.num_rows, dtype=bool)
+    conflict_rows: list[int] = []
+    duplicates = 0
+    if keys.num_rows:
+        order = pc.sort_indices(keys, [("event_id", "ascending"), ("file_index", "ascending"), ("line", "ascending")])
+        keys = keys.take(order)
+        ids = keys["event_id"].combine_chunks()
+        first = np.ones(len(ids), dtype=bool)
+        if len(ids) > 1:
+            first[1:] = ~pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+        group = np.cumsum(first) - 1
+        first_pos = np.flatnonzero(first)
+        unique_ids = ids.take(pa.array(first_pos)).to_pylist()
+        in_lake = lake_hashes(unique_ids)
+        sha = keys["sha"].combine_chunks().to_numpy(zero_copy_only=False)
+        ref = sha[first_pos].copy()
+        lake_mask = np.zeros(len(first_pos), dtype=bool)
+        for g, event_id in enumerate(unique_ids):
+            lake_sha = in_lake.get(event_id)
+            if lake_sha is not None:
+                ref[g] = lake_sha
+                lake_mask[g] = True
+        row_ref = ref[group]
+        row_in_lake = lake_mask[group]
+        keep = first & ~row_in_lake
+        same = sha == row_ref
+        dup = ~keep & same
+        conflict = ~keep & ~same
+        duplicates = int(dup.sum())
+        rows = keys["row"].to_numpy()
+        kept_rows = rows[keep]
+        keep_events[kept_rows[kept_rows < n_events]] = True
+        keep_usage[kept_rows[kept_rows >= n_events] - n_events] = True
+        conflict_rows = rows[conflict].tolist()
+
+    conflicts = _conflict_dead_letters(events, usage, conflict_rows)
+    dead_all = pa.concat_tables([dead, conflicts]) if conflicts.num_rows else dead
+    dead_dups = 0
+    if dead_all.num_rows:
+        seen = known_dead(dead_all["raw_sha256"].to_pylist())
+        if seen:
+            mask = pc.invert(pc.is_in(dead_all["raw_sha256"], value_set=pa.array(sorted(seen))))
+            dead_dups = dead_all.num_rows - pc.sum(mask.cast(pa.int64())).as_py()
+            dead_all = dead_all.filter(mask)
+
+    ev = events.filter(pa.array(keep_events))
+    us = usage.filter(pa.array(keep_usage))
+    index = pa.table(
+        {
+            "event_id": pa.concat_arrays([ev["event_id"].combine_chunks(), us["event_id"].combine_chunks()]),
+            "payload_sha256": pa.concat_arrays([ev["payload_sha256"].combine_chunks(), us["payload_sha256"].combine_chunks()]),
+        }
+    )
+    return DedupResult(
+        events=ev.drop_columns(["file_index", "canonical"]),
+        usage=us.drop_columns(["file_index", "canonical"]),
+        dead_letter=dead_all.drop_columns(["file_index"]),
+        index_events=index,
+        duplicates=duplicates + dead_dups,
+        dead_letter_duplicates=dead_dups,
+    )
+
+
+def _conflict_dead_letters(events: pa.Table, usage: pa.Table, rows: list[int]) -> pa.Table:
+    cols = {c: [] for c in DEAD_COLUMNS + ("file_index",)}
+    n_events = events.num_rows
+    for row in sorted(rows):
+        table, i = (events, row) if row < n_events else (usage, row - n_events)
+        source_file = table["source_file"][i].as_py()
+        line = table["source_line"][i].as_py()
+        canonical = table["canonical"][i].as_py()
+        event_id = table["event_id"][i].as_py()
+        cols["source_file"].append(source_file)
+        cols["source_line"].append(line)
+        cols["raw"].append(truncate_raw(canonical))
+        cols["raw_sha256"].append(dead_letter_key(source_file, line, canonical.encode()))
+        cols["message"].append(
+            f"event_id {event_id[:80]!r} already accepted with a different payload; the first version stays"
+        )
+        cols["event_id"].append(event_id)
+        cols["reason"].append("conflicting_duplicate")
+        cols["file_index"].append(table["file_index"][i].as_py())
+    return pa.table(cols, schema=DEAD_STAGING)
+
+
+def empty_staging(tag: str) -> pa.Table:
+    return {"events": EVENTS_STAGING, "usage": USAGE_STAGING, "dead_letter": DEAD_STAGING}[tag].empty_table()
+
+
+def env_pii_key() -> bytes | None:
+    key = os.environ.get("REVENUE_PII_KEY")
+    return key.encode() if key else None
