@@ -84,7 +84,14 @@ def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
     if not found:
         raise InputError(f"input folder {input_dir} has no *.jsonl or *.jsonl.gz files")
     rel = sorted(p.relative_to(input_dir).as_posix() for p in found)
-    return [(i, str((input_dir / r).resolve()), r) for i, r in enumerate(rel)]
+    return [(i, str((input_dir / r).absolute()), r) for i, r in enumerate(rel)]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # unreadable: the read step dead-letters it
 
 
 def file_checksums(files: list[tuple[int, str, str]]) -> list[dict]:
@@ -196,7 +203,7 @@ def run_ingest(input_dir: Path, data_dir: Path, beam_args: list[str] = (), shard
     pii_key = env_pii_key()
     if pii_key is None:
         log.warning("REVENUE_PII_KEY is not set: customer emails will not be stored (set it to keep keyed hashes)")
-    total_bytes = sum(os.path.getsize(f[1]) * (5 if f[1].endswith(".gz") else 1) for f in files)
+    total_bytes = sum(_size(f[1]) * (5 if f[1].endswith(".gz") else 1) for f in files)
     shards = shards or max(1, min(64, -(-total_bytes // SHARD_INPUT_BYTES)))
     with lake.lake_lock(data_dir):
         recovered = lake.recover(data_dir)

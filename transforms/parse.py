@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 import orjson
 
 from transforms.money import INTERVALS, UnknownCurrency, currency_exponent
-from transforms.redact import email_hmac, may_contain_card, redact_text, redact_value
+from transforms.redact import email_hmac, may_contain_card, redact_emails, redact_text, redact_value
 from transforms.schemas import EVENT_TYPES
 
 MAX_LINE_BYTES = 1 << 20  # longer lines are dead-lettered as line_too_long
@@ -182,7 +182,7 @@ class ParsedChunk:
     def add_dead(self, source_file, file_index, line_no, raw_text, raw_bytes, reason, message, event_id=None):
         self.dead["source_file"].append(source_file)
         self.dead["source_line"].append(line_no)
-        self.dead["raw"].append(truncate_raw(redact_text(raw_text)))
+        self.dead["raw"].append(truncate_raw(redact_emails(redact_text(raw_text))))
         self.dead["raw_sha256"].append(dead_letter_key(source_file, line_no, raw_bytes))
         self.dead["message"].append(redact_text(message))
         self.dead["event_id"].append(redact_text(event_id) if isinstance(event_id, str) else None)
@@ -253,6 +253,13 @@ def parse_lines(
             continue
         if may_contain_card(raw):
             obj = redact_value(obj)
+        if "email" in obj and isinstance(obj["email"], str):
+            # from here on the payload (digest, staging, conflicts) never holds the address itself
+            if pii_key:
+                obj["email"] = email_hmac(obj["email"], pii_key)
+            else:
+                del obj["email"]
+                out.emails_dropped += 1
         try:
             _accept(obj, out, source_file, file_index, line_no, pii_key)
         except Reject as rej:
@@ -292,13 +299,9 @@ def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line
         v["occurred_at"] = _micros(occurred)
         if event_type == "customer.created":
             email = obj.get("email")
-            if email is not None:
-                if not isinstance(email, str):
-                    raise Reject("invalid_field", "email must be a string")
-                if pii_key:
-                    v["email_hmac"] = email_hmac(email, pii_key)
-                else:
-                    out.emails_dropped += 1
+            if email is not None and not isinstance(email, str):
+                raise Reject("invalid_field", "email must be a string")
+            v["email_hmac"] = email  # already replaced by its keyed hash in parse_lines
             v["name"] = _string(obj, "name", False, 1000)
             country = _string(obj, "country", False, 2)
             if country is not None and not (len(country) == 2 and country.isascii() and country.isalpha()):

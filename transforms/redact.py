@@ -32,22 +32,22 @@ def luhn_valid(digits: str) -> bool:
 
 def _replace(match: re.Match) -> str:
     text = match.group(0)
-    digits = text.replace(" ", "").replace("-", "")
-    if luhn_valid(digits):
+    if luhn_valid(text.replace(" ", "").replace("-", "")):
         return CARD_MASK
-    # A longer run may hide a card inside it (e.g. "ref 12 4111 1111 1111 1111"): try every
-    # 13..19-digit window that starts on a digit boundary of the run.
-    positions = [i for i, ch in enumerate(text) if ch.isdigit()]
-    for start in range(len(positions)):
-        for length in range(19, 12, -1):
-            end = start + length
-            if end > len(positions):
-                continue
-            window = text[positions[start] : positions[end - 1] + 1]
-            if re.fullmatch(r"\d(?:[ -]?\d)*", window) and luhn_valid(
-                window.replace(" ", "").replace("-", "")
-            ):
-                return text[: positions[start]] + CARD_MASK + _redact_str(text[positions[end - 1] + 1 :])
+    # A longer run may hide a card among other digit groups ("ref 12 4111 1111 1111 1111"):
+    # try every span of whole groups holding 13..19 digits. A plain digit run is one group.
+    groups = re.split(r"([ -])", text)
+    digits = groups[0::2]
+    for first in range(len(digits)):
+        total = 0
+        for last in range(first, len(digits)):
+            total += len(digits[last])
+            if total > 19:
+                break
+            if total >= 13 and luhn_valid("".join(digits[first : last + 1])):
+                head = "".join(groups[: 2 * first])
+                tail = "".join(groups[2 * last + 1 :])
+                return head + CARD_MASK + _redact_str(tail)
     return text
 
 
@@ -84,6 +84,15 @@ def redact_value(value):
     if isinstance(value, list):
         return [redact_value(v) for v in value]
     return value
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+EMAIL_MASK = "[REDACTED-EMAIL]"
+
+
+def redact_emails(text: str) -> str:
+    """Mask email addresses in free text (dead-letter raw lines)."""
+    return _EMAIL.sub(EMAIL_MASK, text) if "@" in text else text
 
 
 def email_hmac(email: str, key: bytes) -> str:
