@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import os
@@ -46,10 +47,10 @@ def error_boundary(func):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -85,6 +86,37 @@ def ingest(ctx, input_dir: Path, data_dir: Path, shards: int | None) -> None:
 
     result = run_ingest(input_dir, data_dir, ctx.args, shards=shards)
     print_ingest(result)
+
+
+def _parse_date(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def metrics_options(func):
+    func = click.option("--fx-rates", type=click.Path(path_type=Path), default=None,
+                        help="CSV date,currency,rate quoted in the reporting currency (default: bundled table).")(func)
+    func = click.option("--reporting-currency", default="USD", show_default=True, help="ISO 4217 code.")(func)
+    func = click.option("--as-of", callback=_parse_date, default=None,
+                        help="Last day that counts, YYYY-MM-DD (default: date of the latest event).")(func)
+    return func
+
+
+@main.command(context_settings=BEAM_ARGS)
+@data_dir_option
+@metrics_options
+@click.pass_context
+@error_boundary
+def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None) -> None:
+    """Compute customer_months and customer_lifetime (calendar-month windows) from the lake."""
+    from pipelines.metrics import run_metrics
+    from pipelines.summary import print_metrics
+
+    print_metrics(run_metrics(data_dir, as_of, reporting_currency, fx_rates, ctx.args))
 
 
 @main.command()

@@ -22,3 +22,11 @@ def print_ingest(result) -> None:
     console.print(table)
     console.print(f"read {result.lines_read} = written {result.rows_written} + duplicates "
                   f"{result.duplicates} + dead letters {result.dead_letters}  ({result.seconds:.1f}s)")
+
+
+def print_metrics(result) -> None:
+    console.print(
+        f"customer_months: {result.customer_months:,} rows, {result.customers:,} customers, {result.months} months; "
+        f"as of {result.as_of}: MRR {result.mrr_at_as_of} {result.reporting_currency} from "
+        f"{result.active_customers_at_as_of:,} paying customers  ({result.seconds:.1f}s)"
+    )

@@ -74,7 +74,7 @@ def test_dedup_keeps_first_in_input_order_and_counts_duplicates():
 
 def test_dedup_against_the_lake_keeps_the_lake_version():
     t = _tables([_ev("e1"), _ev("e2", amount=5)])
-    sha = dict(zip(t["events"]["event_id"].to_pylist(), t["events"]["payload_sha256"].to_pylist()))
+    sha = dict(zip(t["events"]["event_id"].to_pylist(), t["events"]["payload_sha256"].to_pylist(), strict=False))
     lake = {"e1": sha["e1"], "e2": "0" * 64}  # e2 in the lake with another payload
     result = dedup_shard(t["events"], empty_staging("usage"), empty_staging("dead_letter"),
                          lambda ids: {i: lake[i] for i in ids if i in lake}, lambda k: set())

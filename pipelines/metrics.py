@@ -1,0 +1,197 @@
+"""`revenue metrics`: the lake's events/ and usage/ -> customer_months/ and customer_lifetime/.
+
+    ListMonths -> ReadMonth -> PreAggregateMonths (Arrow) -+-> partials ------------------+
+                                                          +-> subscriptions, first_seen  |
+                                                               -> ReplaySubscriptions ---+
+      -> CalendarMonthAggregate (calendar-month windows) -> ComputeCustomerMonths -> staged files
+    then, in the driver: fail on missing FX rates, swap the output tables in atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import lake
+from pipelines.beam_options import pipeline_options
+from pipelines.errors import ConfigError, InputError
+from pipelines.ingest import new_run_id
+from pipelines.manifest import write_manifest
+from transforms import schemas
+from transforms.calendar import month_start
+from transforms.fx import FxError, load_fx
+from transforms.metrics import (
+    CalendarMonthAggregate,
+    ComputeCustomerMonths,
+    MonthSlice,
+    PreAggregateMonths,
+    ReplaySubscriptions,
+)
+from transforms.money import UnknownCurrency
+from transforms.revenue import fx_daily
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MetricsResult:
+    run_id: str
+    as_of: dt.date
+    reporting_currency: str
+    customer_months: int
+    customers: int
+    months: int
+    mrr_at_as_of: object
+    active_customers_at_as_of: int
+    seconds: float
+
+
+def partition_dates(data_dir: Path, table: str) -> dict[dt.date, list[str]]:
+    root = lake.lake_dir(data_dir) / table
+    out: dict[dt.date, list[str]] = {}
+    if not root.is_dir():
+        return out
+    for part in root.iterdir():
+        if part.is_dir() and part.name.startswith("event_date="):
+            files = sorted(str(p) for p in part.glob("*.parquet"))
+            if files:
+                out[dt.date.fromisoformat(part.name.split("=", 1)[1])] = files
+    return out
+
+
+def default_as_of(data_dir: Path) -> dt.date:
+    """The UTC date of the latest event in the lake (partition names: no data read)."""
+    dates = list(partition_dates(data_dir, "events")) + list(partition_dates(data_dir, "usage"))
+    if not dates:
+        raise InputError(f"the lake under {lake.lake_dir(data_dir)} has no events: run `revenue ingest` first")
+    return max(dates)
+
+
+def _read_files(files: list[str], schema: pa.Schema, date: dt.date) -> pa.Table:
+    tables = [pq.read_table(f, schema=schema) for f in files]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class _ReadMonthFn(beam.DoFn):
+    def process(self, element):
+        month, event_parts, usage_parts = element
+        events = [_read_files(files, schemas.EVENTS, day) for day, files in event_parts]
+        usage = [_read_files(files, schemas.USAGE, day) for day, files in usage_parts]
+        yield MonthSlice(
+            month,
+            pa.concat_tables(events) if events else schemas.EVENTS.empty_table(),
+            pa.concat_tables(usage) if usage else schemas.USAGE.empty_table(),
+        )
+
+
+class _WriteStagedFn(beam.DoFn):
+    def __init__(self, out_dir: str, table: str, partition: str, run_id: str):
+        self.out_dir, self.table, self.partition, self.run_id = out_dir, table, partition, run_id
+
+    def process(self, element):
+        shard, table = element
+        if self.partition == "as_of":
+            table = table.drop_columns(["as_of"]).append_column("as_of", table["as_of"])
+        paths = lake.write_partitioned(table, Path(self.out_dir) / self.table, self.partition,
+                                       f"part-{shard:03d}.parquet", [("customer_id", "ascending")])  # fmt: skip
+        yield len(paths)
+
+
+class _RecordFn(beam.DoFn):
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, items):
+        lake.write_atomic_bytes(Path(self.path), json.dumps(sorted({(c, d.isoformat()) for c, d in items})).encode())
+        yield len(items)
+
+
+def run_metrics(data_dir: Path, as_of: dt.date | None = None, reporting_currency: str = "USD",
+                fx_rates: Path | None = None, beam_args: list[str] = (), shards: int = 1,
+                run_id: str | None = None, write_run_manifest: bool = True) -> MetricsResult:  # fmt: skip
+    started = time.monotonic()
+    data_dir = Path(data_dir)
+    reporting_currency = reporting_currency.upper()
+    try:
+        fx = load_fx(reporting_currency, fx_rates)
+    except UnknownCurrency as exc:
+        raise ConfigError(f"--reporting-currency: {exc}") from None
+    except FxError as exc:
+        raise ConfigError(str(exc)) from None
+    run_id = run_id or new_run_id()
+    with lake.lake_lock(data_dir):
+        lake.recover(data_dir)
+        as_of = as_of or default_as_of(data_dir)
+        events_by_day = {d: f for d, f in partition_dates(data_dir, "events").items() if d <= as_of}
+        usage_by_day = {d: f for d, f in partition_dates(data_dir, "usage").items() if d <= as_of}
+        if not events_by_day and not usage_by_day:
+            raise InputError(f"no events on or before the as-of date {as_of}")
+        months: dict[dt.date, tuple[list, list]] = {}
+        for d, files in sorted(events_by_day.items()):
+            months.setdefault(month_start(d), ([], []))[0].append((d, files))
+        for d, files in sorted(usage_by_day.items()):
+            months.setdefault(month_start(d), ([], []))[1].append((d, files))
+        first_day = min(list(events_by_day) + list(usage_by_day))
+        rates = fx_daily(fx, {c for _, c, _ in fx.rows()}, first_day, as_of)
+        stage = lake.staging_dir(data_dir, run_id)
+        stage.mkdir(parents=True)
+        elements = [(m, ev, us) for m, (ev, us) in sorted(months.items())]
+        with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+            slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn())
+            pre = slices | "PreAggregateMonths" >> PreAggregateMonths(rates, reporting_currency, as_of, shards)
+            replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
+                ReplaySubscriptions(fx, as_of, reporting_currency)  # fmt: skip
+            monthly = (
+                (pre.partials, replayed.partials)
+                | "AllPartials" >> beam.Flatten()
+                | "CalendarMonthAggregate" >> CalendarMonthAggregate()
+                | "DropPane" >> beam.Map(lambda kmtp: (kmtp[0], kmtp[1], kmtp[2])).with_output_types(object)
+            )
+            facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(reporting_currency, as_of)
+            _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
+                _WriteStagedFn(str(stage), "customer_months", "month", run_id))
+            _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
+                _WriteStagedFn(str(stage), "customer_lifetime", "as_of", run_id))
+            _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
+                 | "CollectFxMissing" >> beam.combiners.ToList()
+                 | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
+        missing = json.loads((stage / "fx_missing.json").read_text())
+        if missing:
+            currency, day = missing[0]
+            more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
+            raise ConfigError(f"no FX rate for {currency} -> {reporting_currency} on or before {day}{more}; "
+                              "add it to the FX file (--fx-rates)")  # fmt: skip
+        root = lake.lake_dir(data_dir)
+        replace = []
+        for table in ("customer_months", "customer_lifetime"):
+            staged = stage / table
+            if not staged.exists():
+                staged.mkdir(parents=True)
+            replace.append((staged, root / table))
+        lake.commit(data_dir, run_id, [], [], [], replace_dirs=replace)
+    cm = lake.read_table(data_dir, "customer_months", ["customer_id", "month", "mrr"])
+    at = cm.filter(pc.equal(cm["month"], pa.scalar(month_start(as_of), pa.date32())))
+    positive = at.filter(pc.greater(at["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
+    result = MetricsResult(
+        run_id=run_id, as_of=as_of, reporting_currency=reporting_currency, customer_months=cm.num_rows,
+        customers=len(pc.unique(cm["customer_id"])), months=len(pc.unique(cm["month"])),
+        mrr_at_as_of=pc.sum(at["mrr"]).as_py() if at.num_rows else 0, active_customers_at_as_of=positive.num_rows,
+        seconds=round(time.monotonic() - started, 3),
+    )  # fmt: skip
+    if write_run_manifest:
+        write_manifest(data_dir, run_id, "metrics", {
+            "as_of": as_of.isoformat(), "reporting_currency": reporting_currency,
+            "fx_rates": str(fx_rates) if fx_rates else "bundled", "customer_months": result.customer_months,
+            "customers": result.customers, "months": result.months, "mrr_at_as_of": str(result.mrr_at_as_of),
+            "seconds": result.seconds,
+        })  # fmt: skip
+    return result

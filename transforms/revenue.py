@@ -1,0 +1,447 @@
+"""Revenue state and customer-month facts (CONTRACT section 2), as pure Arrow/Python functions.
+
+The Beam stage (``transforms.metrics``) wires these together. Intermediate results are
+*partial* tables in one long schema, ``PARTIAL``: ``(customer_id, month, measure, key,
+amount, count)``; merging partials is concatenation plus a grouped sum, so they can be
+combined in any order, in any window pane, by any worker.
+
+Measures: ``span`` (the customer exists this month), ``mrr`` (reporting currency,
+count = active subscriptions), ``mrr_orig`` (key = currency, amount = minor units),
+``paid`` (invoices paid incl. tax, reporting currency; count = invoices), ``tax``,
+``refund`` (count = refunds), ``failed`` (count = failed payments), ``usage`` (key =
+meter, amount = quantity).
+
+Policies (documented in the README):
+- a subscription's MRR at instant ``t`` comes from its latest state with
+  ``effective_at <= t`` (ties: ``occurred_at``, then ``event_id``); a cancellation
+  state gives 0; so does ``t < trial_end`` (``trial_end`` carries over to updates that
+  do not set it);
+- month M is measured at its last instant; the as-of month at the end of the as-of day;
+- each subscription state's MRR is converted at the FX rate of the day the state began
+  and rounded to the reporting currency's minor unit (half away from zero); a
+  customer's MRR is the sum of its subscriptions';
+- each payment, tax and refund is converted at its own day's rate and rounded likewise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms import schemas
+from transforms.calendar import date_to_micros, month_start, months_between, next_month
+from transforms.fx import FxTable, MissingFxRate
+from transforms.money import currency_exponent, mrr_minor_exact, round_to_minor
+
+AMOUNT = pa.decimal128(38, 9)
+RATE = pa.decimal128(18, 15)  # reporting-currency units per *minor* unit of the source currency
+PARTIAL = pa.schema(
+    [
+        pa.field("customer_id", pa.string()),
+        pa.field("month", pa.date32()),
+        pa.field("measure", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("amount", AMOUNT),
+        pa.field("count", pa.int64()),
+    ]
+)
+SUB_COLUMNS = ["customer_id", "subscription_id", "event_type", "event_id", "occurred_at", "effective_at",
+               "currency", "unit_amount", "quantity", "interval", "interval_count", "trial_end"]  # fmt: skip
+SUB_TYPES = ("subscription.created", "subscription.updated", "subscription.canceled")
+ZERO = Decimal(0)
+
+
+def empty_partial() -> pa.Table:
+    return PARTIAL.empty_table()
+
+
+def merge_partials(tables: Iterable[pa.Table]) -> pa.Table:
+    """Concatenate and sum by (customer_id, month, measure, key). Order-independent."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return empty_partial()
+    merged = pa.concat_tables(tables)
+    if len(tables) == 1 and merged.num_rows < 2:
+        return merged
+    out = merged.group_by(["customer_id", "month", "measure", "key"], use_threads=False).aggregate(
+        [("amount", "sum"), ("count", "sum")]
+    )
+    return pa.table(
+        [out["customer_id"], out["month"], out["measure"], out["key"],
+         out["amount_sum"].cast(AMOUNT), out["count_sum"]], schema=PARTIAL,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ FX, vectorised
+
+
+def fx_daily(fx: FxTable, currencies: Iterable[str], first: dt.date, last: dt.date) -> pa.Table:
+    """One row per (currency, day) in [first, last] with the rate per minor unit; days with no rate omitted."""
+    cur_col, day_col, rate_col = [], [], []
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    for currency in sorted(set(currencies)):
+        scale = Decimal(10) ** -currency_exponent(currency)
+        for day in days:
+            try:
+                rate = fx.rate(currency, day)
+            except MissingFxRate:
+                continue
+            cur_col.append(currency)
+            day_col.append(day)
+            rate_col.append((rate * scale).quantize(Decimal("1e-15")))
+    return pa.table({"currency": pa.array(cur_col, pa.string()), "day": pa.array(day_col, pa.date32()),
+                     "rate": pa.array(rate_col, RATE)})  # fmt: skip
+
+
+def _convert(table: pa.Table, amount_col: str, rates: pa.Table, reporting_exponent: int) -> tuple[pa.Array, pa.Table]:
+    """Per-row conversion of minor units at the row's day rate, rounded to the reporting minor unit."""
+    joined = table.join(rates, keys=["currency", "day"], join_type="left outer", use_threads=False)
+    missing = joined.filter(pc.is_null(joined["rate"]))
+    amount = pc.cast(joined[amount_col], pa.decimal128(19, 0))
+    converted = pc.round(pc.multiply(amount, joined["rate"]), ndigits=reporting_exponent, round_mode="half_up")
+    return joined, converted.cast(AMOUNT), missing
+
+
+def preaggregate_transactions(events: pa.Table, usage: pa.Table, rates: pa.Table, reporting_currency: str,
+                              as_of: dt.date) -> tuple[pa.Table, list[tuple[str, dt.date]]]:  # fmt: skip
+    """Invoices paid, tax, refunds, failed payments and usage per customer-month, as a partial table.
+
+    Returns the partial and the (currency, day) pairs that had no FX rate (an error for the caller).
+    """
+    end = date_to_micros(as_of + dt.timedelta(days=1))
+    parts, missing = [], set()
+    rep_exp = currency_exponent(reporting_currency)
+    if events.num_rows:
+        ev = events.filter(pc.less(events["occurred_at"].cast(pa.int64()), end))
+        ev = ev.append_column("day", pc.cast(ev["occurred_at"], pa.date32()))
+        ev = ev.append_column("month", _month_of(ev["day"]))
+        seen = ev.group_by(["customer_id", "month"], use_threads=False).aggregate([("event_id", "count")])
+        parts.append(_partial(seen["customer_id"], seen["month"], "span", None, None, seen["event_id_count"]))
+        money = ev.filter(pc.is_in(ev["event_type"], pa.array(["invoice.paid", "charge.refunded"])))
+        money = money.select(["customer_id", "month", "day", "event_type", "currency", "amount", "tax"])
+        if money.num_rows:
+            money = money.append_column("tax0", pc.fill_null(money["tax"], 0))
+            local = money.filter(pc.equal(money["currency"], reporting_currency))
+            foreign = money.filter(pc.not_equal(money["currency"], reporting_currency))
+            pieces = []
+            if local.num_rows:
+                scale = pa.scalar(Decimal(1).scaleb(-rep_exp), pa.decimal128(18, 15))
+                amt = pc.multiply(pc.cast(local["amount"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+                tax = pc.multiply(pc.cast(local["tax0"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+                pieces.append(local.select(["customer_id", "month", "event_type"]).append_column("amt", amt)
+                              .append_column("taxc", tax))  # fmt: skip
+            if foreign.num_rows:
+                joined, amt, miss = _convert(foreign, "amount", rates, rep_exp)
+                missing.update((r["currency"], r["day"]) for r in miss.select(["currency", "day"]).to_pylist())
+                _, tax, _ = _convert(foreign, "tax0", rates, rep_exp)
+                pieces.append(joined.select(["customer_id", "month", "event_type"]).append_column("amt", amt)
+                              .append_column("taxc", tax))  # fmt: skip
+            conv = pa.concat_tables(pieces, promote_options="permissive")
+            paid = conv.filter(pc.equal(conv["event_type"], "invoice.paid"))
+            if paid.num_rows:
+                g = paid.group_by(["customer_id", "month"], use_threads=False).aggregate(
+                    [("amt", "sum"), ("taxc", "sum"), ("amt", "count")])
+                parts.append(_partial(g["customer_id"], g["month"], "paid", None, g["amt_sum"], g["amt_count"]))
+                parts.append(_partial(g["customer_id"], g["month"], "tax", None, g["taxc_sum"], None))
+            refunds = conv.filter(pc.equal(conv["event_type"], "charge.refunded"))
+            if refunds.num_rows:
+                g = refunds.group_by(["customer_id", "month"], use_threads=False).aggregate(
+                    [("amt", "sum"), ("amt", "count")])
+                parts.append(_partial(g["customer_id"], g["month"], "refund", None, g["amt_sum"], g["amt_count"]))
+        failed = ev.filter(pc.equal(ev["event_type"], "invoice.payment_failed"))
+        if failed.num_rows:
+            g = failed.group_by(["customer_id", "month"], use_threads=False).aggregate([("event_id", "count")])
+            parts.append(_partial(g["customer_id"], g["month"], "failed", None, None, g["event_id_count"]))
+    if usage.num_rows:
+        us = usage.filter(pc.less(usage["occurred_at"].cast(pa.int64()), end))
+        us = us.append_column("month", _month_of(pc.cast(us["occurred_at"], pa.date32())))
+        g = us.group_by(["customer_id", "month", "meter"], use_threads=False).aggregate(
+            [("quantity", "sum"), ("event_id", "count")])
+        parts.append(_partial(g["customer_id"], g["month"], "usage", g["meter"], g["quantity_sum"], g["event_id_count"]))
+        parts.append(_partial(g["customer_id"], g["month"], "span", None, None, g["event_id_count"]))
+    return merge_partials(parts), sorted(missing)
+
+
+def _month_of(days: pa.ChunkedArray | pa.Array) -> pa.Array:
+    year = pc.year(days)
+    month = pc.month(days)
+    strings = pc.binary_join_element_wise(pc.cast(year, pa.string()),
+                                          pc.utf8_lpad(pc.cast(month, pa.string()), 2, "0"), "01", "-")  # fmt: skip
+    return pc.strptime(strings, format="%Y-%m-%d", unit="s").cast(pa.date32())
+
+
+def money_sub(a, b):
+    """a - b on MONEY columns (Arrow widens decimal precision past 38 otherwise)."""
+    narrow = pa.decimal128(36, 6)
+    return pc.subtract(pc.cast(a, narrow), pc.cast(b, narrow)).cast(schemas.MONEY)
+
+
+def _partial(customers, months, measure, keys, amounts, counts) -> pa.Table:
+    n = len(customers)
+    return pa.table(
+        {
+            "customer_id": customers,
+            "month": months,
+            "measure": pa.array([measure] * n, pa.string()),
+            "key": keys if keys is not None else pa.array([""] * n, pa.string()),
+            "amount": amounts.cast(AMOUNT) if amounts is not None else pa.array([ZERO] * n, AMOUNT),
+            "count": counts if counts is not None else pa.array([0] * n, pa.int64()),
+        },
+        schema=PARTIAL,
+    )
+
+
+# ------------------------------------------------------------------ subscription replay
+
+
+def subscription_events(events: pa.Table) -> pa.Table:
+    subs = events.filter(pc.is_in(events["event_type"], pa.array(SUB_TYPES)))
+    return subs.select(SUB_COLUMNS)
+
+
+def first_months(events: pa.Table, usage: pa.Table) -> pa.Table:
+    """(customer_id, first_month): the month of each customer's first event."""
+    parts = []
+    for t in (events, usage):
+        if t.num_rows:
+            g = t.group_by("customer_id", use_threads=False).aggregate([("occurred_at", "min")])
+            parts.append(pa.table({"customer_id": g["customer_id"],
+                                   "first_month": _month_of(pc.cast(g["occurred_at_min"], pa.date32()))}))  # fmt: skip
+    if not parts:
+        return pa.table({"customer_id": pa.array([], pa.string()), "first_month": pa.array([], pa.date32())})
+    all_ = pa.concat_tables(parts)
+    g = all_.group_by("customer_id", use_threads=False).aggregate([("first_month", "min")])
+    return pa.table({"customer_id": g["customer_id"], "first_month": g["first_month_min"]})
+
+
+class _State:
+    __slots__ = ("eff", "mrr", "orig_minor", "currency", "trial_end", "canceled")
+
+    def __init__(self, eff, mrr, orig_minor, currency, trial_end, canceled):
+        self.eff, self.mrr, self.orig_minor = eff, mrr, orig_minor
+        self.currency, self.trial_end, self.canceled = currency, trial_end, canceled
+
+
+def replay_subscriptions(subs: pa.Table, firsts: pa.Table, as_of: dt.date, fx: FxTable,
+                         reporting_currency: str) -> pa.Table:  # fmt: skip
+    """MRR at each month's last instant for every customer-month, from first event month to the as-of month.
+
+    Raises ``MissingFxRate`` naming the currency and day when a state cannot be converted.
+    """
+    as_of_end = date_to_micros(as_of + dt.timedelta(days=1))
+    subs = subs.filter(pc.less(subs["occurred_at"].cast(pa.int64()), as_of_end)) if subs.num_rows else subs
+    subs = subs.sort_by([("customer_id", "ascending"), ("subscription_id", "ascending"), ("effective_at", "ascending"),
+                         ("occurred_at", "ascending"), ("event_id", "ascending")])  # fmt: skip
+    by_customer: dict[str, list[list[_State]]] = {}
+    cols = {c: subs[c].to_pylist() for c in SUB_COLUMNS}
+    for c in ("occurred_at", "effective_at", "trial_end"):
+        cols[c] = subs[c].cast(pa.int64()).to_pylist()
+    current_sub = None
+    state_cache: dict[tuple, tuple[Decimal, int]] = {}
+    for i in range(subs.num_rows):
+        key = (cols["customer_id"][i], cols["subscription_id"][i])
+        if key != current_sub:
+            timeline: list[_State] = []
+            by_customer.setdefault(key[0], []).append(timeline)
+            current_sub = key
+            trial_end = None
+        eff = cols["effective_at"][i]
+        if cols["event_type"][i] == "subscription.canceled":
+            timeline.append(_State(eff, ZERO, 0, None, trial_end, True))
+            continue
+        if cols["trial_end"][i] is not None:
+            trial_end = cols["trial_end"][i]
+        currency = cols["currency"][i]
+        day = (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=eff)).date()
+        params = (currency, cols["unit_amount"][i], cols["quantity"][i], cols["interval"][i],
+                  cols["interval_count"][i], day)  # fmt: skip
+        if params not in state_cache:
+            exact = mrr_minor_exact(params[1], params[2], params[3], params[4])
+            rate = fx.rate(currency, day)
+            major = exact / 10 ** currency_exponent(currency)
+            mrr = round_to_minor(major * Fraction(rate), reporting_currency)
+            state_cache[params] = (mrr, int(exact + Fraction(1, 2)))
+        mrr, orig = state_cache[params]
+        timeline.append(_State(eff, mrr, orig, currency, trial_end, False))
+
+    out_c, out_m, out_measure, out_key, out_amount, out_count = [], [], [], [], [], []
+    as_of_month = month_start(as_of)
+    fc = firsts["customer_id"].to_pylist()
+    fm = firsts["first_month"].to_pylist()
+    for customer, first in sorted(zip(fc, fm, strict=True)):
+        timelines = by_customer.get(customer, [])
+        pointers = [-1] * len(timelines)
+        for month in months_between(first, as_of_month):
+            boundary = min(date_to_micros(next_month(month)), as_of_end)
+            total, active = ZERO, 0
+            orig: dict[str, int] = {}
+            for t_i, timeline in enumerate(timelines):
+                p = pointers[t_i]
+                while p + 1 < len(timeline) and timeline[p + 1].eff < boundary:
+                    p += 1
+                pointers[t_i] = p
+                if p < 0:
+                    continue
+                state = timeline[p]
+                if state.canceled or (state.trial_end is not None and state.trial_end >= boundary):
+                    continue
+                total += state.mrr
+                active += 1
+                orig[state.currency] = orig.get(state.currency, 0) + state.orig_minor
+            out_c.append(customer), out_m.append(month), out_measure.append("span")
+            out_key.append(""), out_amount.append(ZERO), out_count.append(0)
+            if active:
+                out_c.append(customer), out_m.append(month), out_measure.append("mrr")
+                out_key.append(""), out_amount.append(total), out_count.append(active)
+                for currency, minor in orig.items():
+                    out_c.append(customer), out_m.append(month), out_measure.append("mrr_orig")
+                    out_key.append(currency), out_amount.append(Decimal(minor)), out_count.append(0)
+    return pa.table({"customer_id": pa.array(out_c, pa.string()), "month": pa.array(out_m, pa.date32()),
+                     "measure": pa.array(out_measure, pa.string()), "key": pa.array(out_key, pa.string()),
+                     "amount": pa.array(out_amount, AMOUNT), "count": pa.array(out_count, pa.int64())},
+                    schema=PARTIAL)  # fmt: skip
+
+
+# ------------------------------------------------------------------ customer_months
+
+
+def pivot_customer_months(partial: pa.Table, reporting_currency: str) -> pa.Table:
+    """Long partials -> one row per (customer, month) with every measure; months without a span row dropped."""
+    base = partial.filter(pc.equal(partial["measure"], "span")).select(["customer_id", "month"])
+    base = base.group_by(["customer_id", "month"], use_threads=False).aggregate([])
+    out = base
+
+    def attach(measure: str, amount_name: str | None, count_name: str | None):
+        nonlocal out
+        part = partial.filter(pc.equal(partial["measure"], measure))
+        part = part.group_by(["customer_id", "month"], use_threads=False).aggregate([("amount", "sum"), ("count", "sum")])
+        cols = [part["customer_id"], part["month"]]
+        names = ["customer_id", "month"]
+        if amount_name:
+            cols.append(part["amount_sum"].cast(schemas.MONEY))
+            names.append(amount_name)
+        if count_name:
+            cols.append(part["count_sum"])
+            names.append(count_name)
+        out = out.join(pa.table(cols, names=names), ["customer_id", "month"], join_type="left outer", use_threads=False)
+
+    attach("mrr", "mrr", "active_subscriptions")
+    attach("paid", "revenue_paid", "invoices_paid")
+    attach("tax", "tax", None)
+    attach("refund", "refunds", "refund_count")
+    attach("failed", None, "failed_payments")
+    zero = pa.scalar(ZERO, schemas.MONEY)
+    for name in ("mrr", "revenue_paid", "tax", "refunds"):
+        out = out.set_column(out.schema.get_field_index(name), name, pc.fill_null(out[name], zero))
+    for name in ("active_subscriptions", "invoices_paid", "refund_count", "failed_payments"):
+        out = out.set_column(out.schema.get_field_index(name), name, pc.fill_null(out[name], 0))
+    out = out.append_column("net_revenue", money_sub(money_sub(out["revenue_paid"], out["tax"]), out["refunds"]))
+    out = _attach_list(out, _nested(partial, "mrr_orig", "currency", "mrr_minor", pa.int64(), "mrr_by_currency"))
+    out = _attach_list(out, _nested(partial, "usage", "meter", "quantity", schemas.QUANTITY, "usage"))
+    out = out.append_column("reporting_currency", pa.array([reporting_currency] * out.num_rows, pa.string()))
+    return out.sort_by([("customer_id", "ascending"), ("month", "ascending")])
+
+
+def _attach_list(out: pa.Table, nested: pa.Table) -> pa.Table:
+    """Left-join a list column by (customer_id, month) via row positions (Arrow joins skip list columns)."""
+    column = nested.column_names[-1]
+    out = out.append_column("_row", pa.array(np.arange(out.num_rows, dtype=np.int64)))
+    keys = nested.select(["customer_id", "month"]).append_column(
+        "_nested_row", pa.array(np.arange(nested.num_rows, dtype=np.int64)))
+    matched = out.select(["customer_id", "month", "_row"]).join(keys, ["customer_id", "month"], use_threads=False)
+    positions = pa.array([None] * out.num_rows, pa.int64()).to_pylist()
+    for row, nested_row in zip(matched["_row"].to_pylist(), matched["_nested_row"].to_pylist(), strict=True):
+        positions[row] = nested_row
+    values = nested[column].combine_chunks().take(pa.array(positions, pa.int64()))
+    return out.drop_columns(["_row"]).append_column(column, values)
+
+
+def _nested(partial, measure, key_name, value_name, value_type, column) -> pa.Table:
+    part = partial.filter(pc.equal(partial["measure"], measure)).sort_by(
+        [("customer_id", "ascending"), ("month", "ascending"), ("key", "ascending")])
+    part = part.group_by(["customer_id", "month", "key"], use_threads=False).aggregate([("amount", "sum")])
+    part = part.sort_by([("customer_id", "ascending"), ("month", "ascending"), ("key", "ascending")])
+    g = part.group_by(["customer_id", "month"], use_threads=False).aggregate([("key", "list"), ("amount_sum", "list")])
+    keys = g["key_list"].combine_chunks()
+    values = g["amount_sum_list"].combine_chunks()
+    struct = pa.StructArray.from_arrays([keys.flatten(), values.flatten().cast(value_type)], names=[key_name, value_name])
+    nested = pa.ListArray.from_arrays(keys.offsets, struct)
+    return pa.table({"customer_id": g["customer_id"], "month": g["month"], column: nested})
+
+
+def add_movements(wide: pa.Table) -> pa.Table:
+    """previous_mrr, mrr_change, movement and has_paid_before per customer, months in order (CONTRACT section 2)."""
+    wide = wide.sort_by([("customer_id", "ascending"), ("month", "ascending")])
+    n = wide.num_rows
+    customers = wide["customer_id"].combine_chunks()
+    new_customer = np.ones(n, dtype=bool)
+    if n > 1:
+        new_customer[1:] = ~pc.equal(customers[1:], customers[:-1]).to_numpy(zero_copy_only=False)
+    # exact integers in millionths (the MONEY scale) for comparisons and cumulative flags
+    mrr_units = pc.cast(pc.multiply(pc.cast(wide["mrr"], pa.decimal128(24, 6)),
+                                    pa.scalar(Decimal(10**6), pa.decimal128(7, 0))), pa.int64()).to_numpy()  # fmt: skip
+    prev_units = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        prev_units[1:] = mrr_units[:-1]
+    prev_units[new_customer] = 0
+    paid = mrr_units > 0
+    # has_paid_before: any earlier month of the same customer with mrr > 0
+    group = np.cumsum(new_customer) - 1
+    cum = np.cumsum(paid.astype(np.int64))
+    start_cum = (cum - paid)[np.flatnonzero(new_customer)]
+    paid_before = (cum - paid.astype(np.int64) - start_cum[group]) > 0
+    movement = np.full(n, "unchanged", dtype=object)
+    m, p = mrr_units, prev_units
+    movement[(m > 0) & (p == 0) & ~paid_before] = "new"
+    movement[(m > 0) & (p == 0) & paid_before] = "reactivation"
+    movement[(p > 0) & (m > p)] = "expansion"
+    movement[(m > 0) & (m < p)] = "contraction"
+    movement[(p > 0) & (m == 0)] = "churn"
+    previous = pa.array([Decimal(int(x)).scaleb(-6) for x in prev_units], schemas.MONEY)
+    wide = wide.append_column("previous_mrr", previous)
+    wide = wide.append_column("mrr_change", money_sub(wide["mrr"], previous))
+    wide = wide.append_column("movement", pa.array(movement.tolist(), pa.string()))
+    wide = wide.append_column("has_paid_before", pa.array(paid_before))
+    empty_money = pa.array([[]] * n, schemas.MRR_BY_CURRENCY)
+    empty_usage = pa.array([[]] * n, schemas.USAGE_BY_METER)
+    wide = wide.set_column(wide.schema.get_field_index("mrr_by_currency"), "mrr_by_currency",
+                           pc.if_else(pc.is_null(wide["mrr_by_currency"]), empty_money, wide["mrr_by_currency"]))  # fmt: skip
+    wide = wide.set_column(wide.schema.get_field_index("usage"), "usage",
+                           pc.if_else(pc.is_null(wide["usage"]), empty_usage, wide["usage"]))  # fmt: skip
+    return wide.select(schemas.CUSTOMER_MONTHS.names + ["month"]).cast(
+        schemas.CUSTOMER_MONTHS.append(pa.field("month", pa.date32())))
+
+
+def customer_lifetime(months: pa.Table, as_of: dt.date) -> pa.Table:
+    """One row per customer: the accumulation over its customer_months rows up to the as-of month."""
+    rows = []
+    t = months.sort_by([("customer_id", "ascending"), ("month", "ascending")]).select(
+        ["customer_id", "reporting_currency", "month", "mrr", "movement", "net_revenue"]).to_pylist()
+    acc = None
+    for r in t + [None]:
+        if acc is not None and (r is None or r["customer_id"] != acc["customer_id"]):
+            rows.append(acc)
+            acc = None
+        if r is None:
+            break
+        if acc is None:
+            acc = {"customer_id": r["customer_id"], "reporting_currency": r["reporting_currency"],
+                   "first_event_month": r["month"], "first_paid_month": None, "last_paid_month": None,
+                   "last_churn_month": None, "months_active": 0, "churn_count": 0, "current_mrr": ZERO,
+                   "lifetime_revenue": ZERO, "as_of": as_of}  # fmt: skip
+        if r["mrr"] > 0:
+            acc["first_paid_month"] = acc["first_paid_month"] or r["month"]
+            acc["last_paid_month"] = r["month"]
+            acc["months_active"] += 1
+        if r["movement"] == "churn":
+            acc["churn_count"] += 1
+            acc["last_churn_month"] = r["month"]
+        acc["current_mrr"] = r["mrr"]
+        acc["lifetime_revenue"] += r["net_revenue"]
+    return pa.Table.from_pylist(rows, schema=schemas.CUSTOMER_LIFETIME)
