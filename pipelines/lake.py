@@ -119,6 +119,8 @@ def read_table(data_dir: Path, table: str, columns: list[str] | None = None) -> 
               "customer_lifetime": schemas.CUSTOMER_LIFETIME, "late_events": schemas.LATE_EVENTS,
               "dead_letter": schemas.DEAD_LETTER}[table]  # fmt: skip
     name, kind = schemas.PARTITION_COLUMNS.get(table, ("month", pa.date32()))
+    if name in schema.names:  # stored as the hive directory, not inside the files
+        schema = schema.remove(schema.get_field_index(name))
     full = schema.append(pa.field(name, kind))
     if not has_files(data_dir, table):
         empty = full.empty_table()
