@@ -37,7 +37,7 @@ from transforms.ingest import (
 
 log = logging.getLogger(__name__)
 
-SHARD_INPUT_BYTES = 1 << 30  # about 4M events of JSON per dedup shard
+SHARD_INPUT_BYTES = 384 << 20  # about 1.5M events of JSON per dedup shard: bounds memory
 
 
 @dataclass

@@ -8,7 +8,7 @@
     those file-level dead letters (as ``LineChunk`` with ``file_error`` set).
 ``ParseEventLines``
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
-    staging schemas: lake columns plus ``event_date``, ``file_index``, ``canonical``).
+    staging schemas: lake columns plus ``event_date`` and ``file_index``).
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
@@ -52,8 +53,7 @@ TAGS = ("events", "usage", "dead_letter")
 
 
 def _staging_schema(schema: pa.Schema) -> pa.Schema:
-    return schema.append(pa.field("event_date", pa.date32())).append(
-        pa.field("file_index", pa.int64())).append(pa.field("canonical", pa.string()))  # fmt: skip
+    return schema.append(pa.field("event_date", pa.date32())).append(pa.field("file_index", pa.int64()))
 
 
 EVENTS_STAGING = _staging_schema(schemas.EVENTS)
@@ -293,8 +293,8 @@ def dedup_shard(
         }
     )
     return DedupResult(
-        events=ev.drop_columns(["file_index", "canonical"]),
-        usage=us.drop_columns(["file_index", "canonical"]),
+        events=ev.drop_columns(["file_index"]),
+        usage=us.drop_columns(["file_index"]),
         dead_letter=dead_all.drop_columns(["file_index"]),
         index_events=index,
         duplicates=duplicates + dead_dups,
@@ -309,12 +309,16 @@ def _conflict_dead_letters(events: pa.Table, usage: pa.Table, rows: list[int]) -
         table, i = (events, row) if row < n_events else (usage, row - n_events)
         source_file = table["source_file"][i].as_py()
         line = table["source_line"][i].as_py()
-        canonical = table["canonical"][i].as_py()
+        row = table.slice(i, 1).to_pylist()[0]
+        digest = row["payload_sha256"]
+        # the rejected version as parsed (already redacted, email hashed), without provenance columns
+        shown = {k: v for k, v in row.items() if v is not None and k not in _PROVENANCE_COLUMNS}
+        canonical = orjson.dumps(shown, default=str, option=orjson.OPT_SORT_KEYS).decode()
         event_id = table["event_id"][i].as_py()
         cols["source_file"].append(source_file)
         cols["source_line"].append(line)
         cols["raw"].append(truncate_raw(canonical))
-        cols["raw_sha256"].append(dead_letter_key(source_file, line, canonical.encode()))
+        cols["raw_sha256"].append(dead_letter_key(source_file, line, digest.encode()))
         cols["message"].append(
             f"event_id {event_id[:80]!r} already accepted with a different payload; the first version stays"
         )
@@ -322,6 +326,9 @@ def _conflict_dead_letters(events: pa.Table, usage: pa.Table, rows: list[int]) -
         cols["reason"].append("conflicting_duplicate")
         cols["file_index"].append(table["file_index"][i].as_py())
     return pa.table(cols, schema=DEAD_STAGING)
+
+
+_PROVENANCE_COLUMNS = {"payload_sha256", "source_file", "source_line", "file_index", "event_date"}
 
 
 def empty_staging(tag: str) -> pa.Table:

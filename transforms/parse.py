@@ -67,6 +67,7 @@ FIELDS = {
     "usage.recorded": (("meter", "quantity"), ("subscription_id",)),
 }
 assert set(FIELDS) == set(EVENT_TYPES)
+KNOWN = {t: frozenset(COMMON) | frozenset(req) | frozenset(opt) for t, (req, opt) in FIELDS.items()}
 
 EVENT_COLUMNS = (
     "event_id", "event_type", "occurred_at", "customer_id", "subscription_id", "plan_id", "invoice_id",
@@ -80,7 +81,7 @@ USAGE_COLUMNS = (
 )  # fmt: skip
 DEAD_COLUMNS = ("source_file", "source_line", "raw", "raw_sha256", "message", "event_id", "reason")
 # staging-only columns carried from parse to dedup
-STAGE_COLUMNS = ("event_date", "file_index", "canonical")
+STAGE_COLUMNS = ("event_date", "file_index")
 
 
 class Reject(Exception):
@@ -278,9 +279,8 @@ def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line
         raise Reject("unknown_event_type", f"unknown event_type {str(event_type)[:60]!r}")
     occurred = parse_timestamp(obj.get("occurred_at") or _missing("occurred_at"), "occurred_at")
     customer_id = _string(obj, "customer_id", True)
-    required, optional = FIELDS[event_type]
-    known = set(COMMON) | set(required) | set(optional)
-    extra = {k: v for k, v in obj.items() if k not in known}
+    known = KNOWN[event_type]
+    extra = {k: v for k, v in obj.items() if k not in known} if len(obj) > len(known) or not known.issuperset(obj) else None
     attributes = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode() if extra else None
     digest = hashlib.sha256(canonical_json(obj)).hexdigest()
 
@@ -354,7 +354,6 @@ def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line
             cols[name].append(v[name])
     cols["event_date"].append(occurred.date())
     cols["file_index"].append(file_index)
-    cols["canonical"].append(canonical_json(obj).decode())
 
 
 def _missing(name: str):
