@@ -120,6 +120,25 @@ def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path 
 
 
 @main.command()
+@data_dir_option
+@click.option("--fx-rates", type=click.Path(path_type=Path), default=None,
+              help="CSV date,currency,rate quoted in the reporting currency (default: bundled table).")
+@click.option("--no-gate", is_flag=True, help="Publish without running the data-quality gate.")
+@error_boundary
+def transform(data_dir: Path, fx_rates: Path | None, no_gate: bool) -> None:
+    """dbt build into a fresh warehouse copy; publish it atomically if tests (and the gate) pass."""
+    from pipelines.summary import print_transform
+    from pipelines.transform import run_transform
+
+    gate = None
+    if not no_gate:
+        from pipelines.quality import warehouse_gate
+
+        gate = warehouse_gate(data_dir)
+    print_transform(run_transform(data_dir, fx_rates, gate=gate))
+
+
+@main.command()
 @click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--months", type=click.IntRange(1, 600), default=24, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

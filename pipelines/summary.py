@@ -30,3 +30,8 @@ def print_metrics(result) -> None:
         f"as of {result.as_of}: MRR {result.mrr_at_as_of} {result.reporting_currency} from "
         f"{result.active_customers_at_as_of:,} paying customers  ({result.seconds:.1f}s)"
     )
+
+
+def print_transform(result) -> None:
+    console.print(f"warehouse published: {result.published}  (as of {result.as_of}, {result.reporting_currency}; "
+                  f"dbt build {result.dbt_seconds:.1f}s; {result.nodes})")

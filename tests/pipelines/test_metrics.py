@@ -84,7 +84,7 @@ def test_bridge_identity_holds_every_month(metrics_run):
         by_month[month]["prev"] += r["previous_mrr"]
         by_month[month]["change"] += r["mrr_change"]
         by_month[month][r["movement"]] += r["mrr_change"]
-    for month, t in by_month.items():
+    for _month, t in by_month.items():
         assert t["mrr"] == t["prev"] + t["new"] + t["reactivation"] + t["expansion"] + t["contraction"] + t["churn"]
 
 
