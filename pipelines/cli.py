@@ -139,6 +139,28 @@ def transform(data_dir: Path, fx_rates: Path | None, no_gate: bool) -> None:
 
 
 @main.command()
+@data_dir_option
+@click.option("--dead-letter-warning", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Dead-letter ratio above which a warning is reported.")
+@click.option("--dead-letter-critical", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Dead-letter ratio above which the gate fails.")
+@error_boundary
+def validate(data_dir: Path, dead_letter_warning: float, dead_letter_critical: float) -> None:
+    """Run the Great Expectations suites on the lake and the published warehouse; exit 2 on a critical failure."""
+    from pipelines.quality import validate as run_validate
+    from pipelines.summary import print_gate
+    from pipelines.transform import warehouse_path
+
+    warehouse = warehouse_path(data_dir)
+    result = run_validate(data_dir, warehouse=warehouse if warehouse.exists() else None,
+                          thresholds={"dead_letter_ratio_warning": dead_letter_warning,
+                                      "dead_letter_ratio_critical": dead_letter_critical})
+    print_gate(result)
+    if not result.passed:
+        sys.exit(2)
+
+
+@main.command()
 @click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--months", type=click.IntRange(1, 600), default=24, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=max(100, Console().width))
 
 
 def print_ingest(result) -> None:
@@ -35,3 +36,20 @@ def print_metrics(result) -> None:
 def print_transform(result) -> None:
     console.print(f"warehouse published: {result.published}  (as of {result.as_of}, {result.reporting_currency}; "
                   f"dbt build {result.dbt_seconds:.1f}s; {result.nodes})")
+
+
+def print_gate(result) -> None:
+    table = Table(title="data-quality gate: " + ("PASSED" if result.passed else "FAILED"), show_header=True)
+    table.add_column("suite")
+    table.add_column("rows", justify="right")
+    table.add_column("status")
+    table.add_column("failing expectations (sample of bad values)")
+    for o in result.suites:
+        status = "passed" if o.passed and not o.warnings else ("warning" if o.passed else "FAILED")
+        notes = [f"[critical] {f['expectation']}({f['column'] or ''}) x{f['unexpected_count'] or f['observed_value']}"
+                 f" {f['sample'][:3]}" for f in o.critical_failures]
+        notes += [f"[warning] {f['expectation']}({f['column'] or ''}) x{f['unexpected_count'] or f['observed_value']}"
+                  f" {f['sample'][:3]}" for f in o.warnings]
+        table.add_row(o.suite, f"{o.rows:,}", status, escape("\n".join(notes)))
+    console.print(table)
+    console.print(f"quality results: {result.results_file}  docs: {result.docs_index}  ({result.seconds:.1f}s)")
