@@ -160,6 +160,50 @@ def validate(data_dir: Path, dead_letter_warning: float, dead_letter_critical: f
         sys.exit(2)
 
 
+@main.command(context_settings=BEAM_ARGS)
+@click.option("--input", "input_dir", type=click.Path(path_type=Path), default=DEFAULT_INPUT,
+              show_default="bundled sample", help="Folder of *.jsonl / *.jsonl.gz event files (recursive).")
+@data_dir_option
+@metrics_options
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+@error_boundary
+def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None,
+        quiet: bool) -> None:
+    """Ingest, metrics, dbt build, quality gate, publish and report. Exit 0 ok, 1 error, 2 quality gate failed."""
+    from pipelines.run import run_all
+    from pipelines.summary import print_run
+
+    if fx_rates is not None:
+        _check_fx(fx_rates, reporting_currency)
+    result = run_all(input_dir, data_dir, as_of, reporting_currency, fx_rates, ctx.args, show_progress=not quiet)
+    print_run(result)
+    sys.exit(result.exit_code)
+
+
+def _check_fx(fx_rates: Path, reporting_currency: str) -> None:
+    """Fail fast (exit 1) on an unreadable FX file, before any stage runs."""
+    from pipelines.errors import ConfigError
+    from transforms.fx import FxError, load_fx
+
+    try:
+        load_fx(reporting_currency, fx_rates)
+    except (FxError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@main.command()
+@click.option("--month", required=True, help="Month to report, YYYY-MM.")
+@data_dir_option
+@error_boundary
+def report(month: str, data_dir: Path) -> None:
+    """Write the month's finance report (self-contained HTML) and its tables as CSV and XLSX."""
+    from pipelines.report import build_report, parse_month
+
+    result = build_report(data_dir, parse_month(month))
+    click.echo(f"report: {result['html']}  (tables as CSV/XLSX in {result['dir']})")
+
+
 @main.command()
 @click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--months", type=click.IntRange(1, 600), default=24, show_default=True)

@@ -370,6 +370,8 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
         if rng.random() < 0.08:
             attempts = rng.choice([1, 1, 2])
             for a in range(attempts):
+                if paid_at >= window_end:
+                    break
                 event("invoice.payment_failed", paid_at, customer_id, invoice_id=invoice_id, currency=currency,
                       amount=net + tax, subscription_id=sub_id, attempt=a + 1)  # fmt: skip
                 paid_at += rng.randrange(1, 3) * 86400

@@ -53,3 +53,32 @@ def print_gate(result) -> None:
         table.add_row(o.suite, f"{o.rows:,}", status, escape("\n".join(notes)))
     console.print(table)
     console.print(f"quality results: {result.results_file}  docs: {result.docs_index}  ({result.seconds:.1f}s)")
+
+
+def print_run(result) -> None:
+    s = result.summary
+    table = Table(title=f"revenue run {result.run_id}: {result.status.upper()}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    ingest = s.get("ingest")
+    if ingest:
+        table.add_row("events read", f"{ingest['lines_read']:,}")
+        table.add_row("written", f"{ingest['rows_written']:,} ({ingest['events_written']:,} payment, "
+                      f"{ingest['usage_written']:,} usage)")
+        table.add_row("duplicates", f"{ingest['duplicates']:,}")
+        reasons = ", ".join(f"{k} {v:,}" for k, v in ingest["dead_letters_by_reason"].items()) or "none"
+        table.add_row("dead letters", f"{ingest['dead_letters']:,} ({reasons})")
+    if "as_of" in s:
+        table.add_row("as of", s["as_of"])
+        table.add_row("months covered", str(s["months_covered"]))
+        table.add_row("MRR at as-of", f"{s['mrr_at_as_of']} {s['reporting_currency']} from "
+                      f"{s['paying_customers_at_as_of']:,} paying customers ({s['customers']:,} customers seen)")
+    if "quality" in s:
+        table.add_row("quality gate", "passed" if s["quality"]["passed"] else "FAILED")
+    for name, path in s.get("outputs", {}).items():
+        table.add_row(name, path)
+    table.add_row("timings", ", ".join(f"{k} {v:.1f}s" for k, v in s.get("timings", {}).items()))
+    table.add_row("manifest", str(result.manifest))
+    if s.get("error"):
+        table.add_row("error", escape(s["error"]))
+    console.print(table)
