@@ -1,0 +1,200 @@
+"""The dbt warehouse: contract tables against the ground truth, atomic publish, failing builds."""
+
+import csv
+import hashlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+
+from pipelines.metrics import run_metrics
+from pipelines.transform import CONTRACT_TABLES, run_transform, warehouse_path
+
+CONTRACT_COLUMNS = {
+    "fct_mrr": ["customer_id", "month", "mrr", "previous_mrr", "mrr_change", "movement", "is_active"],
+    "mrr_monthly": ["month", "mrr", "arr", "active_customers", "new_mrr", "expansion_mrr", "reactivation_mrr",
+                    "contraction_mrr", "churned_mrr", "net_new_mrr", "new_customers", "reactivated_customers",
+                    "churned_customers", "customer_churn_rate", "gross_mrr_churn_rate", "net_mrr_churn_rate", "arpa",
+                    "quick_ratio", "ltv"],
+    "dim_customers": ["customer_id", "first_paid_month", "last_churn_month", "current_mrr", "lifetime_revenue",
+                      "predicted_ltv", "status", "country", "segment"],
+    "fct_revenue_daily": ["date", "currency", "gross_revenue", "tax", "refunds", "net_revenue", "net_revenue_reporting"],
+    "fct_usage_monthly": ["customer_id", "month", "meter", "quantity", "usage_revenue"],
+    "fct_cohort_retention": ["cohort_month", "months_since_start", "customers", "retained_customers", "logo_retention",
+                             "net_mrr_retention", "gross_mrr_retention"],
+}
+
+
+@pytest.fixture(scope="module")
+def warehouse(ingested):
+    data_dir, _ = ingested
+    run_metrics(data_dir)
+    result = run_transform(data_dir)
+    return data_dir, result
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def truth_by_customer(generated):
+    rows = defaultdict(list)
+    with open(generated / "expected_mrr.csv") as handle:
+        for r in csv.DictReader(handle):
+            rows[r["customer_id"]].append((r["month"], Decimal(r["mrr"])))
+    return rows
+
+
+def test_contract_tables_and_columns_exist_with_decimal_money(warehouse):
+    data_dir, _ = warehouse
+    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    for table, columns in CONTRACT_COLUMNS.items():
+        present = {r[0]: r[1] for r in con.execute(
+            "select column_name, data_type from information_schema.columns where table_name = ?", [table]).fetchall()}
+        assert set(columns) <= set(present), (table, set(columns) - set(present))
+        assert not [c for c, t in present.items() if t in ("DOUBLE", "FLOAT", "REAL")], (table, present)
+        assert con.execute(f"select count(*) from {table}").fetchone()[0] > 0
+    assert present  # noqa
+    assert set(CONTRACT_TABLES) == set(CONTRACT_COLUMNS)
+
+
+def test_fct_mrr_equals_ground_truth(generated, warehouse):
+    data_dir, _ = warehouse
+    expected = {}
+    for customer, rows in truth_by_customer(generated).items():
+        paid = [i for i, (_, m) in enumerate(rows) if m > 0]
+        if not paid:
+            continue
+        last = paid[-1]
+        end = last + 1 if last + 1 < len(rows) else last  # through the churn month after the last paid month
+        for month, mrr in rows[paid[0]: end + 1]:
+            expected[(customer, month)] = mrr
+    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    got = {(c, m.isoformat()): v for c, m, v in con.execute('select customer_id, "month", mrr from fct_mrr').fetchall()}
+    assert got == expected
+
+
+def test_mrr_monthly_equals_independent_recomputation(generated, warehouse):
+    data_dir, _ = warehouse
+    per_month = defaultdict(dict)
+    for customer, rows in truth_by_customer(generated).items():
+        for month, mrr in rows:
+            per_month[month][customer] = mrr
+    months = sorted(per_month)
+    want, prev, churn_rates = {}, {}, []
+    ever_paid = set()
+    for month in months:
+        cur = per_month[month]
+        movements = defaultdict(Decimal)
+        churned = 0
+        for c in set(cur) | set(prev):
+            p, m = prev.get(c, Decimal(0)), cur.get(c, Decimal(0))
+            if m > 0 and p == 0:
+                movements["reactivation" if c in ever_paid else "new"] += m
+            elif p > 0 and m == 0:
+                movements["churn"] += p
+                churned += 1
+            elif p > 0 and m > p:
+                movements["expansion"] += m - p
+            elif 0 < m < p:
+                movements["contraction"] += p - m
+        mrr = sum(cur.values(), Decimal(0))
+        prev_mrr = sum(prev.values(), Decimal(0))
+        active = sum(1 for v in cur.values() if v > 0)
+        prev_active = sum(1 for v in prev.values() if v > 0)
+        churn_rate = Decimal(churned) / prev_active if prev_active else None
+        arpa = (mrr / active).quantize(Decimal("0.01"), ROUND_HALF_UP) if active else None
+        trailing = [r for r in churn_rates[-6:] if r is not None]
+        mean = sum(trailing, Decimal(0)) / len(trailing) if trailing else None
+        ltv = (arpa / mean).quantize(Decimal("0.01"), ROUND_HALF_UP) if arpa is not None and mean else None
+        gross = (movements["churn"] + movements["contraction"]) / prev_mrr if prev_mrr else None
+        want[month] = (mrr, active, movements["new"], movements["expansion"], movements["reactivation"],
+                       movements["contraction"], movements["churn"], churn_rate, gross, arpa, ltv)
+        churn_rates.append(churn_rate)
+        ever_paid |= {c for c, v in cur.items() if v > 0}
+        prev = cur
+    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    got = con.execute('select "month", mrr, active_customers, new_mrr, expansion_mrr, reactivation_mrr, '
+                      'contraction_mrr, churned_mrr, customer_churn_rate, gross_mrr_churn_rate, arpa, ltv '
+                      'from mrr_monthly order by 1').fetchall()
+    q = Decimal("1e-10")
+    first_paid = min(m for m in months if any(v > 0 for v in per_month[m].values()))
+    for row in got:
+        month = row[0].isoformat()
+        if month < first_paid:
+            continue
+        w = want[month]
+        assert row[1:8] == w[:7], month
+        for got_rate, want_rate in zip(row[8:10], w[7:9], strict=True):
+            assert (got_rate is None) == (want_rate is None), month
+            if want_rate is not None:
+                assert abs(got_rate - want_rate) <= q, month
+        assert row[10] == w[9], month
+        # LTV from rates rounded to 10 dp: equal to the cent except for a rounding boundary
+        assert (row[11] is None) == (w[10] is None), month
+        if w[10] is not None:
+            assert abs(row[11] - w[10]) <= Decimal("0.01"), month
+
+
+def test_reader_sees_only_complete_versions_during_transform(warehouse):
+    data_dir, _ = warehouse
+    published = warehouse_path(data_dir)
+    reader = duckdb.connect(str(published), read_only=True)
+    before = reader.execute("select sum(mrr), count(*) from mrr_monthly").fetchone()
+    errors, views = [], []
+    done = threading.Event()
+
+    def build():
+        try:
+            run_transform(data_dir)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    while not done.is_set():
+        # the held connection keeps reading the old, complete version
+        views.append(reader.execute("select sum(mrr), count(*) from mrr_monthly").fetchone())
+        fresh = duckdb.connect(str(published), read_only=True)  # a new reader sees old or new, whole
+        total, facts = fresh.execute("select (select sum(mrr) from mrr_monthly), (select sum(mrr) from fct_mrr)").fetchone()
+        assert total == facts
+        fresh.close()
+        time.sleep(0.2)
+    thread.join()
+    assert errors == []
+    assert set(views) == {before}
+    after = duckdb.connect(str(published), read_only=True)
+    assert after.execute("select sum(mrr), count(*) from mrr_monthly").fetchone() == before
+    reader.close()
+
+
+def test_failing_dbt_test_leaves_published_file_untouched(warehouse, tmp_path):
+    data_dir, _ = warehouse
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir / "lake", copy / "lake")
+    shutil.copytree(data_dir / "warehouse", copy / "warehouse")
+    published = warehouse_path(copy)
+    digest = sha(published)
+    # a customer-month with an illegal movement: dbt's accepted_values test must fail
+    part = next((copy / "lake" / "customer_months").glob("month=*"))
+    table = pq.read_table(next(part.glob("*.parquet")))
+    bad = table.slice(0, 1).set_column(table.schema.get_field_index("movement"), "movement", pa.array(["bogus"]))
+    bad = bad.set_column(0, "customer_id", pa.array(["cus_broken"]))
+    pq.write_table(bad, part / "part-zzz.parquet")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "transform", "--data-dir", str(copy), "--no-gate"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert "accepted_values" in proc.stderr and "stg_customer_months" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sha(published) == digest
