@@ -52,6 +52,11 @@ def print_gate(result) -> None:
                   f" {f['sample'][:3]}" for f in o.warnings]
         table.add_row(o.suite, f"{o.rows:,}", status, escape("\n".join(notes)))
     console.print(table)
+    for o in result.suites:  # one plain line per failure: greppable in CI logs, never truncated
+        for f in o.critical_failures + o.warnings:
+            count = f["unexpected_count"] if f["unexpected_count"] is not None else f["observed_value"]
+            console.print(escape(f"{f['severity'].upper()}: {o.suite}: {f['expectation']}({f['column'] or ''}) "
+                                 f"unexpected={count} sample={f['sample'][:5]}"), soft_wrap=True)
     console.print(f"quality results: {result.results_file}  docs: {result.docs_index}  ({result.seconds:.1f}s)")
 
 

@@ -1,0 +1,97 @@
+"""The data-quality gate: corrupted lakes fail it (exit 2) and the published warehouse stays put."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, write_lines
+from pipelines.ingest import run_ingest
+from pipelines.metrics import run_metrics
+from pipelines.quality import validate
+from pipelines.transform import run_transform, warehouse_path
+
+
+@pytest.fixture(scope="module")
+def published(ingested):
+    data_dir, _ = ingested
+    run_metrics(data_dir)
+    run_transform(data_dir)
+    return data_dir
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def corrupt_negative_amount(lake):
+    path = next((lake / "events").glob("event_date=*/*.parquet"))
+    t = pq.read_table(path)
+    i = [j for j, v in enumerate(t["amount"].to_pylist()) if v is not None]
+    row = t.slice(i[0] if i else 0, 1)
+    row = row.set_column(row.schema.get_field_index("amount"), row.schema.field("amount"), pa.array([-500], pa.int64()))
+    row = row.set_column(0, row.schema.field("event_id"), pa.array(["evt_corrupt_negative"]))
+    pq.write_table(row.cast(t.schema), path.parent / "part-corrupt.parquet")
+    return "expect_column_values_to_be_between(amount)"
+
+
+def corrupt_duplicate_event_id(lake):
+    path = next((lake / "usage").glob("event_date=*/*.parquet"))
+    shutil.copyfile(path, path.parent / "part-copy.parquet")
+    return "expect_column_values_to_be_unique(event_id)"
+
+
+def corrupt_missing_month(lake):
+    months = sorted((lake / "customer_months").glob("month=*"))
+    shutil.rmtree(months[len(months) // 2])
+    return "expect_column_values_to_be_between(months_since_previous_row)"
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_negative_amount, corrupt_duplicate_event_id, corrupt_missing_month])
+def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_path, corrupt):
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    shutil.copytree(published / "warehouse", data / "warehouse")
+    digest = sha(warehouse_path(data))
+    expectation = corrupt(data / "lake")
+    proc = cli("validate", "--data-dir", str(data))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expectation in proc.stdout
+    proc = cli("transform", "--data-dir", str(data))
+    # the gate (exit 2) or, when the damage also breaks model logic (a missing month breaks the MRR
+    # bridge), the dbt build (exit 1) stops the publish; either way the failing check is named
+    assert proc.returncode in (1, 2), proc.stdout + proc.stderr
+    assert ("gate failed" in proc.stderr) if proc.returncode == 2 else ("assert_mrr_bridge_identity" in proc.stderr)
+    assert sha(warehouse_path(data)) == digest
+    results = json.loads((data / "quality" / "latest.json").read_text())
+    assert results["passed"] is False
+
+
+def test_warning_level_failure_passes_and_is_reported(tmp_path):
+    lines = []
+    for i in range(97):
+        lines.append(json.dumps({"event_id": f"u{i}", "event_type": "usage.recorded", "occurred_at": "2024-05-02T00:00:00Z",
+                                 "customer_id": f"c{i % 5}", "meter": "api_calls", "quantity": 10}))
+    lines += ["{oops", "{still bad", "[]"]  # 3 % dead letters: above the 1 % warning, below the 5 % critical limit
+    write_lines(tmp_path / "in" / "a.jsonl", lines)
+    run_ingest(tmp_path / "in", tmp_path / "d")
+    result = validate(tmp_path / "d")
+    assert result.passed
+    summary = {o.suite: o for o in result.suites}["lake_ingest_summary"]
+    assert [w["expectation"] for w in summary.warnings] == ["expect_column_values_to_be_between"]
+    assert summary.critical_failures == []
+    proc = cli("validate", "--data-dir", str(tmp_path / "d"))
+    assert proc.returncode == 0
+    assert "WARNING: lake_ingest_summary: expect_column_values_to_be_between(dead_letter_ratio)" in proc.stdout
+    stricter = cli("validate", "--data-dir", str(tmp_path / "d"), "--dead-letter-critical", "0.02")
+    assert stricter.returncode == 2
+    assert (tmp_path / "d" / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
