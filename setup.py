@@ -22,6 +22,7 @@ setup(
         "iso4217",
         "plotly",
         "openpyxl",
+        "jinja2",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},

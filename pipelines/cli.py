@@ -178,6 +178,8 @@ def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx
         _check_fx(fx_rates, reporting_currency)
     result = run_all(input_dir, data_dir, as_of, reporting_currency, fx_rates, ctx.args, show_progress=not quiet)
     print_run(result)
+    if result.exit_code:
+        click.echo(f"error: {result.summary['error']}", err=True)
     sys.exit(result.exit_code)
 
 

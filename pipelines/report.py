@@ -126,17 +126,17 @@ def build_report(data_dir: Path, month: dt.date, run_id: str | None = None) -> d
         for name, frame in frames.items():
             frame.to_excel(writer, sheet_name=name[:31], index=False)
 
-    # charts (amounts are converted to str for JSON; plotly parses them as numbers for drawing only)
+    # charts: Decimal values go to plotly as they are; its JSON encoder writes them as numbers for drawing only
     bridge = go.Figure(go.Waterfall(
         x=["Start MRR", "New", "Expansion", "Reactivation", "Contraction", "Churn", "End MRR"],
         measure=["absolute", "relative", "relative", "relative", "relative", "relative", "total"],
-        y=[str(row["previous_mrr"]), str(row["new_mrr"]), str(row["expansion_mrr"]), str(row["reactivation_mrr"]),
-           str(-row["contraction_mrr"]), str(-row["churned_mrr"]), str(row["mrr"])],
+        y=[row["previous_mrr"], row["new_mrr"], row["expansion_mrr"], row["reactivation_mrr"],
+           -row["contraction_mrr"], -row["churned_mrr"], row["mrr"]],
     ))  # fmt: skip
     bridge.update_layout(title=f"MRR bridge, {month:%B %Y} ({currency})", height=380, margin={"t": 50})
     trend_fig = go.Figure()
-    trend_fig.add_trace(go.Scatter(x=[str(r["month"]) for r in trend], y=[str(r["mrr"]) for r in trend], name="MRR"))
-    trend_fig.add_trace(go.Bar(x=[str(r["month"]) for r in trend], y=[str(r["net_new_mrr"]) for r in trend],
+    trend_fig.add_trace(go.Scatter(x=[str(r["month"]) for r in trend], y=[r["mrr"] for r in trend], name="MRR"))
+    trend_fig.add_trace(go.Bar(x=[str(r["month"]) for r in trend], y=[r["net_new_mrr"] for r in trend],
                                name="Net new MRR", yaxis="y2"))  # fmt: skip
     trend_fig.update_layout(title="12-month trend", height=380, yaxis2={"overlaying": "y", "side": "right"},
                             margin={"t": 50})  # fmt: skip
@@ -145,12 +145,12 @@ def build_report(data_dir: Path, month: dt.date, run_id: str | None = None) -> d
     grid = [[None] * (max_k + 1) for _ in cohort_months]
     for r in cohorts:
         grid[cohort_months.index(r["cohort_month"])][r["months_since_start"]] = (
-            str(r["logo_retention"]) if r["logo_retention"] is not None else None)
+            r["logo_retention"])
     heat = go.Figure(go.Heatmap(z=grid, x=list(range(max_k + 1)), y=[f"{m:%Y-%m}" for m in cohort_months],
                                 colorscale="Blues", zmin=0, zmax=1))  # fmt: skip
     heat.update_layout(title="Cohort logo retention (months since first paid month)", height=420, margin={"t": 50})
     usage_fig = go.Figure(go.Bar(x=[r["meter"] for r in usage],
-                                 y=[str(r["usage_revenue"] or 0) for r in usage]))  # fmt: skip
+                                 y=[r["usage_revenue"] or 0 for r in usage]))  # fmt: skip
     usage_fig.update_layout(title=f"Usage revenue by meter ({currency})", height=320, margin={"t": 50})
     charts = {
         "bridge": bridge.to_html(full_html=False, include_plotlyjs=True, config={"displayModeBar": False}),

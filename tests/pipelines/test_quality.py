@@ -9,8 +9,8 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO, write_lines
+
 from pipelines.ingest import run_ingest
 from pipelines.metrics import run_metrics
 from pipelines.quality import validate
