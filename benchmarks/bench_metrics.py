@@ -57,11 +57,22 @@ from ev where event_type like 'subscription.%' and occurred_at < (select as_of_e
 ''')
 con.execute('''
 create table priced as
-select s.*, case when s.event_type = 'subscription.canceled' then 0 else
-  round(cast(s.unit_amount as decimal(38,6)) * s.quantity
-        * case s."interval" when 'month' then 1.0 when 'year' then 1.0/12 when 'week' then 52.0/12 else 365.0/12 end
-        / s.interval_count / power(10, s.currency_exponent) * coalesce(fx.rate, case when s.currency = 'USD' then 1 end), 2) end as mrr
-from states s asof left join fx on s.currency = fx.currency and cast(s.effective_at as date) >= fx.valid_from
+with f as (
+  select s.*,
+         case s."interval" when 'month' then 1 when 'year' then 1 when 'week' then 52 else 365 end as f_num,
+         case s."interval" when 'month' then 1 else 12 end as f_den,
+         cast(coalesce(fx.rate, case when s.currency = 'USD' then 1 end) * 10000000000 as hugeint) as rate_e10
+  from states s asof left join fx on s.currency = fx.currency and cast(s.effective_at as date) >= fx.valid_from
+), exact as (
+  -- cents = unit * qty * f_num * rate / (f_den * interval_count * 10^exp), rounded half up, in integers
+  select *, cast(unit_amount as hugeint) * quantity * f_num * rate_e10 * 100 as n,
+         cast(f_den as hugeint) * interval_count * cast(power(10, currency_exponent) as hugeint) * 10000000000 as d
+  from f
+)
+select exact.* exclude (n, d),
+       case when event_type = 'subscription.canceled' then 0
+            else cast((2 * n + d) // (2 * d) as decimal(38, 0)) * 0.01 end as mrr
+from exact
 ''')
 con.execute('''
 create table sub_month as
@@ -76,7 +87,7 @@ from pairs asof left join priced s
 con.execute('''
 create table mrr as
 select sp.customer_id, sp."month",
-       coalesce(sum(case when sm.event_type <> 'subscription.canceled' and (sm.trial_end is null or sm.trial_end >= sp.boundary) is not true
+       coalesce(sum(case when sm.event_type <> 'subscription.canceled'
                           and (sm.trial_end is null or sm.trial_end < sp.boundary) then sm.mrr end), 0) as mrr
 from spine sp left join sub_month sm on sp.customer_id = sm.customer_id and sp."month" = sm."month"
 group by 1, 2
@@ -140,7 +151,7 @@ def main() -> None:
         import duckdb
         r = run_metrics({str(data)!r}, write_run_manifest=False)
         result["rows"] = r.customer_months
-        result["mismatches"] = duckdb.sql('''
+        result["mismatches"] = duckdb.connect().execute('''
           select count(*) from read_csv('{src / 'expected_mrr.csv'}', all_varchar=true) t
           full join read_parquet('{data}/lake/customer_months/*/*.parquet', hive_partitioning=true) c
             on c.customer_id = t.customer_id and c."month" = cast(t."month" as date)

@@ -19,7 +19,6 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
@@ -76,21 +75,19 @@ def default_as_of(data_dir: Path) -> dt.date:
     return max(dates)
 
 
-def _read_files(files: list[str], schema: pa.Schema, date: dt.date) -> pa.Table:
-    tables = [pq.read_table(f, schema=schema) for f in files]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+def _read_month(parts: list, schema: pa.Schema) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    files = [f for _, day_files in parts for f in day_files]
+    if not files:
+        return schema.empty_table()
+    return ds.dataset(files, schema=schema, format="parquet").to_table()  # one multi-threaded scan per month
 
 
 class _ReadMonthFn(beam.DoFn):
     def process(self, element):
         month, event_parts, usage_parts = element
-        events = [_read_files(files, schemas.EVENTS, day) for day, files in event_parts]
-        usage = [_read_files(files, schemas.USAGE, day) for day, files in usage_parts]
-        yield MonthSlice(
-            month,
-            pa.concat_tables(events) if events else schemas.EVENTS.empty_table(),
-            pa.concat_tables(usage) if usage else schemas.USAGE.empty_table(),
-        )
+        yield MonthSlice(month, _read_month(event_parts, schemas.EVENTS), _read_month(usage_parts, schemas.USAGE))
 
 
 class _WriteStagedFn(beam.DoFn):

@@ -272,13 +272,20 @@ def replay_subscriptions(subs: pa.Table, firsts: pa.Table, as_of: dt.date, fx: F
 
     out_c, out_m, out_measure, out_key, out_amount, out_count = [], [], [], [], [], []
     as_of_month = month_start(as_of)
+    boundaries: dict[dt.date, int] = {}
+    spans: dict[dt.date, list[tuple[dt.date, int]]] = {}
     fc = firsts["customer_id"].to_pylist()
     fm = firsts["first_month"].to_pylist()
     for customer, first in sorted(zip(fc, fm, strict=True)):
         timelines = by_customer.get(customer, [])
         pointers = [-1] * len(timelines)
-        for month in months_between(first, as_of_month):
-            boundary = min(date_to_micros(next_month(month)), as_of_end)
+        if first not in spans:
+            spans[first] = []
+            for month in months_between(first, as_of_month):
+                if month not in boundaries:
+                    boundaries[month] = min(date_to_micros(next_month(month)), as_of_end)
+                spans[first].append((month, boundaries[month]))
+        for month, boundary in spans[first]:
             total, active = ZERO, 0
             orig: dict[str, int] = {}
             for t_i, timeline in enumerate(timelines):
@@ -420,28 +427,33 @@ def add_movements(wide: pa.Table) -> pa.Table:
 
 def customer_lifetime(months: pa.Table, as_of: dt.date) -> pa.Table:
     """One row per customer: the accumulation over its customer_months rows up to the as-of month."""
-    rows = []
-    t = months.sort_by([("customer_id", "ascending"), ("month", "ascending")]).select(
-        ["customer_id", "reporting_currency", "month", "mrr", "movement", "net_revenue"]).to_pylist()
-    acc = None
-    for r in t + [None]:
-        if acc is not None and (r is None or r["customer_id"] != acc["customer_id"]):
-            rows.append(acc)
-            acc = None
-        if r is None:
-            break
-        if acc is None:
-            acc = {"customer_id": r["customer_id"], "reporting_currency": r["reporting_currency"],
-                   "first_event_month": r["month"], "first_paid_month": None, "last_paid_month": None,
-                   "last_churn_month": None, "months_active": 0, "churn_count": 0, "current_mrr": ZERO,
-                   "lifetime_revenue": ZERO, "as_of": as_of}  # fmt: skip
-        if r["mrr"] > 0:
-            acc["first_paid_month"] = acc["first_paid_month"] or r["month"]
-            acc["last_paid_month"] = r["month"]
-            acc["months_active"] += 1
-        if r["movement"] == "churn":
-            acc["churn_count"] += 1
-            acc["last_churn_month"] = r["month"]
-        acc["current_mrr"] = r["mrr"]
-        acc["lifetime_revenue"] += r["net_revenue"]
-    return pa.Table.from_pylist(rows, schema=schemas.CUSTOMER_LIFETIME)
+    keys = ["customer_id"]
+    base = months.group_by(keys, use_threads=False).aggregate(
+        [("month", "min"), ("month", "max"), ("net_revenue", "sum"), ("reporting_currency", "min")])
+    zero = pa.scalar(ZERO, schemas.MONEY)
+    paid = months.filter(pc.greater(months["mrr"], zero))
+    paid = paid.group_by(keys, use_threads=False).aggregate([("month", "min"), ("month", "max"), ("month", "count")])
+    churn = months.filter(pc.equal(months["movement"], "churn"))
+    churn = churn.group_by(keys, use_threads=False).aggregate([("month", "max"), ("month", "count")])
+    paid = paid.rename_columns({"month_min": "first_paid_month", "month_max": "last_paid_month",
+                                "month_count": "months_active"})
+    churn = churn.rename_columns({"month_max": "last_churn_month", "month_count": "churn_count"})
+    out = base.join(paid, keys, use_threads=False)
+    out = out.join(churn, keys, use_threads=False)
+    last = months.select(["customer_id", "month", "mrr"]).rename_columns(["customer_id", "month_max", "current_mrr"])
+    out = out.join(last, ["customer_id", "month_max"], use_threads=False)
+    n = out.num_rows
+    table = pa.table({
+        "customer_id": out["customer_id"],
+        "reporting_currency": out["reporting_currency_min"],
+        "first_event_month": out["month_min"],
+        "first_paid_month": out["first_paid_month"],
+        "last_paid_month": out["last_paid_month"],
+        "last_churn_month": out["last_churn_month"],
+        "months_active": pc.fill_null(out["months_active"], 0),
+        "churn_count": pc.fill_null(out["churn_count"], 0),
+        "current_mrr": out["current_mrr"],
+        "lifetime_revenue": out["net_revenue_sum"].cast(schemas.MONEY),
+        "as_of": pa.array([as_of] * n, pa.date32()),
+    })
+    return table.cast(schemas.CUSTOMER_LIFETIME).sort_by([("customer_id", "ascending")])
