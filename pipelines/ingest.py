@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +38,7 @@ from transforms.ingest import (
 
 log = logging.getLogger(__name__)
 
-SHARD_INPUT_BYTES = 384 << 20  # about 1.5M events of JSON per dedup shard: bounds memory
+SHARD_INPUT_BYTES = 64 << 20  # about 250k events of JSON per dedup shard: bounds memory
 
 
 @dataclass
@@ -150,13 +151,20 @@ class _DedupShardFn(beam.DoFn):
                                  index.lookup_events, index.lookup_dead)  # fmt: skip
         finally:
             index.close()
-        out = Path(self.stage) / "out"
-        name = f"part-{self.run_id}-{shard:03d}.parquet"
-        sort = [("occurred_at", "ascending"), ("event_id", "ascending")]
-        lake.write_partitioned(result.events, out / "events", "event_date", name, sort)
-        lake.write_partitioned(result.usage, out / "usage", "event_date", name, sort)
-        lake.write_partitioned(result.dead_letter, out / "dead_letter", "reason", name,
-                               [("source_file", "ascending"), ("source_line", "ascending")])  # fmt: skip
+        # kept rows go aside by (table, month); one writer per table-month then writes one file per
+        # partition, so the number of files does not grow with the number of dedup shards
+        kept = Path(self.stage) / "kept"
+        for tag, table in (("events", result.events), ("usage", result.usage)):
+            for month, part in _split_by_month(table):
+                path = kept / tag / month / f"shard-{shard:03d}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(part, path, compression="lz4")
+                yield (tag, month), str(path)
+        if result.dead_letter.num_rows:
+            path = kept / "dead_letter" / "all" / f"shard-{shard:03d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(result.dead_letter, path, compression="lz4")
+            yield ("dead_letter", "all"), str(path)
         keys_dir = Path(self.stage) / "keys"
         keys_dir.mkdir(parents=True, exist_ok=True)
         pq.write_table(result.index_events, keys_dir / f"events-{shard:03d}.parquet")
@@ -169,7 +177,35 @@ class _DedupShardFn(beam.DoFn):
             "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
         }
         lake.write_atomic_bytes(Path(self.stage) / "stats" / f"shard-{shard:03d}.json", json.dumps(stats).encode())
-        yield shard
+
+
+def _split_by_month(table: pa.Table):
+    if table.num_rows == 0:
+        return
+    days = table["event_date"].combine_chunks().cast(pa.int32()).to_numpy()
+    months = days.astype("datetime64[D]").astype("datetime64[M]")
+    for month in np.unique(months):
+        yield str(month), table.filter(pa.array(months == month))
+
+
+class _WritePartitionsFn(beam.DoFn):
+    """All kept rows of one table-month (from every shard) -> one sorted file per partition."""
+
+    def __init__(self, stage: str, run_id: str):
+        self.stage, self.run_id = stage, run_id
+
+    def process(self, element):
+        (tag, _), paths = element
+        table = pa.concat_tables([pq.read_table(p) for p in sorted(paths)])
+        out = Path(self.stage) / "out" / tag
+        name = f"part-{self.run_id}.parquet"
+        if tag == "dead_letter":
+            written = lake.write_partitioned(table, out, "reason", name,
+                                             [("source_file", "ascending"), ("source_line", "ascending")])  # fmt: skip
+        else:
+            written = lake.write_partitioned(table, out, "event_date", name,
+                                             [("occurred_at", "ascending"), ("event_id", "ascending")])  # fmt: skip
+        yield len(written)
 
 
 def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_id: str, shards: int,
@@ -190,6 +226,8 @@ def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_i
         | "MergeShards" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
         | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(str(stage), str(index_file), run_id))
+        | "GroupByTableMonth" >> beam.GroupByKey()
+        | "WritePartitions" >> beam.ParDo(_WritePartitionsFn(str(stage), run_id))
     )
 
 

@@ -203,3 +203,12 @@ def test_property_conservation_and_exactly_once(tmp_path_factory, files):
     events = lake.read_table(base / "d", "events").to_pylist()
     assert sorted(r["event_id"] for r in events) == sorted(first)
     assert {r["event_id"]: r["amount"] for r in events} == first
+
+
+def test_sharded_dedup_gives_the_same_lake(generated, ingested, tmp_path):
+    clean_dir, clean = ingested
+    result = run_ingest(generated / "events", tmp_path, shards=4, checksums=False)
+    assert result.counts() == clean.counts()
+    assert lake_snapshot(tmp_path) == lake_snapshot(clean_dir)
+    # one file per partition whatever the number of shards
+    assert all(len(list(d.iterdir())) == 1 for d in (tmp_path / "lake" / "events").iterdir())
