@@ -26,11 +26,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
@@ -46,6 +44,7 @@ from transforms.calendar import (
     next_month,
 )
 from transforms.fx import FxTable, MissingFxRate
+from transforms.ingest import split_by_shard
 from transforms.revenue import (
     add_movements,
     customer_lifetime,
@@ -66,20 +65,9 @@ class MonthSlice:
     usage: pa.Table
 
 
-def shard_of_customer(customer_id: str, shards: int) -> int:
-    return zlib.crc32(customer_id.encode()) % shards if shards > 1 else 0
-
-
 def split_by_customer_shard(table: pa.Table, shards: int):
-    if table.num_rows == 0:
-        return
-    if shards <= 1:
-        yield 0, table
-        return
-    ids = table["customer_id"].to_pylist()
-    shard = np.fromiter((zlib.crc32(c.encode()) % shards for c in ids), dtype=np.int64, count=len(ids))
-    for s in np.unique(shard):
-        yield int(s), table.filter(pa.array(shard == s))
+    """Rows of ``table`` grouped by the shard of their customer (the same hash as ingest's shards)."""
+    return split_by_shard(table, "customer_id", shards)
 
 
 def month_timestamp(month: dt.date) -> Timestamp:
