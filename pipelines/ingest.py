@@ -112,12 +112,36 @@ def file_checksums(files: list[tuple[int, str, str]]) -> list[dict]:
 
 
 class _SpillFn(beam.DoFn):
-    """Write parsed tables aside, split by shard; emit ``(shard, (tag, path))`` (keeps memory flat)."""
+    """Write parsed tables aside, split by shard; emit ``(shard, (tag, path))`` (keeps memory flat).
+
+    Rows are buffered across chunks and flushed every ``FLUSH_ROWS`` rows, so the number of
+    staged files is (input rows / FLUSH_ROWS) x shards, not chunks x shards.
+    """
+
+    FLUSH_ROWS = 500_000
 
     def __init__(self, stage: str, tag: str, shards: int):
         self.stage, self.tag, self.shards = stage, tag, shards
 
+    def start_bundle(self):
+        self.buffer: list[pa.Table] = []
+        self.rows = 0
+
     def process(self, table: pa.Table):
+        self.buffer.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.FLUSH_ROWS:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for shard, ref in self._flush():
+            yield beam.utils.windowed_value.WindowedValue((shard, ref), 0, [beam.transforms.window.GlobalWindow()])
+
+    def _flush(self):
+        if not self.buffer:
+            return
+        table = pa.concat_tables(self.buffer)
+        self.buffer, self.rows = [], 0
         key = "raw_sha256" if self.tag == "dead_letter" else "event_id"
         for shard, part in split_by_shard(table, key, self.shards):
             path = Path(self.stage) / "parsed" / self.tag / f"{uuid.uuid4().hex}.parquet"
