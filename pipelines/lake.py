@@ -150,6 +150,7 @@ class EventIndex:
             self.conn = sqlite3.connect(self.path)
             self.conn.execute("pragma journal_mode=wal")
             self.conn.execute("pragma synchronous=normal")
+            self.conn.execute("pragma cache_size=-262144")  # 256 MiB page cache for bulk inserts
             self.conn.execute(
                 "create table if not exists event_ids (event_id text primary key, payload_sha256 text not null)"
                 " without rowid"
@@ -280,11 +281,14 @@ def _apply(root: Path, journal: dict) -> None:
     if journal["index_files"] or journal["dead_key_files"]:
         index = EventIndex(root / "_index" / "ingest.sqlite")
         try:
-            for rel in journal["index_files"]:
-                keys = pq.read_table(root / rel)
+            # keys inserted in sorted order: B-tree appends instead of random page splits (~5x faster)
+            if journal["index_files"]:
+                keys = pa.concat_tables([pq.read_table(root / rel) for rel in journal["index_files"]])
+                keys = keys.sort_by([("event_id", "ascending")])
                 index.add(zip(keys["event_id"].to_pylist(), keys["payload_sha256"].to_pylist(), strict=True), [])
-            for rel in journal["dead_key_files"]:
-                index.add([], pq.read_table(root / rel)["raw_sha256"].to_pylist())
+            if journal["dead_key_files"]:
+                dead = pa.concat_tables([pq.read_table(root / rel) for rel in journal["dead_key_files"]])
+                index.add([], dead.sort_by([("raw_sha256", "ascending")])["raw_sha256"].to_pylist())
         finally:
             index.close()
 
