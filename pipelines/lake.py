@@ -281,14 +281,16 @@ def _apply(root: Path, journal: dict) -> None:
     if journal["index_files"] or journal["dead_key_files"]:
         index = EventIndex(root / "_index" / "ingest.sqlite")
         try:
-            # keys inserted in sorted order: B-tree appends instead of random page splits (~5x faster)
-            if journal["index_files"]:
-                keys = pa.concat_tables([pq.read_table(root / rel) for rel in journal["index_files"]])
-                keys = keys.sort_by([("event_id", "ascending")])
-                index.add(zip(keys["event_id"].to_pylist(), keys["payload_sha256"].to_pylist(), strict=True), [])
-            if journal["dead_key_files"]:
-                dead = pa.concat_tables([pq.read_table(root / rel) for rel in journal["dead_key_files"]])
-                index.add([], dead.sort_by([("raw_sha256", "ascending")])["raw_sha256"].to_pylist())
+            # each file's keys go in sorted order (B-tree appends rather than random page splits),
+            # a file at a time and in batches, so memory stays flat whatever the run's size
+            for rel in journal["index_files"]:
+                keys = pq.read_table(root / rel).sort_by([("event_id", "ascending")])
+                for batch in keys.to_batches(max_chunksize=100_000):
+                    index.add(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True), [])
+            for rel in journal["dead_key_files"]:
+                dead = pq.read_table(root / rel).sort_by([("raw_sha256", "ascending")])
+                for batch in dead.to_batches(max_chunksize=100_000):
+                    index.add([], batch.column(0).to_pylist())
         finally:
             index.close()
 
