@@ -63,7 +63,7 @@ def run_all(input_dir: Path, data_dir: Path, as_of: dt.date | None = None, repor
             summary["as_of"] = metrics.as_of.isoformat()
             summary["months_covered"] = metrics.months
             summary["customers"] = metrics.customers
-            summary["mrr_at_as_of"] = str(metrics.mrr_at_as_of)
+            summary["mrr_at_as_of"] = str(metrics.mrr_at_as_of)  # exact Decimal as text
             summary["paying_customers_at_as_of"] = metrics.active_customers_at_as_of
             transform = stage("transform", "dbt build, quality gate, atomic publish",
                               lambda: run_transform(data_dir, fx_rates, gate=warehouse_gate(data_dir, run_id=run_id),
@@ -75,7 +75,8 @@ def run_all(input_dir: Path, data_dir: Path, as_of: dt.date | None = None, repor
             report = stage("report", f"report: {month:%Y-%m} finance report",
                            lambda: build_report(data_dir, month, run_id))
             summary["outputs"] = {"lake": str((data_dir / "lake").absolute()), "warehouse": str(transform.published),
-                                  "report": str(report["html"]), "report_dir": str(report["dir"]),
+                                  "report": str(Path(report["html"]).absolute()),
+                                  "report_dir": str(Path(report["dir"]).absolute()),
                                   "quality": str((data_dir / "quality").absolute())}  # fmt: skip
     except QualityGateFailed as exc:
         status, exit_code, error = "quality_gate_failed", 2, str(exc)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -28,7 +31,7 @@ def print_ingest(result) -> None:
 def print_metrics(result) -> None:
     console.print(
         f"customer_months: {result.customer_months:,} rows, {result.customers:,} customers, {result.months} months; "
-        f"as of {result.as_of}: MRR {result.mrr_at_as_of} {result.reporting_currency} from "
+        f"as of {result.as_of}: MRR {Decimal(result.mrr_at_as_of):,.2f} {result.reporting_currency} from "
         f"{result.active_customers_at_as_of:,} paying customers  ({result.seconds:.1f}s)"
     )
 
@@ -76,14 +79,14 @@ def print_run(result) -> None:
     if "as_of" in s:
         table.add_row("as of", s["as_of"])
         table.add_row("months covered", str(s["months_covered"]))
-        table.add_row("MRR at as-of", f"{s['mrr_at_as_of']} {s['reporting_currency']} from "
+        table.add_row("MRR at as-of", f"{Decimal(s['mrr_at_as_of']):,.2f} {s['reporting_currency']} from "
                       f"{s['paying_customers_at_as_of']:,} paying customers ({s['customers']:,} customers seen)")
     if "quality" in s:
         table.add_row("quality gate", "passed" if s["quality"]["passed"] else "FAILED")
     for name, path in s.get("outputs", {}).items():
         table.add_row(name, path)
     table.add_row("timings", ", ".join(f"{k} {v:.1f}s" for k, v in s.get("timings", {}).items()))
-    table.add_row("manifest", str(result.manifest))
+    table.add_row("manifest", str(Path(result.manifest).absolute()))
     if s.get("error"):
         table.add_row("error", escape(s["error"]))
     console.print(table)

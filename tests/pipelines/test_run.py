@@ -52,7 +52,7 @@ def test_run_on_the_sample_succeeds_with_all_contract_tables(first_run):
     for label, key in [("events read", "lines_read"), ("duplicates", "duplicates"), ("dead letters", "dead_letters")]:
         assert re.search(rf"{label}\s*│\s*{m['ingest'][key]}\b", out), label
     assert re.search(rf"written\s*│\s*{m['ingest']['rows_written']}\b", out)
-    assert m["mrr_at_as_of"] in proc.stdout
+    assert f"{Decimal(m['mrr_at_as_of']):,.2f}" in proc.stdout
     assert (data / "reports" / m["as_of"][:7] / "report.html").exists()
 
 
