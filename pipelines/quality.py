@@ -179,6 +179,13 @@ def validate(data_dir: Path, warehouse: Path | None = None, as_of: dt.date | Non
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     data_dir = Path(data_dir).absolute()
+    if as_of is None:  # the as-of date of the latest metrics run, when there is one
+        from pipelines.transform import lake_as_of
+
+        try:
+            as_of = lake_as_of(data_dir)[0]
+        except InputError:
+            as_of = None
     frames = lake_frames(data_dir, as_of) if lake_checks else {}
     if warehouse is not None:
         frames.update(warehouse_frames(warehouse))

@@ -95,3 +95,16 @@ def test_warning_level_failure_passes_and_is_reported(tmp_path):
     stricter = cli("validate", "--data-dir", str(tmp_path / "d"), "--dead-letter-critical", "0.02")
     assert stricter.returncode == 2
     assert (tmp_path / "d" / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
+
+
+def test_events_after_the_as_of_date_are_a_reported_warning(ingested, tmp_path):
+    import datetime as dt
+
+    data_dir, _ = ingested
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "lake", data / "lake")
+    run_metrics(data, as_of=dt.date(2024, 12, 31))
+    result = validate(data)
+    assert result.passed
+    warned = {(o.suite, w["column"]) for o in result.suites for w in o.warnings}
+    assert ("lake_events", "occurred_at") in warned and ("lake_usage", "occurred_at") in warned
