@@ -192,3 +192,35 @@ def run_metrics(data_dir: Path, as_of: dt.date | None = None, reporting_currency
             "seconds": result.seconds,
         })  # fmt: skip
     return result
+
+
+class _WriteLateFn(beam.DoFn):
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self.written = beam.metrics.Metrics.counter("metrics", "too_late_rows_written")
+
+    def process(self, table: pa.Table, timestamp=beam.DoFn.TimestampParam):
+        import uuid
+
+        rows = table.num_rows
+        late = pa.table({
+            "customer_id": table["customer_id"], "measure": table["measure"], "key": table["key"],
+            "amount": table["amount"], "count": table["count"],
+            "event_time": pa.array([timestamp.micros] * rows, pa.int64()).cast(schemas.TS),
+            "month": table["month"],
+        })  # fmt: skip
+        written = lake.write_partitioned(late, lake.lake_dir(Path(self.data_dir)) / "late_events", "month",
+                                         f"late-{uuid.uuid4().hex}.parquet", [("customer_id", "ascending")])  # fmt: skip
+        self.written.inc(rows)
+        yield from (str(p) for p in written)
+
+
+class WriteLateEvents(beam.PTransform):
+    """Sink for ``RouteLateEvents``' ``too_late`` output: the lake's ``late_events/`` table (one file per element)."""
+
+    def __init__(self, data_dir: Path):
+        super().__init__()
+        self.data_dir = str(Path(data_dir).absolute())
+
+    def expand(self, too_late):
+        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.data_dir))

@@ -130,12 +130,16 @@ CUSTOMER_LIFETIME = pa.schema(
     ]
 )
 
+# Streaming only: contributions that arrived after their month's allowed lateness. They are
+# the pre-aggregated (partial) rows of transforms.revenue.PARTIAL, kept here instead of dropped.
 LATE_EVENTS = pa.schema(
     [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("customer_id", pa.string(), nullable=False),
-        pa.field("occurred_at", TS, nullable=False),
-        pa.field("month", pa.date32(), nullable=False),
+        pa.field("customer_id", pa.string()),
+        pa.field("measure", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("amount", pa.decimal128(38, 9)),
+        pa.field("count", pa.int64()),
+        pa.field("event_time", TS),  # the element's event timestamp
     ]
 )
 
@@ -145,6 +149,7 @@ PARTITION_COLUMNS = {
     "dead_letter": ("reason", pa.string()),
     "customer_months": ("month", pa.date32()),
     "customer_lifetime": ("as_of", pa.date32()),
+    "late_events": ("month", pa.date32()),
 }
 
 MOVEMENTS = ("new", "expansion", "contraction", "churn", "reactivation", "unchanged")

@@ -15,6 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines import lake
+from pipelines.metrics import WriteLateEvents
 from transforms.calendar import CalendarMonthWindows, date_to_micros, month_window
 from transforms.metrics import CalendarMonthAggregate, RouteLateEvents
 from transforms.revenue import _partial
@@ -53,7 +55,7 @@ def test_calendar_month_windows_are_calendar_months():
     assert fn.assign(Ctx(ts("2024-03-01T00:00:00")))[0].start == feb.end
 
 
-def test_early_on_time_late_and_too_late_panes():
+def test_early_on_time_late_and_too_late_panes(tmp_path):
     stream = (
         TestStream()
         .advance_watermark_to(ts("2024-01-01T00:00:00"))
@@ -76,6 +78,7 @@ def test_early_on_time_late_and_too_late_panes():
                                                 str(sum(kmtp[2]["amount"].to_pylist(), Decimal(0)).quantize(Decimal("0.01")))))
         )
         too_late = routed.too_late | "TooLate" >> beam.Map(lambda t: str(t["amount"][0].as_py().quantize(Decimal("0.01"))))
+        _ = routed.too_late | "Write" >> WriteLateEvents(tmp_path)
         assert_that(panes, equal_to([
             ("2024-01-01", EARLY, "10.00"),
             ("2024-01-01", EARLY, "15.00"),
@@ -85,3 +88,8 @@ def test_early_on_time_late_and_too_late_panes():
             ("2024-02-01", ON_TIME, "7.00"),
         ]), label="Panes")
         assert_that(too_late, equal_to(["99.00"]), label="TooLate")
+    # the too-late contribution is written to the lake, not dropped
+    late = lake.read_table(tmp_path, "late_events").to_pylist()
+    assert [(r["customer_id"], r["month"].isoformat(), str(r["amount"].quantize(Decimal("0.01")))) for r in late] == [
+        ("c1", "2024-01-01", "99.00")]
+    assert late[0]["event_time"] == dt.datetime(2024, 1, 15, tzinfo=dt.UTC)
