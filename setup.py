@@ -6,7 +6,7 @@ setup(
     description="Beam + dbt + DuckDB revenue analytics pipeline (MRR, churn, LTV, usage).",
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
-    package_data={"transforms": ["data/*.csv"], "pipelines": ["templates/*"]},
+    package_data={"transforms": ["data/*.csv"], "pipelines": ["report/templates/*"]},
     include_package_data=True,
     install_requires=[
         "apache-beam",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from pipelines.errors import InputError
+from transforms.errors import InputError
 
 UTC = dt.UTC
 CURRENCIES = [("USD", 2, 0.45), ("EUR", 2, 0.2), ("GBP", 2, 0.13), ("JPY", 0, 0.12), ("KWD", 3, 0.10)]

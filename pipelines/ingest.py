@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -24,21 +23,17 @@ import pyarrow.parquet as pq
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
-from pipelines.errors import InputError, RevenueError
-from pipelines.manifest import write_manifest
-from transforms.ingest import (
-    TAGS,
-    ParseEventLines,
-    ReadEventFiles,
-    dedup_shard,
-    empty_staging,
-    env_pii_key,
-    split_by_shard,
-)
+from pipelines.config import PII_KEY_ENV, RunConfig
+from pipelines.manifest import new_run_id, write_manifest
+from transforms.errors import InputError, RevenueError
+from transforms.ingest import TAGS, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
+from transforms.sharding import split_by_shard
 
 log = logging.getLogger(__name__)
 
 SHARD_INPUT_BYTES = 64 << 20  # about 250k events of JSON per dedup shard: bounds memory
+MAX_SHARDS = 64
+GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the shard count
 
 
 @dataclass
@@ -255,27 +250,26 @@ def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_i
     )
 
 
-def run_ingest(input_dir: Path, data_dir: Path, beam_args: list[str] = (), shards: int | None = None,
-               chunk_lines: int = 50_000, run_id: str | None = None, write_run_manifest: bool = True,
-               checksums: bool = True) -> IngestResult:  # fmt: skip
+def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest: bool = True,
+               chunk_lines: int = 50_000, checksums: bool = True) -> IngestResult:  # fmt: skip
+    """Ingest ``config.input_dir`` into the lake under ``config.layout``; one atomic commit."""
     started = time.monotonic()
-    data_dir = Path(data_dir)
-    files = discover_input(Path(input_dir))
+    layout = config.layout
+    if config.input_dir is None:
+        raise InputError("no input folder given (--input)")
+    files = discover_input(config.input_dir)
     run_id = run_id or new_run_id()
-    pii_key = env_pii_key()
-    if pii_key is None:
-        log.warning("REVENUE_PII_KEY is not set: customer emails will not be stored (set it to keep keyed hashes)")
-    total_bytes = sum(_size(f[1]) * (5 if f[1].endswith(".gz") else 1) for f in files)
-    shards = shards or max(1, min(64, -(-total_bytes // SHARD_INPUT_BYTES)))
-    with lake.lake_lock(data_dir):
-        recovered = lake.recover(data_dir)
-        lake.ensure_index(data_dir)
-        stage = lake.staging_dir(data_dir, run_id)
+    if config.pii_key is None:
+        log.warning("%s is not set: customer emails will not be stored (set it to keep keyed hashes)", PII_KEY_ENV)
+    total_bytes = sum(_size(f[1]) * (GZIP_RATIO if f[1].endswith(".gz") else 1) for f in files)
+    shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))
+    with lake.lake_lock(layout):
+        recovered = lake.recover(layout)
+        lake.ensure_index(layout)
+        stage = layout.staging(run_id)
         stage.mkdir(parents=True)
-        index_file = lake.index_path(data_dir)
-        options = pipeline_options(beam_args)
-        with beam.Pipeline(options=options) as p:
-            build_pipeline(p, files, stage, index_file, run_id, shards, pii_key, chunk_lines)
+        with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
+            build_pipeline(p, files, stage, layout.index_file, run_id, shards, config.pii_key, chunk_lines)
         lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
         totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
         by_reason: dict[str, int] = {}
@@ -290,14 +284,11 @@ def run_ingest(input_dir: Path, data_dir: Path, beam_args: list[str] = (), shard
             raise RevenueError(
                 f"conservation check failed: read {lines} lines but accounted for {accounted}; nothing committed"
             )
-        moves = []
         out = stage / "out"
-        root = lake.lake_dir(data_dir)
-        for path in sorted(out.rglob("*.parquet")):
-            moves.append((path, root / path.relative_to(out)))
+        moves = [(path, layout.lake / path.relative_to(out)) for path in sorted(out.rglob("*.parquet"))]
         keys = sorted((stage / "keys").glob("events-*.parquet")) if (stage / "keys").exists() else []
         dead_keys = sorted((stage / "keys").glob("dead-*.parquet")) if (stage / "keys").exists() else []
-        lake.commit(data_dir, run_id, moves, keys, dead_keys)
+        lake.commit(layout, run_id, moves, keys, dead_keys)
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
         duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,
@@ -305,12 +296,8 @@ def run_ingest(input_dir: Path, data_dir: Path, beam_args: list[str] = (), shard
         recovered_runs=recovered,
     )  # fmt: skip
     if write_run_manifest:
-        write_manifest(data_dir, run_id, "ingest", {
-            "input": str(Path(input_dir).resolve()), "counts": result.counts(), "input_files": result.files,
+        write_manifest(layout, run_id, "ingest", {
+            "input": str(config.input_dir.resolve()), "counts": result.counts(), "input_files": result.files,
             "seconds": result.seconds, "shards": shards, "recovered_runs": recovered,
         })  # fmt: skip
     return result
-
-
-def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]

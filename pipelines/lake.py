@@ -1,17 +1,10 @@
 """The Parquet lake on disk: layout, partitioned writes, the event-id index and atomic commits.
 
-Layout under ``DATA_DIR/lake``::
-
-    events/event_date=YYYY-MM-DD/part-*.parquet      accepted payment events
-    usage/event_date=YYYY-MM-DD/part-*.parquet       accepted usage events
-    dead_letter/reason=CODE/part-*.parquet           rejected lines
-    customer_months/month=YYYY-MM-01/part-*.parquet  (metrics stage)
-    customer_lifetime/as_of=YYYY-MM-DD/part-*.parquet
-    late_events/...                                  (streaming: too-late events)
-    _index/ingest.sqlite   every accepted event_id with its payload digest, every
-                           dead-letter key: duplicate checks cost O(new input)
-    _staging/<run_id>/     files written aside by a run in progress
-    _journal/<run_id>.json a commit in progress: the renames and index inserts
+Paths come from ``pipelines.layout.DataLayout``. Tables: ``events`` and ``usage``
+(partitioned by ``event_date``), ``dead_letter`` (by ``reason``), ``customer_months``
+(by ``month``), ``customer_lifetime`` (by ``as_of``), ``late_events`` (streaming). The
+event index (``_index/ingest.sqlite``) holds every accepted event_id with its payload
+digest and every dead-letter key, so duplicate checks cost O(new input).
 
 A run writes everything under ``_staging``; it commits by writing the journal
 (atomic rename), renaming each staged file into place, inserting the new keys into
@@ -23,6 +16,7 @@ next run; one killed after is rolled forward by the next command that opens the 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -37,30 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.layout import DataLayout
 from transforms import schemas
+from transforms.errors import LakeError
 
 log = logging.getLogger(__name__)
 
-TABLES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "late_events")
 PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
-
-
-class LakeError(RuntimeError):
-    pass
-
-
-def lake_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "lake"
-
-
-def table_glob(data_dir: Path, table: str) -> str:
-    """Absolute glob for DuckDB/pyarrow readers: ``.../lake/<table>/*/*.parquet``."""
-    return str((lake_dir(data_dir) / table).resolve() / "*" / "*.parquet")
-
-
-def has_files(data_dir: Path, table: str) -> bool:
-    root = lake_dir(data_dir) / table
-    return root.is_dir() and any(root.glob("*/*.parquet"))
 
 
 def fsync_dir(path: Path) -> None:
@@ -110,11 +87,11 @@ def write_partitioned(
     return written
 
 
-def read_table(data_dir: Path, table: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(layout: DataLayout, table: str, columns: list[str] | None = None) -> pa.Table:
     """Read a lake table with its partition column typed per ``schemas.PARTITION_COLUMNS``."""
     import pyarrow.dataset as ds
 
-    root = lake_dir(data_dir) / table
+    root = layout.table(table)
     schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "customer_months": schemas.CUSTOMER_MONTHS,
               "customer_lifetime": schemas.CUSTOMER_LIFETIME, "late_events": schemas.LATE_EVENTS,
               "dead_letter": schemas.DEAD_LETTER}[table]  # fmt: skip
@@ -122,10 +99,10 @@ def read_table(data_dir: Path, table: str, columns: list[str] | None = None) -> 
     if name in schema.names:  # stored as the hive directory, not inside the files
         schema = schema.remove(schema.get_field_index(name))
     full = schema.append(pa.field(name, kind))
-    if not has_files(data_dir, table):
+    files = [str(p) for p in layout.table_files(table)]
+    if not files:
         empty = full.empty_table()
         return empty.select(columns) if columns else empty
-    files = sorted(str(p) for p in root.glob("*/*.parquet"))
     dataset = ds.dataset(files, schema=full, format="parquet",
                          partitioning=ds.partitioning(pa.schema([pa.field(name, kind)]), flavor="hive"),
                          partition_base_dir=str(root))  # fmt: skip
@@ -185,47 +162,73 @@ class EventIndex:
             self.conn.executemany("insert or ignore into event_ids values (?, ?)", events)
             self.conn.executemany("insert or ignore into dead_keys values (?)", ((k,) for k in dead_keys))
 
-    def counts(self) -> tuple[int, int]:
-        if self.conn is None:
-            return 0, 0
-        (events,) = self.conn.execute("select count(*) from event_ids").fetchone()
-        (dead,) = self.conn.execute("select count(*) from dead_keys").fetchone()
-        return events, dead
 
 
-def index_path(data_dir: Path) -> Path:
-    return lake_dir(data_dir) / "_index" / "ingest.sqlite"
+def latest_event_day(layout: DataLayout) -> dt.date | None:
+    """The UTC date of the latest event in the lake (from partition names: no data read)."""
+    days = list(layout.day_partitions("events")) + list(layout.day_partitions("usage"))
+    return max(days) if days else None
 
 
-def ensure_index(data_dir: Path) -> None:
-    """Rebuild the index from the lake if it is missing (e.g. deleted by hand)."""
-    path = index_path(data_dir)
+def _index_usable(path: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+    return {"event_ids", "dead_keys"} <= names
+
+
+def ensure_index(layout: DataLayout) -> None:
+    """Rebuild the index from the lake when it is missing or unreadable (deleted, truncated, killed mid-build).
+
+    The rebuild writes a new file aside and renames it into place, so a kill during the rebuild
+    leaves no index (rebuilt again next time), never an empty or partial one.
+    """
+    path = layout.index_file
+    tables = [t for t in ("events", "usage", "dead_letter") if layout.has_files(t)]
     if path.exists():
-        return
-    tables = [t for t in ("events", "usage", "dead_letter") if has_files(data_dir, t)]
+        if _index_usable(path):
+            return
+        log.warning("event index %s is unreadable: rebuilding it from the lake", path)
     if not tables:
+        _remove_index(path)
         return
     log.warning("event index missing: rebuilding it from the lake (one-time full read of the key columns)")
-    index = EventIndex(path)
+    building = path.with_name(path.name + ".rebuild")
+    _remove_index(building)
+    index = EventIndex(building)
     try:
         for table in ("events", "usage"):
             if table in tables:
-                keys = read_table(data_dir, table, ["event_id", "payload_sha256"])
+                keys = read_table(layout, table, ["event_id", "payload_sha256"])
                 index.add(zip(keys["event_id"].to_pylist(), keys["payload_sha256"].to_pylist(), strict=True), [])
         if "dead_letter" in tables:
-            index.add([], read_table(data_dir, "dead_letter", ["raw_sha256"])["raw_sha256"].to_pylist())
+            index.add([], read_table(layout, "dead_letter", ["raw_sha256"])["raw_sha256"].to_pylist())
+        index.conn.execute("pragma wal_checkpoint(truncate)")
     finally:
         index.close()
+    _remove_index(path)
+    os.replace(building, path)
+    fsync_dir(path.parent)
+
+
+def _remove_index(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ commit protocol
 
 
 @contextlib.contextmanager
-def lake_lock(data_dir: Path):
-    root = lake_dir(data_dir)
+def lake_lock(layout: DataLayout):
+    root = layout.lake
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
+    with open(layout.lock_file, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -236,14 +239,10 @@ def lake_lock(data_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def staging_dir(data_dir: Path, run_id: str) -> Path:
-    return lake_dir(data_dir) / "_staging" / run_id
-
-
-def commit(data_dir: Path, run_id: str, moves: list[tuple[Path, Path]], index_files: list[Path],
+def commit(layout: DataLayout, run_id: str, moves: list[tuple[Path, Path]], index_files: list[Path],
            dead_key_files: list[Path], replace_dirs: list[tuple[Path, Path]] = ()) -> None:  # fmt: skip
     """Make a run's staged files visible: journal first, then renames, then the index."""
-    root = lake_dir(data_dir)
+    root = layout.lake
     journal = {
         "run_id": run_id,
         "moves": [[str(a.relative_to(root)), str(b.relative_to(root))] for a, b in moves],
@@ -251,14 +250,15 @@ def commit(data_dir: Path, run_id: str, moves: list[tuple[Path, Path]], index_fi
         "dead_key_files": [str(p.relative_to(root)) for p in dead_key_files],
         "replace_dirs": [[str(a.relative_to(root)), str(b.relative_to(root))] for a, b in replace_dirs],
     }
-    path = root / "_journal" / f"{run_id}.json"
+    path = layout.journal(run_id)
     write_atomic_bytes(path, json.dumps(journal, indent=1).encode())
-    _apply(root, journal)
+    _apply(layout, journal)
     path.unlink()
-    shutil.rmtree(staging_dir(data_dir, run_id), ignore_errors=True)
+    shutil.rmtree(layout.staging(run_id), ignore_errors=True)
 
 
-def _apply(root: Path, journal: dict) -> None:
+def _apply(layout: DataLayout, journal: dict) -> None:
+    root = layout.lake
     touched = set()
     for staged, final in journal["moves"]:
         src, dst = root / staged, root / final
@@ -279,7 +279,7 @@ def _apply(root: Path, journal: dict) -> None:
     for directory in touched:
         fsync_dir(directory)
     if journal["index_files"] or journal["dead_key_files"]:
-        index = EventIndex(root / "_index" / "ingest.sqlite")
+        index = EventIndex(layout.index_file)
         try:
             # each file's keys go in sorted order (B-tree appends rather than random page splits),
             # a file at a time and in batches, so memory stays flat whatever the run's size
@@ -295,29 +295,22 @@ def _apply(root: Path, journal: dict) -> None:
             index.close()
 
 
-def recover(data_dir: Path) -> list[str]:
+def recover(layout: DataLayout) -> list[str]:
     """Roll forward committed-but-unfinished runs and remove uncommitted staging. Returns run ids."""
-    root = lake_dir(data_dir)
     recovered = []
-    journal_dir = root / "_journal"
-    if journal_dir.is_dir():
-        for path in sorted(journal_dir.glob("*.json")):
+    if layout.journal_dir.is_dir():
+        for path in sorted(layout.journal_dir.glob("*.json")):
             journal = json.loads(path.read_text())
             log.warning("completing the commit of interrupted run %s", journal["run_id"])
-            _apply(root, journal)
+            _apply(layout, journal)
             path.unlink()
-            shutil.rmtree(root / "_staging" / journal["run_id"], ignore_errors=True)
+            shutil.rmtree(layout.staging(journal["run_id"]), ignore_errors=True)
             recovered.append(journal["run_id"])
-    staging = root / "_staging"
-    if staging.is_dir():
-        for leftover in staging.iterdir():
+    if layout.staging_root.is_dir():
+        for leftover in layout.staging_root.iterdir():
             log.warning("removing uncommitted files of interrupted run %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
     return recovered
-
-
-def sum_rows(tables: Iterable[pa.Table]) -> int:
-    return sum(t.num_rows for t in tables)
 
 
 def counts_by(table: pa.Table, column: str) -> dict[str, int]:

@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
-from pipelines.errors import ConfigError, InputError
-from pipelines.ingest import new_run_id
-from pipelines.manifest import write_manifest
+from pipelines.config import RunConfig
+from pipelines.layout import DataLayout
+from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
 from transforms.calendar import month_start
-from transforms.fx import FxError, load_fx
+from transforms.errors import ConfigError, InputError
 from transforms.metrics import (
     CalendarMonthAggregate,
     ComputeCustomerMonths,
@@ -35,8 +35,6 @@ from transforms.metrics import (
     PreAggregateMonths,
     ReplaySubscriptions,
 )
-from transforms.money import UnknownCurrency
-from transforms.revenue import fx_daily
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +50,6 @@ class MetricsResult:
     mrr_at_as_of: object
     active_customers_at_as_of: int
     seconds: float
-
-
-def partition_dates(data_dir: Path, table: str) -> dict[dt.date, list[str]]:
-    root = lake.lake_dir(data_dir) / table
-    out: dict[dt.date, list[str]] = {}
-    if not root.is_dir():
-        return out
-    for part in root.iterdir():
-        if part.is_dir() and part.name.startswith("event_date="):
-            files = sorted(str(p) for p in part.glob("*.parquet"))
-            if files:
-                out[dt.date.fromisoformat(part.name.split("=", 1)[1])] = files
-    return out
-
-
-def default_as_of(data_dir: Path) -> dt.date:
-    """The UTC date of the latest event in the lake (partition names: no data read)."""
-    dates = list(partition_dates(data_dir, "events")) + list(partition_dates(data_dir, "usage"))
-    if not dates:
-        raise InputError(f"the lake under {lake.lake_dir(data_dir)} has no events: run `revenue ingest` first")
-    return max(dates)
 
 
 def _read_month(parts: list, schema: pa.Schema) -> pa.Table:
@@ -112,48 +89,40 @@ class _RecordFn(beam.DoFn):
         yield len(items)
 
 
-def run_metrics(data_dir: Path, as_of: dt.date | None = None, reporting_currency: str = "USD",
-                fx_rates: Path | None = None, beam_args: list[str] = (), shards: int = 1,
-                run_id: str | None = None, write_run_manifest: bool = True) -> MetricsResult:  # fmt: skip
+def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest: bool = True,
+                shards: int = 1) -> MetricsResult:  # fmt: skip
+    """customer_months and customer_lifetime for ``config.as_of`` (or the lake's latest event day)."""
     started = time.monotonic()
-    data_dir = Path(data_dir)
-    reporting_currency = reporting_currency.upper()
-    try:
-        fx = load_fx(reporting_currency, fx_rates)
-    except UnknownCurrency as exc:
-        raise ConfigError(f"--reporting-currency: {exc}") from None
-    except FxError as exc:
-        raise ConfigError(str(exc)) from None
+    layout, currency = config.layout, config.reporting_currency
     run_id = run_id or new_run_id()
-    with lake.lake_lock(data_dir):
-        lake.recover(data_dir)
-        as_of = as_of or default_as_of(data_dir)
-        events_by_day = {d: f for d, f in partition_dates(data_dir, "events").items() if d <= as_of}
-        usage_by_day = {d: f for d, f in partition_dates(data_dir, "usage").items() if d <= as_of}
+    with lake.lake_lock(layout):
+        lake.recover(layout)
+        config = config.resolve_as_of()
+        as_of = config.as_of
+        events_by_day = {d: f for d, f in layout.day_partitions("events").items() if d <= as_of}
+        usage_by_day = {d: f for d, f in layout.day_partitions("usage").items() if d <= as_of}
         if not events_by_day and not usage_by_day:
             raise InputError(f"no events on or before the as-of date {as_of}")
         months: dict[dt.date, tuple[list, list]] = {}
         for d, files in sorted(events_by_day.items()):
-            months.setdefault(month_start(d), ([], []))[0].append((d, files))
+            months.setdefault(month_start(d), ([], []))[0].append((d, [str(f) for f in files]))
         for d, files in sorted(usage_by_day.items()):
-            months.setdefault(month_start(d), ([], []))[1].append((d, files))
-        first_day = min(list(events_by_day) + list(usage_by_day))
-        rates = fx_daily(fx, {c for _, c, _ in fx.rows()}, first_day, as_of)
-        stage = lake.staging_dir(data_dir, run_id)
+            months.setdefault(month_start(d), ([], []))[1].append((d, [str(f) for f in files]))
+        stage = layout.staging(run_id)
         stage.mkdir(parents=True)
         elements = [(m, ev, us) for m, (ev, us) in sorted(months.items())]
-        with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
             slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn())
-            pre = slices | "PreAggregateMonths" >> PreAggregateMonths(rates, reporting_currency, as_of, shards)
+            pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
             replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
-                ReplaySubscriptions(fx, as_of, reporting_currency)  # fmt: skip
+                ReplaySubscriptions(config.fx, as_of, currency)  # fmt: skip
             monthly = (
                 (pre.partials, replayed.partials)
                 | "AllPartials" >> beam.Flatten()
                 | "CalendarMonthAggregate" >> CalendarMonthAggregate()
                 | "DropPane" >> beam.Map(lambda kmtp: (kmtp[0], kmtp[1], kmtp[2])).with_output_types(object)
             )
-            facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(reporting_currency, as_of)
+            facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
             _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
                 _WriteStagedFn(str(stage), "customer_months", "month", run_id))
             _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
@@ -163,31 +132,28 @@ def run_metrics(data_dir: Path, as_of: dt.date | None = None, reporting_currency
                  | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
         missing = json.loads((stage / "fx_missing.json").read_text())
         if missing:
-            currency, day = missing[0]
+            missing_currency, day = missing[0]
             more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
-            raise ConfigError(f"no FX rate for {currency} -> {reporting_currency} on or before {day}{more}; "
+            raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
                               "add it to the FX file (--fx-rates)")  # fmt: skip
-        root = lake.lake_dir(data_dir)
         replace = []
         for table in ("customer_months", "customer_lifetime"):
             staged = stage / table
-            if not staged.exists():
-                staged.mkdir(parents=True)
-            replace.append((staged, root / table))
-        lake.commit(data_dir, run_id, [], [], [], replace_dirs=replace)
-    cm = lake.read_table(data_dir, "customer_months", ["customer_id", "month", "mrr"])
+            staged.mkdir(parents=True, exist_ok=True)
+            replace.append((staged, layout.table(table)))
+        lake.commit(layout, run_id, [], [], [], replace_dirs=replace)
+    cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"])
     at = cm.filter(pc.equal(cm["month"], pa.scalar(month_start(as_of), pa.date32())))
     positive = at.filter(pc.greater(at["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
     result = MetricsResult(
-        run_id=run_id, as_of=as_of, reporting_currency=reporting_currency, customer_months=cm.num_rows,
+        run_id=run_id, as_of=as_of, reporting_currency=currency, customer_months=cm.num_rows,
         customers=len(pc.unique(cm["customer_id"])), months=len(pc.unique(cm["month"])),
         mrr_at_as_of=pc.sum(at["mrr"]).as_py() if at.num_rows else 0, active_customers_at_as_of=positive.num_rows,
         seconds=round(time.monotonic() - started, 3),
     )  # fmt: skip
     if write_run_manifest:
-        write_manifest(data_dir, run_id, "metrics", {
-            "as_of": as_of.isoformat(), "reporting_currency": reporting_currency,
-            "fx_rates": str(fx_rates) if fx_rates else "bundled", "customer_months": result.customer_months,
+        write_manifest(layout, run_id, "metrics", {
+            "config": config.describe(), "customer_months": result.customer_months,
             "customers": result.customers, "months": result.months, "mrr_at_as_of": str(result.mrr_at_as_of),
             "seconds": result.seconds,
         })  # fmt: skip
@@ -195,8 +161,8 @@ def run_metrics(data_dir: Path, as_of: dt.date | None = None, reporting_currency
 
 
 class _WriteLateFn(beam.DoFn):
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
+    def __init__(self, table_dir: str):
+        self.table_dir = table_dir
         self.written = beam.metrics.Metrics.counter("metrics", "too_late_rows_written")
 
     def process(self, table: pa.Table, timestamp=beam.DoFn.TimestampParam):
@@ -209,7 +175,7 @@ class _WriteLateFn(beam.DoFn):
             "event_time": pa.array([timestamp.micros] * rows, pa.int64()).cast(schemas.TS),
             "month": table["month"],
         })  # fmt: skip
-        written = lake.write_partitioned(late, lake.lake_dir(Path(self.data_dir)) / "late_events", "month",
+        written = lake.write_partitioned(late, Path(self.table_dir), "month",
                                          f"late-{uuid.uuid4().hex}.parquet", [("customer_id", "ascending")])  # fmt: skip
         self.written.inc(rows)
         yield from (str(p) for p in written)
@@ -218,9 +184,9 @@ class _WriteLateFn(beam.DoFn):
 class WriteLateEvents(beam.PTransform):
     """Sink for ``RouteLateEvents``' ``too_late`` output: the lake's ``late_events/`` table (one file per element)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, layout: DataLayout):
         super().__init__()
-        self.data_dir = str(Path(data_dir).absolute())
+        self.table_dir = str(layout.table("late_events"))
 
     def expand(self, too_late):
-        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.data_dir))
+        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.table_dir))

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines import lake
-from pipelines.errors import InputError, QualityGateFailed
+from pipelines.config import RunConfig
 from pipelines.lake import write_atomic_bytes
+from pipelines.layout import DataLayout
+from transforms.errors import InputError, QualityGateFailed
 from transforms.parse import REASONS
+from transforms.schemas import LAST_SUPPORTED_DAY
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations" / "suites"
 LAKE_SUITES = ("lake_events", "lake_usage", "lake_dead_letter", "lake_ingest_summary", "lake_customer_months")
 WAREHOUSE_SUITES = ("warehouse_mrr_monthly", "warehouse_cohorts", "warehouse_mrr_before_first_paid_month",
                     "warehouse_revenue_reconciliation", "warehouse_usage_pricing")  # fmt: skip
-DEFAULT_THRESHOLDS = {"dead_letter_ratio_warning": 0.01, "dead_letter_ratio_critical": 0.05}
+# lake tables that must exist once the metrics stage has run: a missing one fails the gate
+REQUIRED_LAKE_TABLES = {"lake_customer_months": "customer_months"}
 OLDEST_ALLOWED = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -68,55 +71,84 @@ class GateResult:
         }
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str):
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None):
     """Query -> pandas with exact types: DECIMAL as Decimal objects, nullable integers as Int64."""
     import pandas as pd
     import pyarrow as pa
 
-    table = con.sql(sql).arrow()
+    table = con.execute(sql, params).to_arrow_table() if params else con.sql(sql).arrow()
     if hasattr(table, "read_all"):
         table = table.read_all()
     ints = {pa.int8(), pa.int16(), pa.int32(), pa.int64()}
     return table.to_pandas(types_mapper=lambda t: pd.Int64Dtype() if t in ints else None)
 
 
-def lake_frames(data_dir: Path, as_of: dt.date | None) -> dict[str, object]:
-    """DataFrames the lake suites validate."""
+def lake_frames(layout: DataLayout) -> dict[str, object]:
+    """DataFrames the lake suites validate; an absent ingest table is an empty frame, an absent
+    derived table is left out (and ``validate`` fails on it)."""
     con = duckdb.connect()
     frames = {}
 
-    def src(table):
-        return f"read_parquet('{lake.table_glob(data_dir, table)}', hive_partitioning = true)"
+    def src(table, columns):
+        if layout.has_files(table):
+            return f"select {columns} from read_parquet('{layout.table_glob(table)}', hive_partitioning = true)"
+        return f"select {columns} from (select {_null_columns(table)}) where false"
 
-    if lake.has_files(data_dir, "events"):
-        frames["lake_events"] = _frame(con, f"select event_id, event_type, occurred_at, customer_id, currency, "
-                                            f"amount, unit_amount, tax from {src('events')}")  # fmt: skip
-    if lake.has_files(data_dir, "usage"):
-        frames["lake_usage"] = _frame(con, f"select event_id, occurred_at, customer_id, meter, quantity "
-                                           f"from {src('usage')}")  # fmt: skip
-    dead = 0
-    if lake.has_files(data_dir, "dead_letter"):
-        frames["lake_dead_letter"] = _frame(con, f"select reason, message from {src('dead_letter')}")
-        dead = len(frames["lake_dead_letter"])
-    accepted = sum(len(frames[k]) for k in ("lake_events", "lake_usage") if k in frames)
+    frames["lake_events"] = _frame(con, src("events", "event_id, event_type, occurred_at, customer_id, currency, "
+                                                      "amount, unit_amount, tax"))  # fmt: skip
+    frames["lake_usage"] = _frame(con, src("usage", "event_id, occurred_at, customer_id, meter, quantity"))
+    frames["lake_dead_letter"] = _frame(con, src("dead_letter", "reason, message"))
+    dead = len(frames["lake_dead_letter"])
+    accepted = len(frames["lake_events"]) + len(frames["lake_usage"])
     import pandas as pd
 
     ratio = dead / (accepted + dead) if accepted + dead else 0.0  # a ratio of counts, not money
     frames["lake_ingest_summary"] = pd.DataFrame({"dead_letter_ratio": [ratio], "dead_letters": [dead],
                                                   "accepted": [accepted]})  # fmt: skip
-    if lake.has_files(data_dir, "customer_months"):
+    if layout.has_files("customer_months"):
         frames["lake_customer_months"] = _frame(con, f"""
             select customer_id, "month", mrr, movement,
                    coalesce(datediff('month', lag("month") over (partition by customer_id order by "month"), "month"), 1)
                        as months_since_previous_row
-            from {src('customer_months')}
+            from read_parquet('{layout.table_glob("customer_months")}', hive_partitioning = true)
         """)
     con.close()
     return frames
 
 
-def warehouse_frames(warehouse: Path) -> dict[str, object]:
-    """DataFrames the warehouse suites validate (read-only connection to a built warehouse)."""
+def _null_columns(table: str) -> str:
+    """``cast(null as <type>) as <column>, ...`` for a lake table's columns (an empty stand-in)."""
+    import pyarrow as pa
+
+    from transforms import schemas
+
+    schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "dead_letter": schemas.DEAD_LETTER}[table]
+    name, kind = schemas.PARTITION_COLUMNS[table]
+    if name not in schema.names:
+        schema = schema.append(pa.field(name, kind))
+    con = duckdb.connect()
+    try:
+        rel = con.from_arrow(schema.empty_table())
+        return ", ".join(f'cast(null as {t}) as "{c}"' for c, t in zip(rel.columns, rel.types, strict=True))
+    finally:
+        con.close()
+
+
+def warehouse_frames_or_missing(warehouse: Path, half_minor_unit) -> tuple[dict, dict]:
+    """The warehouse frames, or (when a table the suites read is absent) which suites could not run."""
+    try:
+        return warehouse_frames(warehouse, half_minor_unit), {}
+    except duckdb.CatalogException as exc:
+        why = f"warehouse table missing: {str(exc).splitlines()[0]}"
+        return {}, dict.fromkeys(WAREHOUSE_SUITES, why)
+
+
+def warehouse_frames(warehouse: Path, half_minor_unit) -> dict[str, object]:
+    """DataFrames the warehouse suites validate (read-only connection to a built warehouse).
+
+    ``half_minor_unit``: half the reporting currency's minor unit (0.005 USD, 0.5 JPY, 0.0005 KWD),
+    the most a rounded ARPA may differ from MRR / customers, per customer.
+    """
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         return {
@@ -125,10 +157,10 @@ def warehouse_frames(warehouse: Path) -> dict[str, object]:
                        coalesce(datediff('month', lag("month") over (order by "month"), "month"), 1)
                            as months_since_previous_row,
                        case when active_customers = 0 then arpa is null
-                            else arpa * active_customers between mrr - 0.005 * active_customers
-                                 and mrr + 0.005 * active_customers end as arpa_matches_mrr_over_customers
+                            else arpa * active_customers between mrr - $half * active_customers
+                                 and mrr + $half * active_customers end as arpa_matches_mrr_over_customers
                 from mrr_monthly
-            """),
+            """, {"half": half_minor_unit}),
             "warehouse_cohorts": _frame(con, "select cohort_month, months_since_start, logo_retention, "
                                              "gross_mrr_retention from fct_cohort_retention"),  # fmt: skip
             "warehouse_mrr_before_first_paid_month": _frame(con, """
@@ -157,7 +189,7 @@ def warehouse_frames(warehouse: Path) -> dict[str, object]:
 def _parameters(as_of: dt.date | None, thresholds: dict) -> dict:
     from iso4217 import Currency
 
-    end = dt.datetime.combine((as_of or dt.date(9999, 12, 30)) + dt.timedelta(days=1), dt.time(), dt.UTC)
+    end = dt.datetime.combine((as_of or LAST_SUPPORTED_DAY) + dt.timedelta(days=1), dt.time(), dt.UTC)
     return {
         "iso_currencies": sorted(c.code for c in Currency if c.exponent is not None),
         "reason_codes": list(REASONS),
@@ -172,31 +204,33 @@ def _load_suite(gx, name: str):
     return gx.ExpectationSuite(name=doc["name"], expectations=doc["expectations"], meta=doc.get("meta"))
 
 
-def validate(data_dir: Path, warehouse: Path | None = None, as_of: dt.date | None = None,
-             thresholds: dict | None = None, suites: tuple[str, ...] | None = None, run_id: str | None = None,
-             lake_checks: bool = True) -> GateResult:  # fmt: skip
-    """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures."""
+def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str, ...] | None = None,
+             run_id: str | None = None, lake_checks: bool = True) -> GateResult:  # fmt: skip
+    """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
+
+    A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
+    never passes on what it could not see.
+    """
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    data_dir = Path(data_dir).absolute()
-    if as_of is None:  # the as-of date of the latest metrics run, when there is one
-        from pipelines.transform import lake_as_of
-
-        try:
-            as_of = lake_as_of(data_dir)[0]
-        except InputError:
-            as_of = None
-    frames = lake_frames(data_dir, as_of) if lake_checks else {}
+    layout = config.layout
+    frames, missing = {}, {}
+    if lake_checks:
+        frames = lake_frames(layout)
+        missing = {s: f"lake table {t} is missing: run `revenue metrics`"
+                   for s, t in REQUIRED_LAKE_TABLES.items() if s not in frames}  # fmt: skip
     if warehouse is not None:
-        frames.update(warehouse_frames(warehouse))
+        wh_frames, wh_missing = warehouse_frames_or_missing(warehouse, config.reporting_minor_unit / 2)
+        frames.update(wh_frames)
+        missing.update(wh_missing)
     if not frames:
-        raise InputError(f"nothing to validate under {data_dir}: run `revenue ingest` first")
+        raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
     wanted = [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames]
-    params = _parameters(as_of, {**DEFAULT_THRESHOLDS, **(thresholds or {})})
+    params = _parameters(config.as_of, config.thresholds.as_parameters())
 
     import great_expectations as gx
 
-    quality_dir = data_dir / "quality"
+    quality_dir = layout.quality_dir
     quality_dir.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(quality_dir))
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
@@ -233,34 +267,44 @@ def validate(data_dir: Path, warehouse: Path | None = None, as_of: dt.date | Non
             (outcome.critical_failures if severity == "critical" else outcome.warnings).append(detail)
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
+    for name, why in sorted(missing.items()):
+        if suites is None or name in suites:
+            outcomes.append(SuiteOutcome(suite=name, rows=0, passed=False, critical_failures=[{
+                "expectation": "table_exists", "column": None, "severity": "critical",
+                "unexpected_count": None, "observed_value": why, "sample": []}]))  # fmt: skip
     try:
         context.build_data_docs()
     except Exception as exc:  # docs are a convenience; the JSON results are the record
         log.warning("could not build Data Docs: %s", exc)
-    docs = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    docs = layout.data_docs_index
     gate = GateResult(passed=all(o.passed for o in outcomes), suites=outcomes,
                       seconds=round(time.monotonic() - started, 3), docs_index=docs if docs.exists() else None)  # fmt: skip
     payload = json.dumps({"run_id": run_id, **gate.as_dict()}, indent=2, default=str).encode()
-    name = f"results-{run_id}.json" if run_id else "results.json"
-    gate.results_file = quality_dir / name
+    gate.results_file = layout.quality_results(run_id)
     write_atomic_bytes(gate.results_file, payload)
-    write_atomic_bytes(quality_dir / "latest.json", payload)
+    write_atomic_bytes(layout.quality_latest, payload)
     return gate
 
 
-def warehouse_gate(data_dir: Path, thresholds: dict | None = None, run_id: str | None = None):
-    """A gate for ``run_transform``: validates the lake and the freshly built warehouse before publishing."""
+def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None):
+    """A gate for ``run_transform``: validates the lake and the freshly built warehouse before publishing.
+
+    ``on_result(GateResult)`` is called with every result (the CLI prints it) before a failure raises.
+    """
 
     def gate(build_file: Path) -> dict:
-        from pipelines.summary import print_gate
-
-        result = validate(data_dir, warehouse=build_file, thresholds=thresholds, run_id=run_id)
-        print_gate(result)
-        if not result.passed:
-            failing = [f"{o.suite}: {f['expectation']}({f['column'] or ''})" for o in result.suites
-                       for f in o.critical_failures]  # fmt: skip
-            raise QualityGateFailed("data-quality gate failed, published warehouse left untouched: "
-                                    + "; ".join(failing[:5]))  # fmt: skip
+        result = validate(config, warehouse=build_file, run_id=run_id)
+        if on_result is not None:
+            on_result(result)
+        raise_on_failure(result)
         return result.as_dict()
 
     return gate
+
+
+def raise_on_failure(result: GateResult) -> None:
+    if not result.passed:
+        failing = [f"{o.suite}: {f['expectation']}({f['column'] or ''})" for o in result.suites
+                   for f in o.critical_failures]  # fmt: skip
+        raise QualityGateFailed("data-quality gate failed, published warehouse left untouched: "
+                                + "; ".join(failing[:5]))  # fmt: skip

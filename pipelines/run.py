@@ -1,44 +1,48 @@
-"""`revenue run`: ingest -> metrics -> dbt build -> quality gate -> publish -> report, with one manifest."""
+"""`revenue run`: ingest -> metrics -> dbt build -> quality gate -> publish -> report, with one manifest.
+
+The manifest is written whatever happens (status ``success``, ``quality_gate_failed`` or
+``error``); then a failure is raised again for the CLI's boundary to turn into an exit status.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pipelines.errors import QualityGateFailed, RevenueError
-from pipelines.ingest import new_run_id, run_ingest
-from pipelines.manifest import write_manifest
+from pipelines.config import RunConfig
+from pipelines.manifest import new_run_id, write_manifest
 from pipelines.summary import console
+from transforms.errors import QualityGateFailed, RevenueError
 
 
 @dataclass
 class RunResult:
     run_id: str
     status: str
-    exit_code: int
-    manifest: Path
+    manifest: Path | None = None
     summary: dict = field(default_factory=dict)
 
 
-def run_all(input_dir: Path, data_dir: Path, as_of: dt.date | None = None, reporting_currency: str = "USD",
-            fx_rates: Path | None = None, beam_args: list[str] = (), show_progress: bool = True) -> RunResult:  # fmt: skip
+def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
+            on_finish: Callable[[RunResult], None] | None = None) -> RunResult:  # fmt: skip
+    """Run every stage with ``config``; ``on_finish(result)`` sees the result (failed or not) before a raise."""
+    from pipelines.ingest import run_ingest
     from pipelines.metrics import run_metrics
     from pipelines.quality import warehouse_gate
     from pipelines.report import build_report
     from pipelines.transform import run_transform
 
     run_id = new_run_id()
-    data_dir = Path(data_dir)
+    layout = config.layout
+    result = RunResult(run_id, "running")
     timings: dict[str, float] = {}
-    summary: dict = {"run_id": run_id, "input": str(Path(input_dir).absolute()), "data_dir": str(data_dir.absolute()),
-                     "reporting_currency": reporting_currency.upper(), "beam_args": list(beam_args),
-                     "fx_rates": str(fx_rates) if fx_rates else "bundled"}  # fmt: skip
-    status, exit_code, error = "success", 0, None
-
+    summary = result.summary
+    summary.update(run_id=run_id, config=config.describe())
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                         disable=not show_progress, transient=False)  # fmt: skip
 
@@ -51,37 +55,47 @@ def run_all(input_dir: Path, data_dir: Path, as_of: dt.date | None = None, repor
             timings[name] = round(time.monotonic() - started, 3)
             progress.update(task, completed=1, description=f"{description} [dim]({timings[name]:.1f}s)[/dim]")
 
+    failure: RevenueError | None = None
     try:
         with progress:
             ingest = stage("ingest", "ingest: parse, validate, deduplicate into the lake",
-                           lambda: run_ingest(input_dir, data_dir, beam_args, run_id=run_id, write_run_manifest=False))
+                           lambda: run_ingest(config, run_id=run_id, write_run_manifest=False))
             summary["ingest"] = ingest.counts()
             summary["input_files"] = ingest.files
+            config = config.resolve_as_of()  # once, after the ingest: every later stage uses this date
+            summary["config"] = config.describe()
             metrics = stage("metrics", "metrics: calendar-month windows into customer_months",
-                            lambda: run_metrics(data_dir, as_of, reporting_currency, fx_rates, beam_args,
-                                                run_id=run_id, write_run_manifest=False))  # fmt: skip
-            summary["as_of"] = metrics.as_of.isoformat()
-            summary["months_covered"] = metrics.months
-            summary["customers"] = metrics.customers
-            summary["mrr_at_as_of"] = str(metrics.mrr_at_as_of)  # exact Decimal as text
-            summary["paying_customers_at_as_of"] = metrics.active_customers_at_as_of
+                            lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
+            summary.update(as_of=config.as_of.isoformat(), reporting_currency=config.reporting_currency,
+                           months_covered=metrics.months, customers=metrics.customers,
+                           mrr_at_as_of=str(metrics.mrr_at_as_of),  # exact Decimal as text
+                           paying_customers_at_as_of=metrics.active_customers_at_as_of)  # fmt: skip
+            gate = warehouse_gate(config, run_id=run_id, on_result=on_gate)
             transform = stage("transform", "dbt build, quality gate, atomic publish",
-                              lambda: run_transform(data_dir, fx_rates, gate=warehouse_gate(data_dir, run_id=run_id),
-                                                    run_id=run_id, write_run_manifest=False))  # fmt: skip
+                              lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False))
             timings["dbt_build"] = transform.dbt_seconds
             summary["quality"] = {"passed": transform.gate["passed"], "docs": transform.gate["docs"]}
             summary["dbt_nodes"] = transform.nodes
-            month = dt.date(metrics.as_of.year, metrics.as_of.month, 1)
+            month = dt.date(config.as_of.year, config.as_of.month, 1)
             report = stage("report", f"report: {month:%Y-%m} finance report",
-                           lambda: build_report(data_dir, month, run_id))
-            summary["outputs"] = {"lake": str((data_dir / "lake").absolute()), "warehouse": str(transform.published),
+                           lambda: build_report(config, month, run_id, run_counts=ingest.counts()))
+            summary["outputs"] = {"lake": str(layout.lake), "warehouse": str(transform.published),
                                   "report": str(Path(report["html"]).absolute()),
                                   "report_dir": str(Path(report["dir"]).absolute()),
-                                  "quality": str((data_dir / "quality").absolute())}  # fmt: skip
+                                  "quality": str(layout.quality_dir)}  # fmt: skip
+        result.status = "success"
     except QualityGateFailed as exc:
-        status, exit_code, error = "quality_gate_failed", 2, str(exc)
+        result.status, failure = "quality_gate_failed", exc
     except RevenueError as exc:
-        status, exit_code, error = "error", exc.exit_code, str(exc)
-    summary.update(status=status, error=error, timings=timings)
-    manifest = write_manifest(data_dir, run_id, "run", summary)
-    return RunResult(run_id, status, exit_code, manifest, summary)
+        result.status, failure = "error", exc
+    except BaseException as exc:  # a bug or an interrupt: still record the run, then let it propagate
+        summary.update(status="crashed", error=f"{type(exc).__name__}: {exc}", timings=timings)
+        write_manifest(layout, run_id, "run", summary)
+        raise
+    summary.update(status=result.status, error=str(failure) if failure else None, timings=timings)
+    result.manifest = write_manifest(layout, run_id, "run", summary)
+    if on_finish is not None:
+        on_finish(result)
+    if failure is not None:
+        raise failure
+    return result

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from transforms.money import format_money
 
 console = Console(highlight=False, width=max(100, Console().width))
 
@@ -31,7 +32,7 @@ def print_ingest(result) -> None:
 def print_metrics(result) -> None:
     console.print(
         f"customer_months: {result.customer_months:,} rows, {result.customers:,} customers, {result.months} months; "
-        f"as of {result.as_of}: MRR {Decimal(result.mrr_at_as_of):,.2f} {result.reporting_currency} from "
+        f"as of {result.as_of}: MRR {format_money(result.mrr_at_as_of, result.reporting_currency)} from "
         f"{result.active_customers_at_as_of:,} paying customers  ({result.seconds:.1f}s)"
     )
 
@@ -79,7 +80,7 @@ def print_run(result) -> None:
     if "as_of" in s:
         table.add_row("as of", s["as_of"])
         table.add_row("months covered", str(s["months_covered"]))
-        table.add_row("MRR at as-of", f"{Decimal(s['mrr_at_as_of']):,.2f} {s['reporting_currency']} from "
+        table.add_row("MRR at as-of", f"{format_money(s['mrr_at_as_of'], s['reporting_currency'])} from "
                       f"{s['paying_customers_at_as_of']:,} paying customers ({s['customers']:,} customers seen)")
     if "quality" in s:
         table.add_row("quality gate", "passed" if s["quality"]["passed"] else "FAILED")

@@ -9,12 +9,17 @@ published file byte-for-byte untouched.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import ctypes.util
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,17 +31,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import lake
-from pipelines.errors import BuildFailed, ConfigError, InputError
-from pipelines.ingest import new_run_id
-from pipelines.manifest import write_manifest
+from pipelines.config import RunConfig
+from pipelines.layout import DataLayout
+from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.fx import FxError, load_fx
-from transforms.money import UnknownCurrency, currency_exponent
+from transforms.errors import BuildFailed, ConfigError, InputError, LakeError
 
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
-WAREHOUSE_NAME = "revenue.duckdb"
+PR_SET_PDEATHSIG = 1  # prctl(2) option
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime")
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
@@ -54,24 +58,26 @@ class TransformResult:
     gate: dict | None = None
 
 
-def warehouse_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "warehouse" / WAREHOUSE_NAME
+def check_lake_matches(config: RunConfig) -> None:
+    """The lake's customer_months must be the metrics stage's output for this as-of date and currency."""
+    layout = config.layout
+    computed = sorted(layout.partitions("customer_lifetime"))
+    if not computed:
+        raise InputError(f"no customer_lifetime in {layout.lake}: run `revenue metrics` first")
+    if computed != [config.as_of.isoformat()]:
+        raise ConfigError(f"the lake's customer_months were computed as of {computed[-1]}, not {config.as_of}: "
+                          f"run `revenue metrics --as-of {config.as_of}` or pass --as-of {computed[-1]}")  # fmt: skip
+    currencies = set(lake.read_table(layout, "customer_lifetime", ["reporting_currency"])["reporting_currency"]
+                     .unique().to_pylist())  # fmt: skip
+    if currencies - {config.reporting_currency}:
+        raise ConfigError(f"the lake's customer_months are in {', '.join(sorted(currencies))}, not "
+                          f"{config.reporting_currency}: run `revenue metrics --reporting-currency "
+                          f"{config.reporting_currency}` or pass the same --reporting-currency")  # fmt: skip
 
 
-def lake_as_of(data_dir: Path) -> tuple[dt.date, str]:
-    """As-of date and reporting currency of the metrics stage's latest output."""
-    root = lake.lake_dir(data_dir) / "customer_lifetime"
-    parts = sorted(p.name.split("=", 1)[1] for p in root.glob("as_of=*")) if root.is_dir() else []
-    if not parts:
-        raise InputError(f"no customer_lifetime in {lake.lake_dir(data_dir)}: run `revenue metrics` first")
-    files = sorted((root / f"as_of={parts[-1]}").glob("*.parquet"))
-    currency = pq.read_table(files[0], columns=["reporting_currency"])["reporting_currency"][0].as_py()
-    return dt.date.fromisoformat(parts[-1]), currency
-
-
-def _source_location(data_dir: Path, table: str, empty_dir: Path) -> str:
-    if lake.has_files(data_dir, table):
-        return "'" + lake.table_glob(data_dir, table).replace("'", "''") + "'"
+def _source_location(layout: DataLayout, table: str, empty_dir: Path) -> str:
+    if layout.has_files(table):
+        return "'" + layout.table_glob(table).replace("'", "''") + "'"
     # dbt's read_parquet needs a file: an empty one with the table's columns stands in
     schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "dead_letter": schemas.DEAD_LETTER,
               "customer_months": schemas.CUSTOMER_MONTHS, "customer_lifetime": schemas.CUSTOMER_LIFETIME}[table]  # fmt: skip
@@ -84,12 +90,11 @@ def _source_location(data_dir: Path, table: str, empty_dir: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _write_fx_seed(project: Path, reporting_currency: str, fx_rates: Path | None) -> None:
-    fx = load_fx(reporting_currency, fx_rates)
+def _write_fx_seed(project: Path, config: RunConfig) -> None:
     with open(project / "seeds" / "fx_rates.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["date", "currency", "rate"])
-        for day, currency, rate in fx.rows():
+        for day, currency, rate in config.fx.rows():
             writer.writerow([day.isoformat(), currency, format(rate, "f")])
 
 
@@ -111,68 +116,90 @@ def _failures(target: Path) -> list[str]:
     return out
 
 
-def run_transform(data_dir: Path, fx_rates: Path | None = None, gate: Callable[[Path], dict] | None = None,
-                  run_id: str | None = None, write_run_manifest: bool = True) -> TransformResult:  # fmt: skip
-    """Build, test, optionally gate, then publish. ``gate(build_file)`` raises QualityGateFailed to stop."""
-    started = time.monotonic()
-    data_dir = Path(data_dir).absolute()
-    run_id = run_id or new_run_id()
-    with lake.lake_lock(data_dir):
-        lake.recover(data_dir)
-        as_of, reporting_currency = lake_as_of(data_dir)
-    try:
-        exponent = currency_exponent(reporting_currency)
-    except UnknownCurrency as exc:
-        raise ConfigError(str(exc)) from None
-    published = warehouse_path(data_dir)
-    build_root = published.parent / f".build-{run_id}"
-    project = build_root / "project"
-    shutil.rmtree(build_root, ignore_errors=True)
-    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
-    try:
-        _write_fx_seed(project, reporting_currency, fx_rates)
-    except FxError as exc:
-        shutil.rmtree(build_root, ignore_errors=True)
-        raise ConfigError(str(exc)) from None
-    build_file = build_root / WAREHOUSE_NAME
+@contextlib.contextmanager
+def warehouse_lock(layout: DataLayout):
+    """One build at a time per data dir; a build killed earlier leaves a folder that the next one removes."""
+    layout.warehouse_dir.mkdir(parents=True, exist_ok=True)
+    with open(layout.warehouse_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LakeError(f"another build is running in {layout.warehouse_dir}; wait for it to finish") from None
+        try:
+            for stale in layout.stale_builds():
+                log.warning("removing the leftover build folder %s of an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _die_with_parent() -> None:
+    """In the dbt child: get SIGKILL when the parent dies (even by kill -9), so no build outlives its run."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _dbt_env(config: RunConfig, build_root: Path, build_file: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "REVENUE_WAREHOUSE_BUILD": str(build_file), "REVENUE_AS_OF": as_of.isoformat(),
-        "REVENUE_REPORTING_CURRENCY": reporting_currency, "REVENUE_REPORTING_EXPONENT": str(exponent),
+        "REVENUE_WAREHOUSE_BUILD": str(build_file), "REVENUE_AS_OF": config.as_of.isoformat(),
+        "REVENUE_REPORTING_CURRENCY": config.reporting_currency,
+        "REVENUE_REPORTING_EXPONENT": str(config.reporting_exponent),
     })  # fmt: skip
     for table in LAKE_SOURCES:
-        env[f"REVENUE_SRC_{table.upper()}"] = _source_location(data_dir, table, build_root / "empty")
-    target = build_root / "target"
+        env[f"REVENUE_SRC_{table.upper()}"] = _source_location(config.layout, table, build_root / "empty")
+    return env
+
+
+def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path) -> tuple[float, dict]:
+    """Copy the project, run ``dbt build`` into ``build_file``; raise BuildFailed with the failing nodes."""
+    project, target = build_root / "project", build_root / "target"
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
+    _write_fx_seed(project, config)
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
            "--target-path", str(target), "--log-path", str(build_root / "logs"), "--no-use-colors"]  # fmt: skip
-    dbt_started = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    dbt_seconds = round(time.monotonic() - dbt_started, 3)
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=_dbt_env(config, build_root, build_file), capture_output=True, text=True,
+                          preexec_fn=_die_with_parent)  # fmt: skip
+    seconds = round(time.monotonic() - started, 3)
     if proc.returncode != 0:
         failures = _failures(target)
-        (published.parent).mkdir(parents=True, exist_ok=True)
-        log_copy = published.parent / f"dbt-build-failed-{run_id}.log"
+        log_copy = config.layout.dbt_failure_log(run_id)
         log_copy.write_text(proc.stdout + proc.stderr)
-        shutil.rmtree(build_root, ignore_errors=True)
         what = "; ".join(failures[:5]) if failures else (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
         raise BuildFailed(f"dbt build failed, published warehouse left untouched: {what} (log: {log_copy})")
-    nodes = _node_counts(target)
-    gate_result = None
-    try:
-        if gate is not None:
-            gate_result = gate(build_file)  # raises QualityGateFailed: nothing published
-        published.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(build_file, published)
-        lake.fsync_dir(published.parent)
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    result = TransformResult(run_id=run_id, published=published, as_of=as_of, reporting_currency=reporting_currency,
-                             dbt_seconds=dbt_seconds, seconds=round(time.monotonic() - started, 3), nodes=nodes,
-                             gate=gate_result)  # fmt: skip
+    return seconds, _node_counts(target)
+
+
+def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None, run_id: str | None = None,
+                  write_run_manifest: bool = True) -> TransformResult:  # fmt: skip
+    """Build, test, optionally gate, then publish. ``gate(build_file)`` raises QualityGateFailed to stop."""
+    started = time.monotonic()
+    layout = config.layout
+    run_id = run_id or new_run_id()
+    with lake.lake_lock(layout):
+        lake.recover(layout)
+        config = config.resolve_as_of()
+        check_lake_matches(config)
+    published = layout.warehouse
+    with warehouse_lock(layout):
+        build_root = layout.build_dir(run_id)
+        build_file = build_root / published.name
+        try:
+            dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file)
+            gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
+            os.replace(build_file, published)
+            lake.fsync_dir(published.parent)
+        finally:
+            shutil.rmtree(build_root, ignore_errors=True)
+    result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
+                             reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
+                             seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result)  # fmt: skip
     if write_run_manifest:
-        write_manifest(data_dir, run_id, "transform", {
-            "warehouse": str(published), "as_of": as_of.isoformat(), "reporting_currency": reporting_currency,
+        write_manifest(layout, run_id, "transform", {
+            "warehouse": str(published), "config": config.describe(),
             "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes,
         })  # fmt: skip
     return result

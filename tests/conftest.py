@@ -31,7 +31,7 @@ def ingested(generated, tmp_path_factory) -> tuple[Path, object]:
     from pipelines.ingest import run_ingest
 
     data_dir = tmp_path_factory.mktemp("data")
-    result = run_ingest(generated / "events", data_dir)
+    result = run_ingest(cfg(data_dir, input_dir=generated / "events"))
     return data_dir, result
 
 
@@ -42,16 +42,24 @@ def truth(path: Path) -> dict:
 def lake_snapshot(data_dir: Path) -> dict[str, list]:
     """Content of the lake's ingest tables, order- and file-name-independent."""
     from pipelines import lake
+    from pipelines.layout import DataLayout
 
     snap = {}
     for table in ("events", "usage", "dead_letter"):
-        t = lake.read_table(data_dir, table)
+        t = lake.read_table(DataLayout(data_dir), table)
         if "event_id" in t.column_names and table != "dead_letter":
             t = t.sort_by([("event_id", "ascending")])
         else:
             t = t.sort_by([("raw_sha256", "ascending")])
         snap[table] = t.to_pylist()
     return snap
+
+
+def cfg(data_dir: Path, **options):
+    """The run configuration a CLI call with these options would build."""
+    from pipelines.config import build_config
+
+    return build_config(data_dir, **options)
 
 
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:

@@ -18,23 +18,18 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 
-from transforms.money import UnknownCurrency, currency_exponent
+from transforms.errors import FxError, MissingFxRate
+from transforms.money import currency_exponent
+from transforms.schemas import FIRST_SUPPORTED_DAY, LAST_SUPPORTED_DAY
 
 BUNDLED_BASE = "USD"
-CROSS_QUANTUM = Decimal("1e-10")
+RATE_DECIMALS = 10  # the warehouse keeps rates as DECIMAL(28, 10): more digits would be rounded away
+RATE_QUANTUM = Decimal(1).scaleb(-RATE_DECIMALS)
+CROSS_QUANTUM = RATE_QUANTUM
+# The metrics stage holds rates per minor unit as decimal(18, 15): a rate must stay below 1000
+# reporting-currency units per minor unit (no real currency pair comes near it).
+MAX_RATE_PER_MINOR_UNIT = Decimal(1000)
 
-
-class FxError(ValueError):
-    """A rate file is unreadable or malformed, or a rate is missing."""
-
-
-class MissingFxRate(FxError):
-    def __init__(self, currency: str, day: dt.date, reporting_currency: str):
-        super().__init__(
-            f"no FX rate for {currency} -> {reporting_currency} on or before {day.isoformat()}"
-        )
-        self.currency = currency
-        self.day = day
 
 
 @dataclass
@@ -75,6 +70,30 @@ class FxTable:
         return table
 
 
+def _parse_row(row: dict) -> tuple[dt.date, str, Decimal]:
+    """One CSV row -> (day, currency, rate); raises ValueError with a message for people."""
+    raw_day, raw_currency, raw_rate = (str(row.get(k) or "").strip() for k in ("date", "currency", "rate"))
+    try:
+        day = dt.date.fromisoformat(raw_day)
+    except ValueError:
+        raise ValueError(f"date {raw_day!r} is not YYYY-MM-DD") from None
+    if not FIRST_SUPPORTED_DAY <= day <= LAST_SUPPORTED_DAY:
+        raise ValueError(f"date {raw_day} is outside {FIRST_SUPPORTED_DAY}..{LAST_SUPPORTED_DAY}")
+    currency = raw_currency.upper()
+    currency_exponent(currency)  # UnknownCurrency is a ValueError with its own message
+    try:
+        rate = Decimal(raw_rate)
+    except InvalidOperation:
+        raise ValueError(f"rate {raw_rate!r} is not a number") from None
+    if not rate.is_finite() or rate <= 0:
+        raise ValueError(f"rate {raw_rate!r} must be a positive number")
+    if rate != rate.quantize(RATE_QUANTUM):
+        raise ValueError(f"rate {raw_rate!r} has more than {RATE_DECIMALS} decimal places")
+    if rate.scaleb(-currency_exponent(currency)) >= MAX_RATE_PER_MINOR_UNIT:
+        raise ValueError(f"rate {raw_rate!r} is implausibly large for {currency}")
+    return day, currency, rate
+
+
 def read_rates_csv(path: Path | str) -> list[tuple[dt.date, str, Decimal]]:
     """Parse ``date,currency,rate`` rows; any defect is an FxError naming file and line."""
     rows = []
@@ -85,19 +104,15 @@ def read_rates_csv(path: Path | str) -> list[tuple[dt.date, str, Decimal]]:
                 raise FxError(f"{path}: FX file needs the columns date,currency,rate")
             for line_no, row in enumerate(reader, start=2):
                 try:
-                    day = dt.date.fromisoformat(row["date"].strip())
-                    currency = row["currency"].strip().upper()
-                    currency_exponent(currency)
-                    rate = Decimal(row["rate"].strip())
-                except (ValueError, InvalidOperation, UnknownCurrency, AttributeError) as exc:
-                    raise FxError(f"{path}:{line_no}: bad FX row {row!r}: {exc}") from None
-                if not rate.is_finite() or rate <= 0:
-                    raise FxError(f"{path}:{line_no}: FX rate must be a positive number, got {row['rate']!r}")
-                rows.append((day, currency, rate))
+                    rows.append(_parse_row(row))
+                except ValueError as exc:
+                    raise FxError(f"{path}:{line_no}: bad FX row: {exc}") from None
     except OSError as exc:
         raise FxError(f"cannot read FX rates file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise FxError(f"cannot read FX rates file {path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise FxError(f"cannot read FX rates file {path}: {exc}") from None
     if not rows:
         raise FxError(f"{path}: FX rates file has no rows")
     return rows

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -192,24 +191,6 @@ class ParseEventLines(beam.PTransform):
 # ---------------------------------------------------------------------------- dedup
 
 
-def shard_ids(ids: pa.Array, shards: int) -> np.ndarray:
-    if shards <= 1:
-        return np.zeros(len(ids), dtype=np.int64)
-    return np.fromiter((zlib.crc32(s.encode("utf-8", "surrogatepass")) % shards for s in ids.to_pylist()),
-                       dtype=np.int64, count=len(ids))  # fmt: skip
-
-
-def split_by_shard(table: pa.Table, key_column: str, shards: int) -> Iterable[tuple[int, pa.Table]]:
-    if table.num_rows == 0:
-        return
-    if shards <= 1:
-        yield 0, table
-        return
-    shard = shard_ids(table.column(key_column).combine_chunks(), shards)
-    for s in np.unique(shard):
-        yield int(s), table.filter(pa.array(shard == s))
-
-
 @dataclass
 class DedupResult:
     events: pa.Table  # lake schema + event_date
@@ -333,8 +314,3 @@ _PROVENANCE_COLUMNS = {"payload_sha256", "source_file", "source_line", "file_ind
 
 def empty_staging(tag: str) -> pa.Table:
     return {"events": EVENTS_STAGING, "usage": USAGE_STAGING, "dead_letter": DEAD_STAGING}[tag].empty_table()
-
-
-def env_pii_key() -> bytes | None:
-    key = os.environ.get("REVENUE_PII_KEY")
-    return key.encode() if key else None

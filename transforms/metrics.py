@@ -44,7 +44,6 @@ from transforms.calendar import (
     next_month,
 )
 from transforms.fx import FxTable, MissingFxRate
-from transforms.ingest import split_by_shard
 from transforms.revenue import (
     add_movements,
     customer_lifetime,
@@ -56,6 +55,7 @@ from transforms.revenue import (
     replay_subscriptions,
     subscription_events,
 )
+from transforms.sharding import split_by_shard
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,13 @@ def split_by_month(partial: pa.Table):
 
 
 class _PreAggregateFn(beam.DoFn):
-    def __init__(self, rates: pa.Table, reporting_currency: str, as_of: dt.date, shards: int):
-        self.rates, self.reporting, self.as_of, self.shards = rates, reporting_currency, as_of, shards
+    def __init__(self, fx: FxTable, reporting_currency: str, as_of: dt.date, shards: int):
+        self.fx, self.reporting, self.as_of, self.shards = fx, reporting_currency, as_of, shards
         self.rows = Metrics.counter("metrics", "rows_preaggregated")
 
     def process(self, element: MonthSlice):
         self.rows.inc(element.events.num_rows + element.usage.num_rows)
-        partial, missing = preaggregate_transactions(element.events, element.usage, self.rates, self.reporting,
+        partial, missing = preaggregate_transactions(element.events, element.usage, self.fx, self.reporting,
                                                      self.as_of)  # fmt: skip
         for pair in missing:
             yield beam.pvalue.TaggedOutput("fx_missing", pair)
@@ -104,11 +104,11 @@ class _PreAggregateFn(beam.DoFn):
 
 
 class PreAggregateMonths(beam.PTransform):
-    def __init__(self, rates: pa.Table, reporting_currency: str, as_of: dt.date, shards: int = 1):
+    def __init__(self, fx: FxTable, reporting_currency: str, as_of: dt.date, shards: int = 1):
         super().__init__()
         if shards < 1:
             raise ValueError("shards must be >= 1")
-        self.args = (rates, reporting_currency.upper(), as_of, shards)
+        self.args = (fx, reporting_currency.upper(), as_of, shards)
 
     def expand(self, slices):
         return slices | "PreAggregate" >> beam.ParDo(_PreAggregateFn(*self.args)).with_outputs(

@@ -15,15 +15,13 @@ from functools import cache
 
 from iso4217 import Currency
 
+from transforms.errors import UnknownCurrency
+
 # Lake money columns: decimal(38, 6) in a currency's major unit.
 MONEY_SCALE = 6
 MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 
 INTERVALS = ("day", "week", "month", "year")
-
-
-class UnknownCurrency(ValueError):
-    pass
 
 
 @cache
@@ -36,14 +34,6 @@ def currency_exponent(code: str) -> int:
     if exponent is None:  # funds, metals, testing codes: not money we bill in
         raise UnknownCurrency(f"currency {code!r} has no minor unit in ISO 4217")
     return exponent
-
-
-def is_known_currency(code: str) -> bool:
-    try:
-        currency_exponent(code)
-    except UnknownCurrency:
-        return False
-    return True
 
 
 def monthly_factor(interval: str, interval_count: int) -> Fraction:
@@ -75,12 +65,22 @@ def round_to_minor(value: Fraction | Decimal, currency: str) -> Decimal:
     return Decimal(units).scaleb(-exponent).quantize(MONEY_QUANTUM)
 
 
-def minor_to_major(amount_minor: int, currency: str) -> Decimal:
-    """Integer minor units to an exact Decimal in the major unit (1999 USD -> 19.99)."""
-    return Decimal(amount_minor).scaleb(-currency_exponent(currency)).quantize(MONEY_QUANTUM)
+def minor_unit(currency: str) -> Decimal:
+    """The currency's smallest amount in its major unit: 0.01 USD, 1 JPY, 0.001 KWD."""
+    return Decimal(1).scaleb(-currency_exponent(currency))
 
 
-def convert_minor(amount_minor: Fraction | int, currency: str, rate: Decimal, reporting_currency: str) -> Decimal:
-    """Convert minor units of ``currency`` to the reporting currency's major unit, rounded to its minor unit."""
-    exact = Fraction(amount_minor) / (10 ** currency_exponent(currency)) * Fraction(rate)
-    return round_to_minor(exact, reporting_currency)
+def format_money(value: Decimal | int | str, currency: str) -> str:
+    """``1234.5`` USD -> ``'1,234.50 USD'``; JPY shows no decimals, KWD three (its ISO 4217 exponent)."""
+    exponent = currency_exponent(currency)
+    amount = Decimal(value).quantize(minor_unit(currency))
+    return f"{amount:,.{exponent}f} {currency}"
+
+
+def format_quantity(value: Decimal | int | str) -> str:
+    """A usage quantity as people read it: ``2798362.000000000`` -> ``'2,798,362'``, ``1.50`` -> ``'1.5'``."""
+    amount = Decimal(value)
+    if amount == amount.to_integral_value():
+        return f"{amount.to_integral_value():,f}"
+    text = f"{amount.normalize():,f}"
+    return text

@@ -41,6 +41,7 @@ from transforms.money import currency_exponent, mrr_minor_exact, round_to_minor
 
 AMOUNT = pa.decimal128(38, 9)
 RATE = pa.decimal128(18, 15)  # reporting-currency units per *minor* unit of the source currency
+RATE_QUANTUM = Decimal(1).scaleb(-RATE.scale)
 PARTIAL = pa.schema(
     [
         pa.field("customer_id", pa.string()),
@@ -81,20 +82,22 @@ def merge_partials(tables: Iterable[pa.Table]) -> pa.Table:
 # ------------------------------------------------------------------ FX, vectorised
 
 
-def fx_daily(fx: FxTable, currencies: Iterable[str], first: dt.date, last: dt.date) -> pa.Table:
-    """One row per (currency, day) in [first, last] with the rate per minor unit; days with no rate omitted."""
+def fx_rates_for(fx: FxTable, foreign: pa.Table) -> pa.Table:
+    """Rates per minor unit for the ``(currency, day)`` pairs of ``foreign``'s rows only (missing ones omitted).
+
+    Only the days that carry a transaction get a rate, so a far-future event never makes a
+    rate table for every day in between.
+    """
+    pairs = foreign.group_by(["currency", "day"], use_threads=False).aggregate([])
     cur_col, day_col, rate_col = [], [], []
-    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    for currency in sorted(set(currencies)):
-        scale = Decimal(10) ** -currency_exponent(currency)
-        for day in days:
-            try:
-                rate = fx.rate(currency, day)
-            except MissingFxRate:
-                continue
-            cur_col.append(currency)
-            day_col.append(day)
-            rate_col.append((rate * scale).quantize(Decimal("1e-15")))
+    for currency, day in zip(pairs["currency"].to_pylist(), pairs["day"].to_pylist(), strict=True):
+        try:
+            rate = fx.rate(currency, day)
+        except MissingFxRate:
+            continue
+        cur_col.append(currency)
+        day_col.append(day)
+        rate_col.append((rate.scaleb(-currency_exponent(currency))).quantize(RATE_QUANTUM))
     return pa.table({"currency": pa.array(cur_col, pa.string()), "day": pa.array(day_col, pa.date32()),
                      "rate": pa.array(rate_col, RATE)})  # fmt: skip
 
@@ -108,7 +111,7 @@ def _convert(table: pa.Table, amount_col: str, rates: pa.Table, reporting_expone
     return joined, converted.cast(AMOUNT), missing
 
 
-def preaggregate_transactions(events: pa.Table, usage: pa.Table, rates: pa.Table, reporting_currency: str,
+def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, reporting_currency: str,
                               as_of: dt.date) -> tuple[pa.Table, list[tuple[str, dt.date]]]:  # fmt: skip
     """Invoices paid, tax, refunds, failed payments and usage per customer-month, as a partial table.
 
@@ -137,6 +140,7 @@ def preaggregate_transactions(events: pa.Table, usage: pa.Table, rates: pa.Table
                 pieces.append(local.select(["customer_id", "month", "event_type"]).append_column("amt", amt)
                               .append_column("taxc", tax))  # fmt: skip
             if foreign.num_rows:
+                rates = fx_rates_for(fx, foreign)
                 joined, amt, miss = _convert(foreign, "amount", rates, rep_exp)
                 missing.update((r["currency"], r["day"]) for r in miss.select(["currency", "day"]).to_pylist())
                 _, tax, _ = _convert(foreign, "tax0", rates, rep_exp)

@@ -6,7 +6,14 @@ directory names listed in ``PARTITION_COLUMNS``.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
+
+# The days the lake holds, for event times, FX rates and --as-of: beyond them, day and month
+# ranges built downstream (FX days, month spines) would grow without bound.
+FIRST_SUPPORTED_DAY = dt.date(1970, 1, 1)
+LAST_SUPPORTED_DAY = dt.date(2199, 12, 31)
 
 TS = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(38, 6)  # major unit of the column's currency
@@ -151,5 +158,3 @@ PARTITION_COLUMNS = {
     "customer_lifetime": ("as_of", pa.date32()),
     "late_events": ("month", pa.date32()),
 }
-
-MOVEMENTS = ("new", "expansion", "contraction", "churn", "reactivation", "unchanged")

@@ -14,10 +14,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import REPO, cfg
 
+from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
-from pipelines.transform import CONTRACT_TABLES, run_transform, warehouse_path
+from pipelines.transform import CONTRACT_TABLES, run_transform
 
 CONTRACT_COLUMNS = {
     "fct_mrr": ["customer_id", "month", "mrr", "previous_mrr", "mrr_change", "movement", "is_active"],
@@ -37,8 +38,8 @@ CONTRACT_COLUMNS = {
 @pytest.fixture(scope="module")
 def warehouse(ingested):
     data_dir, _ = ingested
-    run_metrics(data_dir)
-    result = run_transform(data_dir)
+    run_metrics(cfg(data_dir))
+    result = run_transform(cfg(data_dir))
     return data_dir, result
 
 
@@ -56,7 +57,7 @@ def truth_by_customer(generated):
 
 def test_contract_tables_and_columns_exist_with_decimal_money(warehouse):
     data_dir, _ = warehouse
-    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data_dir).warehouse), read_only=True)
     for table, columns in CONTRACT_COLUMNS.items():
         present = {r[0]: r[1] for r in con.execute(
             "select column_name, data_type from information_schema.columns where table_name = ?", [table]).fetchall()}
@@ -78,7 +79,7 @@ def test_fct_mrr_equals_ground_truth(generated, warehouse):
         end = last + 1 if last + 1 < len(rows) else last  # through the churn month after the last paid month
         for month, mrr in rows[paid[0]: end + 1]:
             expected[(customer, month)] = mrr
-    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data_dir).warehouse), read_only=True)
     got = {(c, m.isoformat()): v for c, m, v in con.execute('select customer_id, "month", mrr from fct_mrr').fetchall()}
     assert got == expected
 
@@ -122,7 +123,7 @@ def test_mrr_monthly_equals_independent_recomputation(generated, warehouse):
         churn_rates.append(churn_rate)
         ever_paid |= {c for c, v in cur.items() if v > 0}
         prev = cur
-    con = duckdb.connect(str(warehouse_path(data_dir)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data_dir).warehouse), read_only=True)
     got = con.execute('select "month", mrr, active_customers, new_mrr, expansion_mrr, reactivation_mrr, '
                       'contraction_mrr, churned_mrr, customer_churn_rate, gross_mrr_churn_rate, arpa, ltv '
                       'from mrr_monthly order by 1').fetchall()
@@ -147,7 +148,7 @@ def test_mrr_monthly_equals_independent_recomputation(generated, warehouse):
 
 def test_reader_sees_only_complete_versions_during_transform(warehouse):
     data_dir, _ = warehouse
-    published = warehouse_path(data_dir)
+    published = DataLayout(data_dir).warehouse
     reader = duckdb.connect(str(published), read_only=True)
     before = reader.execute("select sum(mrr), count(*) from mrr_monthly").fetchone()
     errors, views = [], []
@@ -155,7 +156,7 @@ def test_reader_sees_only_complete_versions_during_transform(warehouse):
 
     def build():
         try:
-            run_transform(data_dir)
+            run_transform(cfg(data_dir))
         except Exception as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -184,7 +185,7 @@ def test_failing_dbt_test_leaves_published_file_untouched(warehouse, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data_dir / "lake", copy / "lake")
     shutil.copytree(data_dir / "warehouse", copy / "warehouse")
-    published = warehouse_path(copy)
+    published = DataLayout(copy).warehouse
     digest = sha(published)
     # a customer-month with an illegal movement: dbt's accepted_values test must fail
     part = next((copy / "lake" / "customer_months").glob("month=*"))

@@ -9,12 +9,13 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, lake_snapshot, truth, write_lines
+from conftest import REPO, cfg, lake_snapshot, truth, write_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import lake
 from pipelines.ingest import run_ingest
+from pipelines.layout import DataLayout
 
 
 def test_counts_equal_the_generators_ground_truth(generated, ingested):
@@ -33,10 +34,10 @@ def test_counts_equal_the_generators_ground_truth(generated, ingested):
 
 
 def test_ingesting_twice_leaves_the_lake_unchanged(generated, tmp_path):
-    run_ingest(generated / "events", tmp_path)
+    run_ingest(cfg(tmp_path, input_dir=generated / "events"))
     before = lake_snapshot(tmp_path)
     files_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "lake").rglob("*.parquet"))
-    again = run_ingest(generated / "events", tmp_path)
+    again = run_ingest(cfg(tmp_path, input_dir=generated / "events"))
     assert again.rows_written == 0 and again.dead_letters == 0
     assert again.duplicates == again.lines_read
     assert lake_snapshot(tmp_path) == before
@@ -49,11 +50,11 @@ def test_overlapping_input_adds_only_new_events(tmp_path):
                            "customer_id": f"c{i % 3}", "invoice_id": f"i{i}", "currency": "GBP", "amount": amount})
     write_lines(tmp_path / "in1" / "a.jsonl", [ev(i) for i in range(0, 60)])
     write_lines(tmp_path / "in2" / "b.jsonl", [ev(i) for i in range(40, 100)] + [ev(5, amount=7)])
-    first = run_ingest(tmp_path / "in1", tmp_path / "d")
-    second = run_ingest(tmp_path / "in2", tmp_path / "d")
+    first = run_ingest(cfg(tmp_path / "d", input_dir=tmp_path / "in1"))
+    second = run_ingest(cfg(tmp_path / "d", input_dir=tmp_path / "in2"))
     assert (first.rows_written, second.rows_written, second.duplicates) == (60, 40, 20)
     assert second.dead_letters_by_reason == {"conflicting_duplicate": 1}
-    events = lake.read_table(tmp_path / "d", "events")
+    events = lake.read_table(DataLayout(tmp_path / "d"), "events")
     assert sorted(events["event_id"].to_pylist()) == sorted(f"e{i}" for i in range(100))
     e5 = [r for r in events.to_pylist() if r["event_id"] == "e5"][0]
     assert e5["amount"] == 100  # the lake's version stays
@@ -71,7 +72,7 @@ def test_card_numbers_never_reach_any_output(tmp_path):
                     "customer_id": "c", "note": f"conflict {cards[2]}"}),
     ]
     write_lines(tmp_path / "in" / "x.jsonl", lines)
-    result = run_ingest(tmp_path / "in", tmp_path / "d")
+    result = run_ingest(cfg(tmp_path / "d", input_dir=tmp_path / "in"))
     assert result.rows_written == 2 and result.dead_letters == 2
     digits = [c.replace(" ", "").replace("-", "") for c in cards]
     for path in (tmp_path / "d").rglob("*"):
@@ -80,7 +81,7 @@ def test_card_numbers_never_reach_any_output(tmp_path):
             for card in cards + digits:
                 assert card.encode() not in blob, f"{card} found in {path}"
     for table in ("events", "usage", "dead_letter"):
-        text = json.dumps(lake.read_table(tmp_path / "d", table).to_pylist(), default=str)
+        text = json.dumps(lake.read_table(DataLayout(tmp_path / "d"), table).to_pylist(), default=str)
         for card in cards + digits:
             assert card not in text
 
@@ -96,14 +97,14 @@ def test_bad_input_files_are_dead_lettered_not_skipped(tmp_path):
     (src / "fake.jsonl.gz").write_bytes(b"this is not gzip")
     os.symlink(tmp_path / "nowhere.jsonl", src / "dangling.jsonl")
     write_lines(src / "big.jsonl", [b'{"event_id": "' + b"x" * (10 << 20) + b'"}', b"", b"   "])
-    result = run_ingest(src, tmp_path / "d")
+    result = run_ingest(cfg(tmp_path / "d", input_dir=src))
     reasons = result.dead_letters_by_reason
     assert reasons["truncated_gzip"] == 1
     assert reasons["unreadable_file"] == 2
     assert reasons["line_too_long"] == 1
     assert reasons["empty_line"] == 2
     assert result.lines_read == result.rows_written + result.duplicates + result.dead_letters
-    dead = lake.read_table(tmp_path / "d", "dead_letter")
+    dead = lake.read_table(DataLayout(tmp_path / "d"), "dead_letter")
     assert max(len(r) for r in dead["raw"].to_pylist()) < 20_000
 
 
@@ -148,12 +149,12 @@ def test_crash_during_commit_then_rerun_gives_the_clean_lake(generated, ingested
     else:
         monkeypatch.setattr(lake.os, "replace", crashing_replace)
     with pytest.raises(Crash):
-        run_ingest(generated / "events", tmp_path)
+        run_ingest(cfg(tmp_path, input_dir=generated / "events"))
     monkeypatch.undo()
     if crash_after_moves is None:
         # nothing visible yet: no partition of the crashed run
-        assert not lake.has_files(tmp_path, "events")
-    rerun = run_ingest(generated / "events", tmp_path)
+        assert not DataLayout(tmp_path).has_files("events")
+    rerun = run_ingest(cfg(tmp_path, input_dir=generated / "events"))
     assert rerun.lines_read == rerun.rows_written + rerun.duplicates + rerun.dead_letters
     assert lake_snapshot(tmp_path) == lake_snapshot(clean_dir)
     assert not any((tmp_path / "lake" / "_staging").iterdir())
@@ -170,7 +171,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_clean_lake(generated, ingest
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        run_ingest(generated / "events", data)
+        run_ingest(cfg(data, input_dir=generated / "events"))
         assert lake_snapshot(data) == lake_snapshot(clean_dir)
 
 
@@ -189,7 +190,7 @@ def test_property_conservation_and_exactly_once(tmp_path_factory, files):
     base = tmp_path_factory.mktemp("prop")
     for i, lines in enumerate(files):
         write_lines(base / "in" / f"f{i}.jsonl", lines)
-    result = run_ingest(base / "in", base / "d", checksums=False)
+    result = run_ingest(cfg(base / "d", input_dir=base / "in"), checksums=False)
     total = sum(len(lines) for lines in files)
     assert result.lines_read == total
     assert result.lines_read == result.rows_written + result.duplicates + result.dead_letters
@@ -200,14 +201,14 @@ def test_property_conservation_and_exactly_once(tmp_path_factory, files):
             if line.startswith('{"event_id": "e'):
                 obj = json.loads(line)
                 first.setdefault(obj["event_id"], obj["amount"])
-    events = lake.read_table(base / "d", "events").to_pylist()
+    events = lake.read_table(DataLayout(base / "d"), "events").to_pylist()
     assert sorted(r["event_id"] for r in events) == sorted(first)
     assert {r["event_id"]: r["amount"] for r in events} == first
 
 
 def test_sharded_dedup_gives_the_same_lake(generated, ingested, tmp_path):
     clean_dir, clean = ingested
-    result = run_ingest(generated / "events", tmp_path, shards=4, checksums=False)
+    result = run_ingest(cfg(tmp_path, input_dir=generated / "events", shards=4), checksums=False)
     assert result.counts() == clean.counts()
     assert lake_snapshot(tmp_path) == lake_snapshot(clean_dir)
     # one file per partition whatever the number of shards

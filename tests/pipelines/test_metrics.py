@@ -12,18 +12,19 @@ from decimal import Decimal
 
 import pyarrow.compute as pc
 import pytest
-from conftest import REPO, truth
+from conftest import REPO, cfg, truth
 
 from pipelines import lake
-from pipelines.errors import ConfigError
 from pipelines.ingest import run_ingest
+from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
+from transforms.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def metrics_run(ingested):
     data_dir, _ = ingested
-    result = run_metrics(data_dir)
+    result = run_metrics(cfg(data_dir))
     return data_dir, result
 
 
@@ -33,7 +34,7 @@ def expected_rows(generated):
 
 
 def lake_months(data_dir):
-    t = lake.read_table(data_dir, "customer_months")
+    t = lake.read_table(DataLayout(data_dir), "customer_months")
     return {(r["customer_id"], r["month"].isoformat()): r for r in t.to_pylist()}
 
 
@@ -90,8 +91,8 @@ def test_bridge_identity_holds_every_month(metrics_run):
 
 def test_revenue_and_lifetime_are_consistent(metrics_run):
     data_dir, _ = metrics_run
-    months = lake.read_table(data_dir, "customer_months")
-    lifetime = lake.read_table(data_dir, "customer_lifetime")
+    months = lake.read_table(DataLayout(data_dir), "customer_months")
+    lifetime = lake.read_table(DataLayout(data_dir), "customer_lifetime")
     assert lifetime.num_rows == len(pc.unique(months["customer_id"]))
     total_net = pc.sum(months["net_revenue"]).as_py()
     assert pc.sum(lifetime["lifetime_revenue"]).as_py() == total_net
@@ -119,8 +120,8 @@ def test_out_of_order_input_gives_the_same_customer_months(generated, metrics_ru
         (shuffled / f"p{i}").mkdir(parents=True)
         (shuffled / f"p{i}" / f"z-{i}.jsonl").write_bytes(b"\n".join(good[i::5]) + b"\n")
     other = tmp_path / "data"
-    run_ingest(shuffled, other, checksums=False)
-    run_metrics(other)
+    run_ingest(cfg(other, input_dir=shuffled), checksums=False)
+    run_metrics(cfg(other))
     a, b = lake_months(data_dir), lake_months(other)
     assert a == b
 
@@ -129,7 +130,7 @@ def test_two_worker_processes_write_the_same_customer_months(ingested, metrics_r
     data_dir, _ = metrics_run
     copy = tmp_path / "data"
     shutil.copytree(data_dir / "lake", copy / "lake", ignore=shutil.ignore_patterns("customer_*"))
-    run_metrics(copy, beam_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"], shards=2)
+    run_metrics(cfg(copy, beam_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"]), shards=2)
     assert lake_months(copy) == lake_months(data_dir)
 
 
@@ -141,7 +142,7 @@ def test_missing_fx_rate_is_a_clear_error(ingested, tmp_path):
     shutil.copytree(data_dir / "lake", copy / "lake")
     before = sorted(p.relative_to(copy) for p in (copy / "lake" / "customer_months").rglob("*.parquet"))
     with pytest.raises(ConfigError, match=r"no FX rate for KWD -> USD on or before \d{4}-\d\d-\d\d"):
-        run_metrics(copy, fx_rates=fx)
+        run_metrics(cfg(copy, fx_rates=fx))
     assert sorted(p.relative_to(copy) for p in (copy / "lake" / "customer_months").rglob("*.parquet")) == before
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "metrics", "--data-dir", str(copy), "--fx-rates",
                            str(fx)], capture_output=True, text=True, cwd=REPO)
@@ -152,8 +153,8 @@ def test_explicit_as_of_cuts_the_months(ingested, tmp_path):
     data_dir, _ = ingested
     copy = tmp_path / "data"
     shutil.copytree(data_dir / "lake", copy / "lake")
-    result = run_metrics(copy, as_of=dt.date(2024, 6, 15))
-    months = lake.read_table(copy, "customer_months")
+    result = run_metrics(cfg(copy, as_of=dt.date(2024, 6, 15)))
+    months = lake.read_table(DataLayout(copy), "customer_months")
     assert max(months["month"].to_pylist()) == dt.date(2024, 6, 1)
     assert result.as_of == dt.date(2024, 6, 15)
     _ = json

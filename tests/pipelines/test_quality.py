@@ -9,19 +9,20 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, write_lines
+from conftest import REPO, cfg, write_lines
 
 from pipelines.ingest import run_ingest
+from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
 from pipelines.quality import validate
-from pipelines.transform import run_transform, warehouse_path
+from pipelines.transform import run_transform
 
 
 @pytest.fixture(scope="module")
 def published(ingested):
     data_dir, _ = ingested
-    run_metrics(data_dir)
-    run_transform(data_dir)
+    run_metrics(cfg(data_dir))
+    run_transform(cfg(data_dir))
     return data_dir
 
 
@@ -61,7 +62,7 @@ def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_pa
     data = tmp_path / "data"
     shutil.copytree(published / "lake", data / "lake")
     shutil.copytree(published / "warehouse", data / "warehouse")
-    digest = sha(warehouse_path(data))
+    digest = sha(DataLayout(data).warehouse)
     expectation = corrupt(data / "lake")
     proc = cli("validate", "--data-dir", str(data))
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -71,7 +72,7 @@ def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_pa
     # bridge), the dbt build (exit 1) stops the publish; either way the failing check is named
     assert proc.returncode in (1, 2), proc.stdout + proc.stderr
     assert ("gate failed" in proc.stderr) if proc.returncode == 2 else ("assert_mrr_bridge_identity" in proc.stderr)
-    assert sha(warehouse_path(data)) == digest
+    assert sha(DataLayout(data).warehouse) == digest
     results = json.loads((data / "quality" / "latest.json").read_text())
     assert results["passed"] is False
 
@@ -83,8 +84,9 @@ def test_warning_level_failure_passes_and_is_reported(tmp_path):
                                  "customer_id": f"c{i % 5}", "meter": "api_calls", "quantity": 10}))
     lines += ["{oops", "{still bad", "[]"]  # 3 % dead letters: above the 1 % warning, below the 5 % critical limit
     write_lines(tmp_path / "in" / "a.jsonl", lines)
-    run_ingest(tmp_path / "in", tmp_path / "d")
-    result = validate(tmp_path / "d")
+    run_ingest(cfg(tmp_path / "d", input_dir=tmp_path / "in"))
+    run_metrics(cfg(tmp_path / "d"))
+    result = validate(cfg(tmp_path / "d").resolve_as_of())
     assert result.passed
     summary = {o.suite: o for o in result.suites}["lake_ingest_summary"]
     assert [w["expectation"] for w in summary.warnings] == ["expect_column_values_to_be_between"]
@@ -103,8 +105,9 @@ def test_events_after_the_as_of_date_are_a_reported_warning(ingested, tmp_path):
     data_dir, _ = ingested
     data = tmp_path / "data"
     shutil.copytree(data_dir / "lake", data / "lake")
-    run_metrics(data, as_of=dt.date(2024, 12, 31))
-    result = validate(data)
+    config = cfg(data, as_of=dt.date(2024, 12, 31))
+    run_metrics(config)
+    result = validate(config)
     assert result.passed
     warned = {(o.suite, w["column"]) for o in result.suites for w in o.warnings}
     assert ("lake_events", "occurred_at") in warned and ("lake_usage", "occurred_at") in warned

@@ -15,7 +15,8 @@ import duckdb
 import pytest
 from conftest import REPO, SAMPLE
 
-from pipelines.transform import CONTRACT_TABLES, warehouse_path
+from pipelines.layout import DataLayout
+from pipelines.transform import CONTRACT_TABLES
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -39,7 +40,7 @@ def manifest(data):
 def test_run_on_the_sample_succeeds_with_all_contract_tables(first_run):
     data, proc = first_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    con = duckdb.connect(str(warehouse_path(data)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
     tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
     assert set(CONTRACT_TABLES) <= tables
     m = manifest(data)
@@ -58,14 +59,14 @@ def test_run_on_the_sample_succeeds_with_all_contract_tables(first_run):
 
 def test_running_twice_gives_identical_tables(first_run):
     data, _ = first_run
-    con = duckdb.connect(str(warehouse_path(data)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
     before = {t: sorted(map(str, con.execute(f"select * from {t}").fetchall())) for t in CONTRACT_TABLES}
     con.close()
     proc = cli("run", "--input", str(SAMPLE / "events"), "--data-dir", str(data), "--quiet")
     assert proc.returncode == 0, proc.stderr
     m = manifest(data)
     assert m["ingest"]["rows_written"] == 0 and m["ingest"]["duplicates"] == m["ingest"]["lines_read"]
-    con = duckdb.connect(str(warehouse_path(data)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
     after = {t: sorted(map(str, con.execute(f"select * from {t}").fetchall())) for t in CONTRACT_TABLES}
     assert after == before
 
@@ -152,7 +153,7 @@ def test_report_in_headless_chromium(first_run, chromium, tmp_path):
     parsed = _Kpis()
     parsed.feed(dom.stdout)
     assert parsed.svg >= 4  # plotly rendered the charts from the inlined library
-    con = duckdb.connect(str(warehouse_path(data)), read_only=True)
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
     row = con.execute('select mrr, arr, net_new_mrr, active_customers, customer_churn_rate, gross_mrr_churn_rate, '
                       'net_mrr_churn_rate, arpa, quick_ratio, ltv from mrr_monthly where strftime("month", \'%Y-%m\') = ?',
                       [month]).fetchone()
@@ -161,7 +162,7 @@ def test_report_in_headless_chromium(first_run, chromium, tmp_path):
     for key, value in zip(keys, row, strict=True):
         shown = parsed.kpis[key]
         assert (shown or None) == (None if value is None else str(value)), key
-    assert Decimal(parsed.kpis["nrr"]) == 1 - row[6]
+    assert Decimal(parsed.kpis["net_mrr_retention"]) == 1 - row[6]
     for name in ("fct_mrr.csv", "mrr_monthly.csv", "fct_revenue_daily.csv", "fct_usage_monthly.csv",
                  f"revenue-{month}.xlsx"):
         assert (html.parent / name).exists(), name

@@ -16,6 +16,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import lake
+from pipelines.layout import DataLayout
 from pipelines.metrics import WriteLateEvents
 from transforms.calendar import CalendarMonthWindows, date_to_micros, month_window
 from transforms.metrics import CalendarMonthAggregate, RouteLateEvents
@@ -78,7 +79,7 @@ def test_early_on_time_late_and_too_late_panes(tmp_path):
                                                 str(sum(kmtp[2]["amount"].to_pylist(), Decimal(0)).quantize(Decimal("0.01")))))
         )
         too_late = routed.too_late | "TooLate" >> beam.Map(lambda t: str(t["amount"][0].as_py().quantize(Decimal("0.01"))))
-        _ = routed.too_late | "Write" >> WriteLateEvents(tmp_path)
+        _ = routed.too_late | "Write" >> WriteLateEvents(DataLayout(tmp_path))
         assert_that(panes, equal_to([
             ("2024-01-01", EARLY, "10.00"),
             ("2024-01-01", EARLY, "15.00"),
@@ -89,7 +90,7 @@ def test_early_on_time_late_and_too_late_panes(tmp_path):
         ]), label="Panes")
         assert_that(too_late, equal_to(["99.00"]), label="TooLate")
     # the too-late contribution is written to the lake, not dropped
-    late = lake.read_table(tmp_path, "late_events").to_pylist()
+    late = lake.read_table(DataLayout(tmp_path), "late_events").to_pylist()
     assert [(r["customer_id"], r["month"].isoformat(), str(r["amount"].quantize(Decimal("0.01")))) for r in late] == [
         ("c1", "2024-01-01", "99.00")]
     assert late[0]["event_time"] == dt.datetime(2024, 1, 15, tzinfo=dt.UTC)

@@ -1,6 +1,7 @@
 -- fct_mrr's grain: from each customer's first paid month through each churn month.
 -- Zero months between a churn and a reactivation stay (inactive); months after the
 -- last churn month and before the first paid month (trials, usage only) go.
+-- The first and last paid months are the Beam stage's (customer_lifetime): defined once.
 with customer_months as (
     select * from {{ ref('stg_customer_months') }}
 ),
@@ -8,10 +9,9 @@ with customer_months as (
 paid_bounds as (
     select
         customer_id,
-        min("month") filter (where mrr > 0) as first_paid_month,
-        max("month") filter (where mrr > 0) as last_paid_month
-    from customer_months
-    group by customer_id
+        first_paid_month,
+        last_paid_month
+    from {{ ref('stg_customer_lifetime') }}
 ),
 
 trimmed as (

@@ -119,7 +119,9 @@ final as (
             when arpa is null then 'no active customers'
             when trailing_churn_months = 0 then 'no trailing months with a churn rate'
             when trailing_churn_sum = 0 then 'zero customer churn in the trailing months'
-        end as ltv_null_reason
+        end as ltv_null_reason,
+        -- net revenue retention: the share of last month's MRR kept, expansion included
+        cast(1 - net_mrr_churn_rate as decimal(38, 10)) as net_mrr_retention
     from with_trailing_churn
 )
 

@@ -1,0 +1,129 @@
+"""The run configuration: built once by the CLI (flag > environment > default), validated
+before anything is written, then handed to every stage. No stage re-derives a setting.
+
+Environment variables (each also a flag; the flag wins):
+
+    REVENUE_INPUT               --input
+    REVENUE_DATA_DIR            --data-dir
+    REVENUE_AS_OF               --as-of
+    REVENUE_REPORTING_CURRENCY  --reporting-currency
+    REVENUE_FX_RATES            --fx-rates
+    REVENUE_PII_KEY             key for email hashes (unset: emails are not stored)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pipelines.layout import DataLayout
+from transforms.errors import ConfigError, FxError, InputError, UnknownCurrency
+from transforms.fx import FxTable, load_fx
+from transforms.money import currency_exponent, minor_unit
+from transforms.schemas import FIRST_SUPPORTED_DAY, LAST_SUPPORTED_DAY
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INPUT = REPO_ROOT / "data" / "sample" / "events"
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_REPORTING_CURRENCY = "USD"
+PII_KEY_ENV = "REVENUE_PII_KEY"
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Dead-letter ratios (dead letters / lines accepted or dead-lettered): counts, not money."""
+
+    dead_letter_ratio_warning: float = 0.01
+    dead_letter_ratio_critical: float = 0.05
+
+    def as_parameters(self) -> dict[str, float]:
+        return {"dead_letter_ratio_warning": self.dead_letter_ratio_warning,
+                "dead_letter_ratio_critical": self.dead_letter_ratio_critical}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    layout: DataLayout
+    reporting_currency: str = DEFAULT_REPORTING_CURRENCY
+    fx: FxTable | None = field(default=None, repr=False)
+    fx_source: str = "bundled"
+    input_dir: Path | None = None
+    as_of: dt.date | None = None  # None: the UTC date of the latest event in the lake (resolve_as_of)
+    beam_args: tuple[str, ...] = ()
+    pii_key: bytes | None = field(default=None, repr=False)
+    thresholds: GateThresholds = GateThresholds()
+    shards: int | None = None
+
+    @property
+    def reporting_exponent(self) -> int:
+        return currency_exponent(self.reporting_currency)
+
+    @property
+    def reporting_minor_unit(self):
+        return minor_unit(self.reporting_currency)
+
+    def with_as_of(self, as_of: dt.date) -> RunConfig:
+        return replace(self, as_of=check_as_of(as_of))
+
+    def resolve_as_of(self) -> RunConfig:
+        """This config with ``as_of`` set: the flag's value, or the latest event day in the lake."""
+        if self.as_of is not None:
+            return self
+        from pipelines import lake
+
+        latest = lake.latest_event_day(self.layout)
+        if latest is None:
+            raise InputError(f"the lake under {self.layout.lake} has no events: run `revenue ingest` first")
+        return self.with_as_of(latest)
+
+    def describe(self) -> dict:
+        """What a manifest records about the configuration (never the key)."""
+        return {
+            "input": str(self.input_dir.absolute()) if self.input_dir else None,
+            "data_dir": str(self.layout.root),
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "reporting_currency": self.reporting_currency,
+            "fx_rates": self.fx_source,
+            "beam_args": list(self.beam_args),
+            "pii_key_set": self.pii_key is not None,
+            "gate_thresholds": self.thresholds.as_parameters(),
+        }
+
+
+def check_as_of(as_of: dt.date) -> dt.date:
+    if not FIRST_SUPPORTED_DAY <= as_of <= LAST_SUPPORTED_DAY:
+        raise ConfigError(f"--as-of {as_of} is outside the supported range {FIRST_SUPPORTED_DAY}..{LAST_SUPPORTED_DAY}")
+    return as_of
+
+
+def env_pii_key() -> bytes | None:
+    key = os.environ.get(PII_KEY_ENV)
+    return key.encode() if key else None
+
+
+def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency: str = DEFAULT_REPORTING_CURRENCY,
+                 fx_rates: Path | str | None = None, input_dir: Path | str | None = None,
+                 as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
+                 shards: int | None = None, pii_key: bytes | None = None) -> RunConfig:  # fmt: skip
+    """Validate every setting (nothing is written) and load the FX table once."""
+    currency = (reporting_currency or "").strip().upper()
+    try:
+        currency_exponent(currency)
+    except UnknownCurrency as exc:
+        raise ConfigError(f"--reporting-currency: {exc}") from None
+    try:
+        fx = load_fx(currency, fx_rates)
+    except FxError as exc:
+        raise ConfigError(f"--fx-rates: {exc}") from None
+    if thresholds and thresholds.dead_letter_ratio_warning > thresholds.dead_letter_ratio_critical:
+        raise ConfigError("--dead-letter-warning must not exceed --dead-letter-critical")
+    return RunConfig(
+        layout=DataLayout(Path(data_dir)), reporting_currency=currency, fx=fx,
+        fx_source=str(Path(fx_rates).absolute()) if fx_rates else "bundled",
+        input_dir=Path(input_dir) if input_dir is not None else None,
+        as_of=check_as_of(as_of) if as_of else None, beam_args=tuple(beam_args),
+        pii_key=pii_key if pii_key is not None else env_pii_key(),
+        thresholds=thresholds or GateThresholds(), shards=shards,
+    )  # fmt: skip
