@@ -87,10 +87,10 @@ def _parse_row(row: dict) -> tuple[dt.date, str, Decimal]:
         raise ValueError(f"rate {raw_rate!r} is not a number") from None
     if not rate.is_finite() or rate <= 0:
         raise ValueError(f"rate {raw_rate!r} must be a positive number")
-    if rate != rate.quantize(RATE_QUANTUM):
-        raise ValueError(f"rate {raw_rate!r} has more than {RATE_DECIMALS} decimal places")
     if rate.scaleb(-currency_exponent(currency)) >= MAX_RATE_PER_MINOR_UNIT:
         raise ValueError(f"rate {raw_rate!r} is implausibly large for {currency}")
+    if rate != rate.quantize(RATE_QUANTUM):
+        raise ValueError(f"rate {raw_rate!r} has more than {RATE_DECIMALS} decimal places")
     return day, currency, rate
 
 

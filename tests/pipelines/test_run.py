@@ -185,3 +185,42 @@ def test_bad_usage_is_one_line_and_exit_1(first_run, tmp_path, args, message):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_report_of_a_fresh_run_shows_the_run_counts(first_run):
+    data, _ = first_run
+    m = manifest(data)
+    page = (data / "reports" / m["as_of"][:7] / "report.html").read_text()
+    shown = {k: int(v.replace(",", "")) for k, v in re.findall(r'data-count="(\w+)">([\d,]+)<', page)}
+    want = {k: m["ingest"][k] for k in ("lines_read", "rows_written", "duplicates", "dead_letters")}
+    assert shown == want
+    assert shown["lines_read"] == shown["rows_written"] + shown["duplicates"] + shown["dead_letters"]
+    assert f"Ingest of run {m['run_id']}" in page
+
+
+KPI_TEXT = re.compile(r'data-kpi="(\w+)" data-value="([^"]*)">\s*<div class="label">[^<]*</div>\s*'
+                      r'<div class="value">([^<]*)</div>')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("currency", "decimals"), [("JPY", 0), ("KWD", 3)])
+def test_other_reporting_currencies_pass_the_gate_and_format_their_minor_unit(tmp_path, currency, decimals):
+    data = tmp_path / "data"
+    proc = cli("run", "--input", str(SAMPLE / "events"), "--data-dir", str(data), "--quiet",
+               "--reporting-currency", currency.lower())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = manifest(data)
+    assert m["quality"]["passed"] is True and m["reporting_currency"] == currency
+    page = (data / "reports" / m["as_of"][:7] / "report.html").read_text()
+    kpis = {key: (value, text) for key, value, text in KPI_TEXT.findall(page)}
+    fraction = "" if decimals == 0 else r"\.\d{" + str(decimals) + "}"
+    money = re.compile(r"^-?\d{1,3}(,\d{3})*" + fraction + " " + currency + "$")
+    for key in ("mrr", "arr", "arpa", "net_new_mrr"):
+        value, text = kpis[key]
+        assert money.match(text), (key, text)
+        assert Decimal(text.split()[0].replace(",", "")) == Decimal(value).quantize(Decimal(1).scaleb(-decimals))
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    assert con.execute("select distinct reporting_currency from fct_mrr").fetchall() == [(currency,)]
+    # every MRR figure is a whole number of the currency's minor unit
+    off_unit = con.execute(f"select count(*) from fct_mrr where mrr <> round(mrr, {decimals})").fetchone()[0]
+    assert off_unit == 0
