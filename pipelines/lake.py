@@ -92,13 +92,8 @@ def read_table(layout: DataLayout, table: str, columns: list[str] | None = None)
     import pyarrow.dataset as ds
 
     root = layout.table(table)
-    schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "customer_months": schemas.CUSTOMER_MONTHS,
-              "customer_lifetime": schemas.CUSTOMER_LIFETIME, "late_events": schemas.LATE_EVENTS,
-              "dead_letter": schemas.DEAD_LETTER}[table]  # fmt: skip
-    name, kind = schemas.PARTITION_COLUMNS.get(table, ("month", pa.date32()))
-    if name in schema.names:  # stored as the hive directory, not inside the files
-        schema = schema.remove(schema.get_field_index(name))
-    full = schema.append(pa.field(name, kind))
+    full = schemas.with_partition_column(table)
+    name, kind = schemas.PARTITION_COLUMNS[table]
     files = [str(p) for p in layout.table_files(table)]
     if not files:
         empty = full.empty_table()

@@ -38,6 +38,8 @@ from transforms.metrics import (
 
 log = logging.getLogger(__name__)
 
+DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced whole by each run
+
 
 @dataclass
 class MetricsResult:
@@ -68,15 +70,15 @@ class _ReadMonthFn(beam.DoFn):
 
 
 class _WriteStagedFn(beam.DoFn):
-    def __init__(self, out_dir: str, table: str, partition: str, run_id: str):
-        self.out_dir, self.table, self.partition, self.run_id = out_dir, table, partition, run_id
+    def __init__(self, out_dir: str, table: str, partition: str, sort_key: str):
+        self.out_dir, self.table, self.partition, self.sort_key = out_dir, table, partition, sort_key
 
     def process(self, element):
         shard, table = element
         if self.partition == "as_of":
             table = table.drop_columns(["as_of"]).append_column("as_of", table["as_of"])
         paths = lake.write_partitioned(table, Path(self.out_dir) / self.table, self.partition,
-                                       f"part-{shard:03d}.parquet", [("customer_id", "ascending")])  # fmt: skip
+                                       f"part-{shard:03d}.parquet", [(self.sort_key, "ascending")])  # fmt: skip
         yield len(paths)
 
 
@@ -124,9 +126,11 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             )
             facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
             _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
-                _WriteStagedFn(str(stage), "customer_months", "month", run_id))
+                _WriteStagedFn(str(stage), "customer_months", "month", "customer_id"))
             _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
-                _WriteStagedFn(str(stage), "customer_lifetime", "as_of", run_id))
+                _WriteStagedFn(str(stage), "customer_lifetime", "as_of", "customer_id"))
+            _ = (pre.revenue_daily | "KeyRevenueDaily" >> beam.Map(lambda table: (0, table))
+                 | "WriteRevenueDaily" >> beam.ParDo(_WriteStagedFn(str(stage), "revenue_daily", "month", "date")))
             _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
                  | "CollectFxMissing" >> beam.combiners.ToList()
                  | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
@@ -137,7 +141,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
                               "add it to the FX file (--fx-rates)")  # fmt: skip
         replace = []
-        for table in ("customer_months", "customer_lifetime"):
+        for table in DERIVED_TABLES:
             staged = stage / table
             staged.mkdir(parents=True, exist_ok=True)
             replace.append((staged, layout.table(table)))

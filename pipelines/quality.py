@@ -118,14 +118,9 @@ def lake_frames(layout: DataLayout) -> dict[str, object]:
 
 def _null_columns(table: str) -> str:
     """``cast(null as <type>) as <column>, ...`` for a lake table's columns (an empty stand-in)."""
-    import pyarrow as pa
-
     from transforms import schemas
 
-    schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "dead_letter": schemas.DEAD_LETTER}[table]
-    name, kind = schemas.PARTITION_COLUMNS[table]
-    if name not in schema.names:
-        schema = schema.append(pa.field(name, kind))
+    schema = schemas.with_partition_column(table)
     con = duckdb.connect()
     try:
         rel = con.from_arrow(schema.empty_table())

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import lake
@@ -41,7 +40,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime")
+LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
 
@@ -79,11 +78,7 @@ def _source_location(layout: DataLayout, table: str, empty_dir: Path) -> str:
     if layout.has_files(table):
         return "'" + layout.table_glob(table).replace("'", "''") + "'"
     # dbt's read_parquet needs a file: an empty one with the table's columns stands in
-    schema = {"events": schemas.EVENTS, "usage": schemas.USAGE, "dead_letter": schemas.DEAD_LETTER,
-              "customer_months": schemas.CUSTOMER_MONTHS, "customer_lifetime": schemas.CUSTOMER_LIFETIME}[table]  # fmt: skip
-    name, kind = schemas.PARTITION_COLUMNS[table]
-    if name not in schema.names:
-        schema = schema.append(pa.field(name, kind))
+    schema = schemas.with_partition_column(table)
     path = empty_dir / f"{table}.parquet"
     empty_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(schema.empty_table(), path)

@@ -88,10 +88,12 @@ class _PreAggregateFn(beam.DoFn):
 
     def process(self, element: MonthSlice):
         self.rows.inc(element.events.num_rows + element.usage.num_rows)
-        partial, missing = preaggregate_transactions(element.events, element.usage, self.fx, self.reporting,
-                                                     self.as_of)  # fmt: skip
+        partial, missing, daily = preaggregate_transactions(element.events, element.usage, self.fx, self.reporting,
+                                                            self.as_of)  # fmt: skip
         for pair in missing:
             yield beam.pvalue.TaggedOutput("fx_missing", pair)
+        if daily.num_rows:
+            yield beam.pvalue.TaggedOutput("revenue_daily", daily)
         for month, part in split_by_month(partial) if partial.num_rows else ():
             for shard, piece in split_by_customer_shard(part, self.shards):
                 yield window.TimestampedValue((shard, piece), month_timestamp(month))
@@ -112,7 +114,7 @@ class PreAggregateMonths(beam.PTransform):
 
     def expand(self, slices):
         return slices | "PreAggregate" >> beam.ParDo(_PreAggregateFn(*self.args)).with_outputs(
-            "subscriptions", "first_seen", "fx_missing", main="partials")
+            "subscriptions", "first_seen", "fx_missing", "revenue_daily", main="partials")
 
 
 class _ReplayFn(beam.DoFn):

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from transforms import schemas
 from transforms.calendar import date_to_micros, month_start, months_between, next_month
 from transforms.fx import FxTable, MissingFxRate
-from transforms.money import currency_exponent, mrr_minor_exact, round_to_minor
+from transforms.money import MONEY_QUANTUM, currency_exponent, mrr_minor_exact, round_to_minor
 
 AMOUNT = pa.decimal128(38, 9)
 RATE = pa.decimal128(18, 15)  # reporting-currency units per *minor* unit of the source currency
@@ -112,14 +112,16 @@ def _convert(table: pa.Table, amount_col: str, rates: pa.Table, reporting_expone
 
 
 def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, reporting_currency: str,
-                              as_of: dt.date) -> tuple[pa.Table, list[tuple[str, dt.date]]]:  # fmt: skip
+                              as_of: dt.date) -> tuple[pa.Table, list[tuple[str, dt.date]], pa.Table]:  # fmt: skip
     """Invoices paid, tax, refunds, failed payments and usage per customer-month, as a partial table.
 
-    Returns the partial and the (currency, day) pairs that had no FX rate (an error for the caller).
+    Returns the partial, the (currency, day) pairs that had no FX rate (an error for the caller),
+    and the day x currency revenue facts (``schemas.REVENUE_DAILY``) of the same converted rows:
+    each payment is converted once, here, and both outputs sum the same converted amounts.
     """
     end = date_to_micros(as_of + dt.timedelta(days=1))
     parts, missing = [], set()
-    rep_exp = currency_exponent(reporting_currency)
+    daily = schemas.REVENUE_DAILY.empty_table()
     if events.num_rows:
         ev = events.filter(pc.less(events["occurred_at"].cast(pa.int64()), end))
         ev = ev.append_column("day", pc.cast(ev["occurred_at"], pa.date32()))
@@ -127,26 +129,9 @@ def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, re
         seen = ev.group_by(["customer_id", "month"], use_threads=False).aggregate([("event_id", "count")])
         parts.append(_partial(seen["customer_id"], seen["month"], "span", None, None, seen["event_id_count"]))
         money = ev.filter(pc.is_in(ev["event_type"], pa.array(["invoice.paid", "charge.refunded"])))
-        money = money.select(["customer_id", "month", "day", "event_type", "currency", "amount", "tax"])
         if money.num_rows:
-            money = money.append_column("tax0", pc.fill_null(money["tax"], 0))
-            local = money.filter(pc.equal(money["currency"], reporting_currency))
-            foreign = money.filter(pc.not_equal(money["currency"], reporting_currency))
-            pieces = []
-            if local.num_rows:
-                scale = pa.scalar(Decimal(1).scaleb(-rep_exp), pa.decimal128(18, 15))
-                amt = pc.multiply(pc.cast(local["amount"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
-                tax = pc.multiply(pc.cast(local["tax0"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
-                pieces.append(local.select(["customer_id", "month", "event_type"]).append_column("amt", amt)
-                              .append_column("taxc", tax))  # fmt: skip
-            if foreign.num_rows:
-                rates = fx_rates_for(fx, foreign)
-                joined, amt, miss = _convert(foreign, "amount", rates, rep_exp)
-                missing.update((r["currency"], r["day"]) for r in miss.select(["currency", "day"]).to_pylist())
-                _, tax, _ = _convert(foreign, "tax0", rates, rep_exp)
-                pieces.append(joined.select(["customer_id", "month", "event_type"]).append_column("amt", amt)
-                              .append_column("taxc", tax))  # fmt: skip
-            conv = pa.concat_tables(pieces, promote_options="permissive")
+            conv, miss = convert_payments(money, fx, reporting_currency)
+            missing.update(miss)
             paid = conv.filter(pc.equal(conv["event_type"], "invoice.paid"))
             if paid.num_rows:
                 g = paid.group_by(["customer_id", "month"], use_threads=False).aggregate(
@@ -158,6 +143,7 @@ def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, re
                 g = refunds.group_by(["customer_id", "month"], use_threads=False).aggregate(
                     [("amt", "sum"), ("amt", "count")])
                 parts.append(_partial(g["customer_id"], g["month"], "refund", None, g["amt_sum"], g["amt_count"]))
+            daily = revenue_by_day(conv, reporting_currency)
         failed = ev.filter(pc.equal(ev["event_type"], "invoice.payment_failed"))
         if failed.num_rows:
             g = failed.group_by(["customer_id", "month"], use_threads=False).aggregate([("event_id", "count")])
@@ -169,7 +155,72 @@ def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, re
             [("quantity", "sum"), ("event_id", "count")])
         parts.append(_partial(g["customer_id"], g["month"], "usage", g["meter"], g["quantity_sum"], g["event_id_count"]))
         parts.append(_partial(g["customer_id"], g["month"], "span", None, None, g["event_id_count"]))
-    return merge_partials(parts), sorted(missing)
+    return merge_partials(parts), sorted(missing), daily
+
+
+def convert_payments(money: pa.Table, fx: FxTable, reporting_currency: str) -> tuple[pa.Table, set]:
+    """Each payment's amount and tax in the reporting currency at its own day's rate, rounded to the
+    reporting minor unit (half away from zero): the project's one definition of that conversion.
+
+    Adds ``amt`` and ``taxc`` (AMOUNT) to ``customer_id, month, day, currency, currency_exponent,
+    event_type, amount, tax0``; returns it with the (currency, day) pairs that had no rate.
+    """
+    rep_exp = currency_exponent(reporting_currency)
+    money = money.append_column("tax0", pc.fill_null(money["tax"], 0))
+    keep = ["customer_id", "month", "day", "currency", "currency_exponent", "event_type", "amount", "tax0"]
+    local = money.filter(pc.equal(money["currency"], reporting_currency))
+    foreign = money.filter(pc.not_equal(money["currency"], reporting_currency))
+    pieces, missing = [], set()
+    if local.num_rows:
+        scale = pa.scalar(Decimal(1).scaleb(-rep_exp), pa.decimal128(18, 15))
+        amt = pc.multiply(pc.cast(local["amount"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+        tax = pc.multiply(pc.cast(local["tax0"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+        pieces.append(local.select(keep).append_column("amt", amt).append_column("taxc", tax))
+    if foreign.num_rows:
+        rates = fx_rates_for(fx, foreign)
+        joined, amt, miss = _convert(foreign, "amount", rates, rep_exp)
+        missing.update((r["currency"], r["day"]) for r in miss.select(["currency", "day"]).to_pylist())
+        _, tax, _ = _convert(foreign, "tax0", rates, rep_exp)
+        pieces.append(joined.select(keep).append_column("amt", amt).append_column("taxc", tax))
+    return pa.concat_tables(pieces, promote_options="permissive"), missing
+
+
+def revenue_by_day(conv: pa.Table, reporting_currency: str) -> pa.Table:
+    """Day x currency sums of converted payments (``convert_payments``' output): ``schemas.REVENUE_DAILY``."""
+    wide = pa.decimal128(38, 0)
+    conv = conv.append_column("paid", pc.equal(conv["event_type"], "invoice.paid"))
+    zero_int, zero_amt = pa.scalar(0, wide), pa.scalar(ZERO, AMOUNT)
+    cols = {
+        "gross_minor": pc.if_else(conv["paid"], pc.cast(conv["amount"], wide), zero_int),
+        "tax_minor": pc.if_else(conv["paid"], pc.cast(conv["tax0"], wide), zero_int),
+        "refunds_minor": pc.if_else(conv["paid"], zero_int, pc.cast(conv["amount"], wide)),
+        "gross_rep": pc.if_else(conv["paid"], conv["amt"], zero_amt),
+        "tax_rep": pc.if_else(conv["paid"], conv["taxc"], zero_amt),
+        "refunds_rep": pc.if_else(conv["paid"], zero_amt, conv["amt"]),
+        "is_paid": pc.cast(conv["paid"], pa.int64()),
+        "is_refund": pc.cast(pc.invert(conv["paid"]), pa.int64()),
+    }
+    base = conv.select(["day", "month", "currency", "currency_exponent"])
+    for name, col in cols.items():
+        base = base.append_column(name, col)
+    g = base.group_by(["day", "month", "currency", "currency_exponent"], use_threads=False).aggregate(
+        [(name, "sum") for name in cols])
+    exponents = g["currency_exponent"].to_pylist()
+
+    def major(column: str) -> pa.Array:
+        return pa.array([Decimal(v).scaleb(-e).quantize(MONEY_QUANTUM) for v, e in
+                         zip(g[f"{column}_sum"].to_pylist(), exponents, strict=True)], schemas.MONEY)  # fmt: skip
+
+    out = pa.table({
+        "date": g["day"], "currency": g["currency"], "gross_revenue": major("gross_minor"), "tax": major("tax_minor"),
+        "refunds": major("refunds_minor"),
+        "gross_revenue_reporting": g["gross_rep_sum"].cast(schemas.MONEY),
+        "tax_reporting": g["tax_rep_sum"].cast(schemas.MONEY),
+        "refunds_reporting": g["refunds_rep_sum"].cast(schemas.MONEY),
+        "invoices_paid": g["is_paid_sum"], "refund_count": g["is_refund_sum"],
+        "reporting_currency": pa.array([reporting_currency] * g.num_rows, pa.string()), "month": g["month"],
+    })  # fmt: skip
+    return out.cast(schemas.REVENUE_DAILY).sort_by([("date", "ascending"), ("currency", "ascending")])
 
 
 def _month_of(days: pa.ChunkedArray | pa.Array) -> pa.Array:

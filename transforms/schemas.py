@@ -150,11 +150,46 @@ LATE_EVENTS = pa.schema(
     ]
 )
 
+# Derived by the metrics stage: one row per day x original currency of paid invoices and refunds,
+# each payment converted once (transforms.revenue.convert_payments) at its own day's rate.
+REVENUE_DAILY = pa.schema(
+    [
+        pa.field("date", pa.date32(), nullable=False),
+        pa.field("currency", pa.string(), nullable=False),
+        pa.field("gross_revenue", MONEY, nullable=False),  # original currency, major unit, tax included
+        pa.field("tax", MONEY, nullable=False),
+        pa.field("refunds", MONEY, nullable=False),
+        pa.field("gross_revenue_reporting", MONEY, nullable=False),  # reporting currency, per-payment rounded
+        pa.field("tax_reporting", MONEY, nullable=False),
+        pa.field("refunds_reporting", MONEY, nullable=False),
+        pa.field("invoices_paid", pa.int64(), nullable=False),
+        pa.field("refund_count", pa.int64(), nullable=False),
+        pa.field("reporting_currency", pa.string(), nullable=False),
+        pa.field("month", pa.date32(), nullable=False),
+    ]
+)
+
 PARTITION_COLUMNS = {
     "events": ("event_date", pa.date32()),
     "usage": ("event_date", pa.date32()),
     "dead_letter": ("reason", pa.string()),
     "customer_months": ("month", pa.date32()),
+    "revenue_daily": ("month", pa.date32()),
     "customer_lifetime": ("as_of", pa.date32()),
     "late_events": ("month", pa.date32()),
 }
+
+# every lake table's schema, by table name (the partition column may live only in the directory names)
+LAKE_SCHEMAS = {
+    "events": EVENTS, "usage": USAGE, "dead_letter": DEAD_LETTER, "customer_months": CUSTOMER_MONTHS,
+    "customer_lifetime": CUSTOMER_LIFETIME, "revenue_daily": REVENUE_DAILY, "late_events": LATE_EVENTS,
+}  # fmt: skip
+
+
+def with_partition_column(table: str) -> pa.Schema:
+    """A lake table's schema including its hive partition column, typed."""
+    schema = LAKE_SCHEMAS[table]
+    name, kind = PARTITION_COLUMNS[table]
+    if name in schema.names:
+        schema = schema.remove(schema.get_field_index(name))
+    return schema.append(pa.field(name, kind))

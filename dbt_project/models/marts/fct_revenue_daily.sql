@@ -1,23 +1,7 @@
-with payments as (
-    select * from {{ ref('int_payments_converted_to_reporting') }}
-),
-
-daily as (
-    select
-        event_date as "date",
-        currency,
-        {{ money("coalesce(sum(amount) filter (where event_type = 'invoice.paid'), 0)") }} as gross_revenue,
-        {{ money("coalesce(sum(tax) filter (where event_type = 'invoice.paid'), 0)") }} as tax,
-        {{ money("coalesce(sum(amount) filter (where event_type = 'charge.refunded'), 0)") }} as refunds,
-        {{ money("coalesce(sum(amount_reporting) filter (where event_type = 'invoice.paid'), 0)") }}
-            as gross_revenue_reporting,
-        {{ money("coalesce(sum(tax_reporting) filter (where event_type = 'invoice.paid'), 0)") }} as tax_reporting,
-        {{ money("coalesce(sum(amount_reporting) filter (where event_type = 'charge.refunded'), 0)") }}
-            as refunds_reporting,
-        count(*) filter (where event_type = 'invoice.paid') as invoices_paid,
-        count(*) filter (where event_type = 'charge.refunded') as refund_count
-    from payments
-    group by event_date, currency
+-- Payments are converted once, per transaction, by the Beam metrics stage (lake table
+-- revenue_daily); this model only derives the net figures.
+with revenue_daily as (
+    select * from {{ ref('stg_revenue_daily') }}
 ),
 
 final as (
@@ -34,7 +18,7 @@ final as (
         refunds_reporting,
         invoices_paid,
         refund_count
-    from daily
+    from revenue_daily
 )
 
 select * from final
