@@ -4,7 +4,7 @@ PIP := .venv/bin/pip
 export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
-.PHONY: venv run test lint clean
+.PHONY: venv run test lint clean browser
 
 .venv/.installed: setup.py constraints.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -20,7 +20,13 @@ run: venv
 lint: venv
 	.venv/bin/ruff check pipelines transforms tests benchmarks
 
-test: venv lint
+# The report test drives Debian's headless Chromium; this is the one place that installs it.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "chromium is needed for the report test (Debian: apt-get install chromium)"; exit 1; }
+
+test: venv lint browser
 	.venv/bin/python -m pytest -q
 
 clean:

@@ -35,6 +35,21 @@ def ingested(generated, tmp_path_factory) -> tuple[Path, object]:
     return data_dir, result
 
 
+@pytest.fixture(scope="session")
+def published(ingested) -> Path:
+    """The shared published warehouse: the generated input ingested, metrics computed, dbt built, no gate.
+
+    Tests that damage a lake or a warehouse copy it first; this one stays as built.
+    """
+    from pipelines.metrics import run_metrics
+    from pipelines.transform import run_transform
+
+    data_dir, _ = ingested
+    run_metrics(cfg(data_dir))
+    run_transform(cfg(data_dir))
+    return data_dir
+
+
 def truth(path: Path) -> dict:
     return json.loads((path / "ground_truth.json").read_text())
 

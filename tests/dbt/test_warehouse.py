@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -17,7 +16,6 @@ import pytest
 from conftest import REPO, cfg
 
 from pipelines.layout import DataLayout
-from pipelines.metrics import run_metrics
 from pipelines.transform import CONTRACT_TABLES, run_transform
 
 CONTRACT_COLUMNS = {
@@ -35,14 +33,6 @@ CONTRACT_COLUMNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def warehouse(ingested):
-    data_dir, _ = ingested
-    run_metrics(cfg(data_dir))
-    result = run_transform(cfg(data_dir))
-    return data_dir, result
-
-
 def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -55,8 +45,8 @@ def truth_by_customer(generated):
     return rows
 
 
-def test_contract_tables_and_columns_exist_with_decimal_money(warehouse):
-    data_dir, _ = warehouse
+def test_contract_tables_and_columns_exist_with_decimal_money(published):
+    data_dir = published
     con = duckdb.connect(str(DataLayout(data_dir).warehouse), read_only=True)
     for table, columns in CONTRACT_COLUMNS.items():
         present = {r[0]: r[1] for r in con.execute(
@@ -68,8 +58,8 @@ def test_contract_tables_and_columns_exist_with_decimal_money(warehouse):
     assert set(CONTRACT_TABLES) == set(CONTRACT_COLUMNS)
 
 
-def test_fct_mrr_equals_ground_truth(generated, warehouse):
-    data_dir, _ = warehouse
+def test_fct_mrr_equals_ground_truth(generated, published):
+    data_dir = published
     expected = {}
     for customer, rows in truth_by_customer(generated).items():
         paid = [i for i, (_, m) in enumerate(rows) if m > 0]
@@ -84,8 +74,8 @@ def test_fct_mrr_equals_ground_truth(generated, warehouse):
     assert got == expected
 
 
-def test_mrr_monthly_equals_independent_recomputation(generated, warehouse):
-    data_dir, _ = warehouse
+def test_mrr_monthly_equals_independent_recomputation(generated, published):
+    data_dir = published
     per_month = defaultdict(dict)
     for customer, rows in truth_by_customer(generated).items():
         for month, mrr in rows:
@@ -146,10 +136,10 @@ def test_mrr_monthly_equals_independent_recomputation(generated, warehouse):
             assert abs(row[11] - w[10]) <= Decimal("0.01"), month
 
 
-def test_reader_sees_only_complete_versions_during_transform(warehouse):
-    data_dir, _ = warehouse
-    published = DataLayout(data_dir).warehouse
-    reader = duckdb.connect(str(published), read_only=True)
+def test_reader_sees_only_complete_versions_during_transform(published):
+    data_dir = published
+    warehouse = DataLayout(data_dir).warehouse
+    reader = duckdb.connect(str(warehouse), read_only=True)
     before = reader.execute("select sum(mrr), count(*) from mrr_monthly").fetchone()
     errors, views = [], []
     done = threading.Event()
@@ -167,24 +157,24 @@ def test_reader_sees_only_complete_versions_during_transform(warehouse):
     while not done.is_set():
         # the held connection keeps reading the old, complete version
         views.append(reader.execute("select sum(mrr), count(*) from mrr_monthly").fetchone())
-        fresh = duckdb.connect(str(published), read_only=True)  # a new reader sees old or new, whole
+        fresh = duckdb.connect(str(warehouse), read_only=True)  # a new reader sees old or new, whole
         total, facts = fresh.execute("select (select sum(mrr) from mrr_monthly), (select sum(mrr) from fct_mrr)").fetchone()
         assert total == facts
         fresh.close()
-        time.sleep(0.2)
+        done.wait(0.2)  # poll again, or stop as soon as the build ends
     thread.join()
     assert errors == []
     assert set(views) == {before}
-    after = duckdb.connect(str(published), read_only=True)
+    after = duckdb.connect(str(warehouse), read_only=True)
     assert after.execute("select sum(mrr), count(*) from mrr_monthly").fetchone() == before
     reader.close()
 
 
-def test_failing_dbt_test_leaves_published_file_untouched(warehouse, tmp_path):
-    data_dir, _ = warehouse
+@pytest.mark.slow
+def test_failing_dbt_test_leaves_published_file_untouched(published, tmp_path):
     copy = tmp_path / "data"
-    shutil.copytree(data_dir / "lake", copy / "lake")
-    shutil.copytree(data_dir / "warehouse", copy / "warehouse")
+    shutil.copytree(published / "lake", copy / "lake")
+    shutil.copytree(published / "warehouse", copy / "warehouse")
     published = DataLayout(copy).warehouse
     digest = sha(published)
     # a customer-month with an illegal movement: dbt's accepted_values test must fail

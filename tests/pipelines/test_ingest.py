@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import REPO, cfg, lake_snapshot, truth, write_lines
@@ -160,19 +159,41 @@ def test_crash_during_commit_then_rerun_gives_the_clean_lake(generated, ingested
     assert not any((tmp_path / "lake" / "_staging").iterdir())
 
 
-def test_sigkill_at_any_moment_then_rerun_gives_the_clean_lake(generated, ingested, tmp_path):
-    clean_dir, _ = ingested
-    for delay in (1.5, 3.0, 4.5):
-        data = tmp_path / f"d{delay}"
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--input",
-                                 str(generated / "events"), "--data-dir", str(data)], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(delay)
-        if proc.poll() is None:
+# observable moments of an ingest, in order: a kill at each must leave a lake that a rerun makes clean
+KILL_POINTS = {
+    "parsing": lambda d: any((d / "lake" / "_staging").glob("*/parsed")),
+    "deduplicated, not committed": lambda d: any((d / "lake" / "_staging").glob("*/keys")),
+    "commit journal written": lambda d: any((d / "lake" / "_journal").glob("*.json")),
+}
+
+
+def kill_when(proc, reached) -> bool:
+    """SIGKILL the process group as soon as ``reached()`` holds; False if the process ended first."""
+    while proc.poll() is None:
+        if reached():
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        run_ingest(cfg(data, input_dir=generated / "events"))
-        assert lake_snapshot(data) == lake_snapshot(clean_dir)
+            proc.wait()
+            return True
+        try:
+            proc.wait(timeout=0.005)  # returns at once when the process ends
+        except subprocess.TimeoutExpired:
+            pass
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_at_any_moment_then_rerun_gives_the_clean_lake(generated, ingested, tmp_path, point):
+    clean_dir, _ = ingested
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--input",
+                             str(generated / "events"), "--data-dir", str(data)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    killed = kill_when(proc, lambda: KILL_POINTS[point](data))
+    assert killed or point == "commit journal written", f"ingest finished before {point}"
+    run_ingest(cfg(data, input_dir=generated / "events"))
+    assert lake_snapshot(data) == lake_snapshot(clean_dir)
+    assert not any((data / "lake" / "_staging").iterdir()) and not any((data / "lake" / "_journal").iterdir())
 
 
 good_line = st.builds(lambda i, amt, day: json.dumps({

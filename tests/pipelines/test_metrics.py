@@ -126,6 +126,7 @@ def test_out_of_order_input_gives_the_same_customer_months(generated, metrics_ru
     assert a == b
 
 
+@pytest.mark.slow
 def test_two_worker_processes_write_the_same_customer_months(ingested, metrics_run, tmp_path):
     data_dir, _ = metrics_run
     copy = tmp_path / "data"
@@ -134,6 +135,7 @@ def test_two_worker_processes_write_the_same_customer_months(ingested, metrics_r
     assert lake_months(copy) == lake_months(data_dir)
 
 
+@pytest.mark.slow
 def test_missing_fx_rate_is_a_clear_error(ingested, tmp_path):
     data_dir, _ = ingested
     fx = tmp_path / "fx.csv"

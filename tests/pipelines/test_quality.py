@@ -15,15 +15,6 @@ from pipelines.ingest import run_ingest
 from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
 from pipelines.quality import validate
-from pipelines.transform import run_transform
-
-
-@pytest.fixture(scope="module")
-def published(ingested):
-    data_dir, _ = ingested
-    run_metrics(cfg(data_dir))
-    run_transform(cfg(data_dir))
-    return data_dir
 
 
 def cli(*args):
@@ -58,6 +49,7 @@ def corrupt_missing_month(lake):
 
 
 @pytest.mark.parametrize("corrupt", [corrupt_negative_amount, corrupt_duplicate_event_id, corrupt_missing_month])
+@pytest.mark.slow
 def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_path, corrupt):
     data = tmp_path / "data"
     shutil.copytree(published / "lake", data / "lake")
@@ -77,6 +69,7 @@ def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_pa
     assert results["passed"] is False
 
 
+@pytest.mark.slow
 def test_warning_level_failure_passes_and_is_reported(tmp_path):
     lines = []
     for i in range(97):
