@@ -27,6 +27,9 @@ from transforms.errors import RevenueError
 
 log = logging.getLogger("revenue")
 USAGE_EXIT = 1
+# Everything the pipeline writes (lake, warehouse, reports, manifests) is owner-only unless the
+# user asks otherwise: REVENUE_UMASK=022 gives group/world read access.
+UMASK_ENV, DEFAULT_UMASK = "REVENUE_UMASK", 0o077
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
@@ -103,6 +106,20 @@ def _config(ctx: click.Context, **options) -> RunConfig:
 def cli(debug: bool) -> None:
     """Revenue analytics: ingest payment and usage events, compute MRR, publish a warehouse."""
     _configure_logging(debug)
+    os.umask(_umask())
+
+
+def _umask() -> int:
+    value = os.environ.get(UMASK_ENV)
+    if value is None:
+        return DEFAULT_UMASK
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        raise click.UsageError(f"{UMASK_ENV}={value!r} is not an octal umask such as 077 or 022") from None
+    if not 0 <= mask <= 0o777:
+        raise click.UsageError(f"{UMASK_ENV}={value!r} is not an octal umask such as 077 or 022")
+    return mask
 
 
 @cli.command(context_settings=BEAM_ARGS)

@@ -103,6 +103,20 @@ def env_pii_key() -> bytes | None:
     return key.encode() if key else None
 
 
+def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
+    """``(file_index, absolute path, path relative to input)`` of every event file, in path order."""
+    input_dir = Path(input_dir)
+    if not input_dir.exists():
+        raise InputError(f"input folder {input_dir} does not exist")
+    if not input_dir.is_dir():
+        raise InputError(f"input {input_dir} is not a folder")
+    found = [p for p in input_dir.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz")) and not p.is_dir()]
+    if not found:
+        raise InputError(f"input folder {input_dir} has no *.jsonl or *.jsonl.gz files")
+    rel = sorted(p.relative_to(input_dir).as_posix() for p in found)
+    return [(i, str((input_dir / r).absolute()), r) for i, r in enumerate(rel)]
+
+
 def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency: str = DEFAULT_REPORTING_CURRENCY,
                  fx_rates: Path | str | None = None, input_dir: Path | str | None = None,
                  as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
@@ -117,6 +131,8 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
         fx = load_fx(currency, fx_rates)
     except FxError as exc:
         raise ConfigError(f"--fx-rates: {exc}") from None
+    if input_dir is not None:
+        discover_input(Path(input_dir))  # a missing or empty input folder stops the run before any write
     if thresholds and thresholds.dead_letter_ratio_warning > thresholds.dead_letter_ratio_critical:
         raise ConfigError("--dead-letter-warning must not exceed --dead-letter-critical")
     return RunConfig(

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
-from pipelines.config import PII_KEY_ENV, RunConfig
+from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
@@ -64,23 +64,6 @@ class IngestResult:
             "dead_letters": self.dead_letters,
             "dead_letters_by_reason": dict(sorted(self.dead_letters_by_reason.items())),
         }
-
-
-def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
-    """``(file_index, absolute path, path relative to input)`` of every event file, in path order."""
-    input_dir = Path(input_dir)
-    if not input_dir.exists():
-        raise InputError(f"input folder {input_dir} does not exist")
-    if not input_dir.is_dir():
-        raise InputError(f"input {input_dir} is not a folder")
-    found = []
-    for path in input_dir.rglob("*"):
-        if path.name.endswith((".jsonl", ".jsonl.gz")) and not path.is_dir():
-            found.append(path)
-    if not found:
-        raise InputError(f"input folder {input_dir} has no *.jsonl or *.jsonl.gz files")
-    rel = sorted(p.relative_to(input_dir).as_posix() for p in found)
-    return [(i, str((input_dir / r).absolute()), r) for i, r in enumerate(rel)]
 
 
 def _size(path: str) -> int:

@@ -77,6 +77,20 @@ def cfg(data_dir: Path, **options):
     return build_config(data_dir, **options)
 
 
+def wait_until(condition, timeout: float) -> bool:
+    """Poll ``condition()`` until it holds (True) or ``timeout`` seconds pass (False): waits on an
+    outcome, never a fixed delay."""
+    import threading
+    import time
+
+    deadline, tick = time.monotonic() + timeout, threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.01)
+    return True
+
+
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:

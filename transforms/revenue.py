@@ -188,6 +188,7 @@ def convert_payments(money: pa.Table, fx: FxTable, reporting_currency: str) -> t
 def revenue_by_day(conv: pa.Table, reporting_currency: str) -> pa.Table:
     """Day x currency sums of converted payments (``convert_payments``' output): ``schemas.REVENUE_DAILY``."""
     wide = pa.decimal128(38, 0)
+    conv = conv.filter(pc.is_valid(conv["amt"]))  # no rate: reported by the caller as an error, not a zero
     conv = conv.append_column("paid", pc.equal(conv["event_type"], "invoice.paid"))
     zero_int, zero_amt = pa.scalar(0, wide), pa.scalar(ZERO, AMOUNT)
     cols = {
