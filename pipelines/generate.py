@@ -35,7 +35,15 @@ import orjson
 from transforms.errors import InputError
 
 UTC = dt.UTC
+SECONDS_PER_DAY = 86_400
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+REPORTING_CURRENCY = "USD"  # the oracle's MRR is in USD cents
+CENTS_PER_DOLLAR = 100
+TRIAL_DAYS = 14
+LAST_SIGNUP_DAY = 28  # signups fall on days 1-28 so every month has the day
+# (code, minor-unit exponent, share of customers)
 CURRENCIES = [("USD", 2, 0.45), ("EUR", 2, 0.2), ("GBP", 2, 0.13), ("JPY", 0, 0.12), ("KWD", 3, 0.10)]
+CURRENCY_EXPONENT = {code: exponent for code, exponent, _ in CURRENCIES}
 TAX_PERCENT = {"USD": 0, "EUR": 20, "GBP": 20, "JPY": 10, "KWD": 0}
 # plan_id: (interval, interval_count, USD price in cents, max quantity)
 PLANS = {
@@ -100,9 +108,9 @@ def _add_months(ts: int, n: int) -> int:
 
 def _advance(ts: int, interval: str, count: int) -> int:
     if interval == "day":
-        return ts + 86400 * count
+        return ts + SECONDS_PER_DAY * count
     if interval == "week":
-        return ts + 7 * 86400 * count
+        return ts + SECONDS_PER_WEEK * count
     if interval == "month":
         return _add_months(ts, count)
     return _add_months(ts, 12 * count)
@@ -122,7 +130,7 @@ class _Oracle:
             self.rates.setdefault(r["currency"], []).append(Fraction(r["rate"]))
 
     def rate(self, currency: str, day: dt.date) -> Fraction:
-        if currency == "USD":
+        if currency == REPORTING_CURRENCY:
             return Fraction(1)
         i = bisect.bisect_right(self.dates[currency], day) - 1
         if i < 0:
@@ -133,7 +141,7 @@ class _Oracle:
         exact = Fraction(state["unit_amount"] * state["quantity"]) * self.FACTOR[state["interval"]]
         exact = exact / state["interval_count"] / 10**exponent
         day = dt.datetime.fromtimestamp(state["eff"], UTC).date()
-        cents = exact * self.rate(state["currency"], day) * 100
+        cents = exact * self.rate(state["currency"], day) * CENTS_PER_DOLLAR
         return int(cents + Fraction(1, 2)) if cents >= 0 else -int(-cents + Fraction(1, 2))
 
 
@@ -250,7 +258,7 @@ def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7
         currency, exponent = rng.choices([(x[0], x[1]) for x in CURRENCIES], [x[2] for x in CURRENCIES])[0]
         signup = window_start + int(rng.random() * window_seconds * 0.85)
         signup_day = dt.datetime.fromtimestamp(signup, UTC)
-        signup = int(signup_day.replace(day=min(signup_day.day, 28)).timestamp())
+        signup = int(signup_day.replace(day=min(signup_day.day, LAST_SIGNUP_DAY)).timestamp())
         created = {"segment": rng.choice(SEGMENTS), "country": rng.choice(COUNTRIES),
                    "email": f"billing+{c}@example.com", "name": f"Customer {c}"}  # fmt: skip
         if rng.random() < 0.03:
@@ -261,7 +269,7 @@ def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7
         sub_start = signup + rng.randrange(60, 3600)
         for _ in range(n_subs):
             subs.append(sub_start)
-            sub_start = sub_start + rng.randrange(0, 200) * 86400
+            sub_start = sub_start + rng.randrange(0, 200) * SECONDS_PER_DAY
         while subs:
             begin = subs.pop(0)
             if begin >= window_end:
@@ -284,7 +292,7 @@ def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7
         writer.writerows(rows)
     truth = {
         "seed": seed, "customers": customers, "months": months, "start": start, "bad_rate": bad_rate,
-        "files": n_files, "as_of": as_of.isoformat(), "reporting_currency": "USD",
+        "files": n_files, "as_of": as_of.isoformat(), "reporting_currency": REPORTING_CURRENCY,
         "counts": {**counts, "dead_letters_by_reason": dict(sorted(by_reason.items()))},
     }  # fmt: skip
     (output / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
@@ -298,7 +306,7 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
     interval, count, usd, max_qty = PLANS[plan_id]
     state = {"plan_id": plan_id, "currency": currency, "unit_amount": _price(usd, currency),
              "quantity": rng.randint(1, max_qty), "interval": interval, "interval_count": count, "eff": begin}  # fmt: skip
-    trial_end = begin + 14 * 86400 if rng.random() < 0.25 else None
+    trial_end = begin + TRIAL_DAYS * SECONDS_PER_DAY if rng.random() < 0.25 else None
     fields = {"subscription_id": sub_id, "plan_id": plan_id, "currency": currency.lower() if rng.random() < 0.05
               else currency, "unit_amount": state["unit_amount"], "quantity": state["quantity"], "interval": interval}  # fmt: skip
     if count != 1:
@@ -313,7 +321,7 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
     t = begin
     # walk month by month deciding changes
     while True:
-        t = t + rng.randrange(20, 40) * 86400
+        t = t + rng.randrange(20, 40) * SECONDS_PER_DAY
         if t >= window_end:
             break
         r = rng.random()
@@ -328,7 +336,7 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
                            interval_count=count, quantity=min(new["quantity"], max_qty))  # fmt: skip
             if new == states[-1]:
                 continue
-            new["eff"] = t if rng.random() < 0.7 else t + rng.randrange(1, 5) * 86400
+            new["eff"] = t if rng.random() < 0.7 else t + rng.randrange(1, 5) * SECONDS_PER_DAY
             if new["eff"] >= window_end:
                 continue
             fields = {"subscription_id": sub_id, "plan_id": new["plan_id"], "currency": currency,
@@ -351,7 +359,7 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
                 event("subscription.canceled", t, customer_id, subscription_id=sub_id, effective_at=_iso(cancel_eff),
                       reason="too_expensive")  # fmt: skip
             if rng.random() < 0.4:
-                reactivate_at = cancel_eff + rng.randrange(20, 130) * 86400
+                reactivate_at = cancel_eff + rng.randrange(20, 130) * SECONDS_PER_DAY
             break
     # invoices for each billing period until cancellation or the window's end
     stop = min(cancel_eff or window_end, window_end)
@@ -361,7 +369,7 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
         current = [s for s in states if s["eff"] <= period][-1]
         step = ("month", 1) if current["interval"] == "day" else (current["interval"], current["interval_count"])
         nxt = _advance(period, *step)
-        days = (nxt - period) // 86400 if current["interval"] == "day" else 1
+        days = (nxt - period) // SECONDS_PER_DAY if current["interval"] == "day" else 1
         net = current["unit_amount"] * current["quantity"] * days
         tax = net * TAX_PERCENT[currency] // 100
         invoice_n += 1
@@ -374,12 +382,12 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
                     break
                 event("invoice.payment_failed", paid_at, customer_id, invoice_id=invoice_id, currency=currency,
                       amount=net + tax, subscription_id=sub_id, attempt=a + 1)  # fmt: skip
-                paid_at += rng.randrange(1, 3) * 86400
+                paid_at += rng.randrange(1, 3) * SECONDS_PER_DAY
         if paid_at < window_end:
             event("invoice.paid", paid_at, customer_id, invoice_id=invoice_id, currency=currency, amount=net + tax,
                   tax=tax, subscription_id=sub_id, period_start=_iso(period), period_end=_iso(nxt))  # fmt: skip
             if rng.random() < 0.03:
-                refund_at = paid_at + rng.randrange(1, 10) * 86400
+                refund_at = paid_at + rng.randrange(1, 10) * SECONDS_PER_DAY
                 if refund_at < window_end:
                     amount = net + tax if rng.random() < 0.5 else (net + tax) // 2
                     event("charge.refunded", refund_at, customer_id, invoice_id=invoice_id, currency=currency,
@@ -391,11 +399,11 @@ def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, w
 
 def _usage(rng, event, customer_id, signup, window_end):
     meters = rng.sample(METERS, rng.randint(1, 2))
-    t = signup + 86400
+    t = signup + SECONDS_PER_DAY
     while t < window_end:
         for meter in meters:
             for _ in range(rng.randint(1, 4)):
-                ts = t + rng.randrange(0, 28 * 86400)
+                ts = t + rng.randrange(0, 28 * SECONDS_PER_DAY)
                 if ts >= window_end:
                     continue
                 if meter == "storage_gb":
@@ -423,8 +431,8 @@ def _expected_mrr(oracle: _Oracle, sub_states, first_event, as_of: dt.date) -> l
                     continue
                 live = [s for s in states if s["eff"] < boundary]
                 if live:
-                    exponent = {"JPY": 0, "KWD": 3}.get(live[-1]["currency"], 2)
+                    exponent = CURRENCY_EXPONENT[live[-1]["currency"]]
                     total += oracle.sub_mrr_cents(live[-1], exponent)
-            rows.append((customer_id, f"{y:04d}-{m:02d}-01", f"{total // 100}.{total % 100:02d}"))
+            rows.append((customer_id, f"{y:04d}-{m:02d}-01", f"{total // CENTS_PER_DOLLAR}.{total % CENTS_PER_DOLLAR:02d}"))
             y, m = ny, nm
     return rows
