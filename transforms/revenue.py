@@ -42,6 +42,7 @@ from transforms.money import MONEY_QUANTUM, currency_exponent, mrr_minor_exact, 
 AMOUNT = pa.decimal128(38, 9)
 RATE = pa.decimal128(18, 15)  # reporting-currency units per *minor* unit of the source currency
 RATE_QUANTUM = Decimal(1).scaleb(-RATE.scale)
+MINOR_UNITS = pa.decimal128(19, 0)  # integer minor units (int64 range) as a decimal, for decimal arithmetic
 PARTIAL = pa.schema(
     [
         pa.field("customer_id", pa.string()),
@@ -107,7 +108,7 @@ def _convert(table: pa.Table, amount_col: str, rates: pa.Table, reporting_expone
     """Per-row conversion of minor units at the row's day rate, rounded to the reporting minor unit."""
     joined = table.join(rates, keys=["currency", "day"], join_type="left outer", use_threads=False)
     missing = joined.filter(pc.is_null(joined["rate"]))
-    amount = pc.cast(joined[amount_col], pa.decimal128(19, 0))
+    amount = pc.cast(joined[amount_col], MINOR_UNITS)
     converted = pc.round(pc.multiply(amount, joined["rate"]), ndigits=reporting_exponent, round_mode="half_up")
     return joined, converted.cast(AMOUNT), missing
 
@@ -173,9 +174,9 @@ def convert_payments(money: pa.Table, fx: FxTable, reporting_currency: str) -> t
     foreign = money.filter(pc.not_equal(money["currency"], reporting_currency))
     pieces, missing = [], set()
     if local.num_rows:
-        scale = pa.scalar(Decimal(1).scaleb(-rep_exp), pa.decimal128(18, 15))
-        amt = pc.multiply(pc.cast(local["amount"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
-        tax = pc.multiply(pc.cast(local["tax0"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+        scale = pa.scalar(Decimal(1).scaleb(-rep_exp), RATE)
+        amt = pc.multiply(pc.cast(local["amount"], MINOR_UNITS), scale).cast(AMOUNT)
+        tax = pc.multiply(pc.cast(local["tax0"], MINOR_UNITS), scale).cast(AMOUNT)
         pieces.append(local.select(keep).append_column("amt", amt).append_column("taxc", tax))
     if foreign.num_rows:
         rates = fx_rates_for(fx, foreign)
