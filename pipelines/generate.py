@@ -27,15 +27,25 @@ import gzip
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
 from transforms.errors import InputError
 
 UTC = dt.UTC
+SECONDS_PER_DAY = 86_400
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+REPORTING_CURRENCY = "USD"  # the oracle's MRR is in USD cents
+CENTS_PER_DOLLAR = 100
+TRIAL_DAYS = 14
+LAST_SIGNUP_DAY = 28  # signups fall on days 1-28 so every month has the day
+# (code, minor-unit exponent, share of customers)
 CURRENCIES = [("USD", 2, 0.45), ("EUR", 2, 0.2), ("GBP", 2, 0.13), ("JPY", 0, 0.12), ("KWD", 3, 0.10)]
+CURRENCY_EXPONENT = {code: exponent for code, exponent, _ in CURRENCIES}
 TAX_PERCENT = {"USD": 0, "EUR": 20, "GBP": 20, "JPY": 10, "KWD": 0}
 # plan_id: (interval, interval_count, USD price in cents, max quantity)
 PLANS = {
@@ -100,9 +110,9 @@ def _add_months(ts: int, n: int) -> int:
 
 def _advance(ts: int, interval: str, count: int) -> int:
     if interval == "day":
-        return ts + 86400 * count
+        return ts + SECONDS_PER_DAY * count
     if interval == "week":
-        return ts + 7 * 86400 * count
+        return ts + SECONDS_PER_WEEK * count
     if interval == "month":
         return _add_months(ts, count)
     return _add_months(ts, 12 * count)
@@ -122,7 +132,7 @@ class _Oracle:
             self.rates.setdefault(r["currency"], []).append(Fraction(r["rate"]))
 
     def rate(self, currency: str, day: dt.date) -> Fraction:
-        if currency == "USD":
+        if currency == REPORTING_CURRENCY:
             return Fraction(1)
         i = bisect.bisect_right(self.dates[currency], day) - 1
         if i < 0:
@@ -133,69 +143,81 @@ class _Oracle:
         exact = Fraction(state["unit_amount"] * state["quantity"]) * self.FACTOR[state["interval"]]
         exact = exact / state["interval_count"] / 10**exponent
         day = dt.datetime.fromtimestamp(state["eff"], UTC).date()
-        cents = exact * self.rate(state["currency"], day) * 100
+        cents = exact * self.rate(state["currency"], day) * CENTS_PER_DOLLAR
         return int(cents + Fraction(1, 2)) if cents >= 0 else -int(-cents + Fraction(1, 2))
 
 
-def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7, bad_rate: float = 0.01,
-             start: str = "2024-01", n_files: int | None = None) -> dict:  # fmt: skip
-    from transforms.fx import bundled_rates_path
+@dataclass(frozen=True)
+class _Window:
+    """The simulated period: ``start`` inclusive, ``end`` exclusive (epoch seconds)."""
 
-    try:
-        y0, m0 = (int(x) for x in start.split("-"))
-        window_start = _month_start(y0, m0)
-    except ValueError:
-        raise InputError(f"--start must be YYYY-MM, got {start!r}") from None
-    window_end = _add_months(window_start, months)
-    output = Path(output)
-    events_dir = output / "events"
-    if events_dir.exists():
-        shutil.rmtree(events_dir)
-    events_dir.mkdir(parents=True)
-    shutil.copyfile(bundled_rates_path(), output / "fx_rates.csv")
-    oracle = _Oracle(output / "fx_rates.csv")
-    rng = random.Random(seed)
-    est_events = customers * months * 7
-    n_files = n_files or max(8, min(400, est_events // 200_000 + 8))
-    paths = []
-    for i in range(n_files):
-        sub = events_dir / f"batch-{i % 4:02d}"
-        paths.append(sub / (f"events-{i:04d}.jsonl" + (".gz" if i % 3 == 1 else "")))
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    handles = [gzip.open(p, "wb", compresslevel=1) if p.suffix == ".gz" else open(p, "wb", buffering=1 << 20)
-               for p in paths]  # fmt: skip
+    start: int
+    end: int
 
-    counts = {"lines": 0, "accepted": 0, "duplicates": 0, "dead_letters": 0}
-    by_reason: dict[str, int] = {}
-    seq = [0]
-    max_occurred = [0]
-    first_event: dict[str, int] = {}
-    sub_states: dict[str, list[tuple[str, list[dict], int | None, int]]] = {}
 
-    def next_id(prefix: str) -> str:
-        seq[0] += 1
-        return f"{prefix}_{seed}_{seq[0]:09d}"
+class _SubscriptionLife(NamedTuple):
+    """One simulated subscription, as the MRR oracle needs it."""
 
-    def emit(event: dict) -> None:
-        handle_i = rng.randrange(n_files)
-        line = orjson.dumps(event)
-        handles[handle_i].write(line + b"\n")
-        counts["lines"] += 1
-        counts["accepted"] += 1
-        ts = event["_ts"] if "_ts" in event else None
-        del ts
-        if rng.random() < bad_rate:
-            bad_line(event, handles[handle_i])
+    subscription_id: str
+    states: list[dict]  # plan states in order, each with its effective instant ``eff``
+    cancel_eff: int | None
+    trial_end: int | None
 
-    def dead(reason: str) -> None:
-        counts["dead_letters"] += 1
-        by_reason[reason] = by_reason.get(reason, 0) + 1
 
-    def bad_line(event: dict, handle) -> None:
+class _EventLog:
+    """The shuffled event files, with bad lines mixed in, and what a correct ingest must count of them.
+
+    Every event goes to a random file; after it, at ``bad_rate``, one bad line of a random kind
+    goes to the same file. ``first_event`` and ``max_occurred`` track event times for the oracle.
+    """
+
+    def __init__(self, paths: list[Path], rng: random.Random, seed: int, bad_rate: float):
+        self.rng = rng
+        self._seed = seed
+        self._bad_rate = bad_rate
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._handles = [gzip.open(p, "wb", compresslevel=1) if p.suffix == ".gz" else open(p, "wb", buffering=1 << 20)
+                         for p in paths]  # fmt: skip
+        self.counts = {"lines": 0, "accepted": 0, "duplicates": 0, "dead_letters": 0}
+        self.dead_letters_by_reason: dict[str, int] = {}
+        self.first_event: dict[str, int] = {}
+        self.max_occurred = 0
+        self._seq = 0
+
+    def __enter__(self) -> _EventLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.close()
+
+    def next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}_{self._seed}_{self._seq:09d}"
+
+    def event(self, etype: str, ts: int, customer_id: str, **fields) -> None:
+        offset = 2 if self.rng.random() < 0.1 else 0
+        ev = {"event_id": self.next_id("evt"), "event_type": etype, "occurred_at": _iso(ts, offset),
+              "customer_id": customer_id, **fields}  # fmt: skip
+        self.max_occurred = max(self.max_occurred, ts)
+        if customer_id not in self.first_event or ts < self.first_event[customer_id]:
+            self.first_event[customer_id] = ts
+        self._write(ev)
+
+    def _write(self, event: dict) -> None:
+        handle = self._handles[self.rng.randrange(len(self._handles))]
+        handle.write(orjson.dumps(event) + b"\n")
+        self.counts["lines"] += 1
+        self.counts["accepted"] += 1
+        if self.rng.random() < self._bad_rate:
+            self._write_bad_line(event, handle)
+
+    def _write_bad_line(self, event: dict, handle) -> None:
+        rng = self.rng
         kind = rng.choice(BAD_KINDS)
         bad = dict(event)
-        bad["event_id"] = next_id("bad")
+        bad["event_id"] = self.next_id("bad")
         if kind == "malformed_json":
             text = orjson.dumps(bad)[: -rng.randrange(2, 12)]
             reason = "malformed_json"
@@ -219,10 +241,9 @@ def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7
             text, reason = orjson.dumps(bad), "naive_timestamp"
         elif kind == "duplicate":
             # equal as parsed JSON, different bytes: keys in reverse order
-            text = orjson.dumps(dict(reversed(list(event.items()))))
-            handle.write(text + b"\n")
-            counts["lines"] += 1
-            counts["duplicates"] += 1
+            handle.write(orjson.dumps(dict(reversed(list(event.items())))) + b"\n")
+            self.counts["lines"] += 1
+            self.counts["duplicates"] += 1
             return
         elif kind == "conflicting_duplicate":
             bad = dict(event)
@@ -232,181 +253,300 @@ def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7
             bad["event_type"] = rng.choice(["subscription.paused", "invoice.voided", "Invoice.Paid"])
             text, reason = orjson.dumps(bad), "unknown_event_type"
         handle.write(text + b"\n")
-        counts["lines"] += 1
-        dead(reason)
+        self.counts["lines"] += 1
+        self.counts["dead_letters"] += 1
+        self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + 1
 
-    def event(etype: str, ts: int, customer_id: str, **fields) -> None:
-        offset = 2 if rng.random() < 0.1 else 0
-        ev = {"event_id": next_id("evt"), "event_type": etype, "occurred_at": _iso(ts, offset),
-              "customer_id": customer_id, **fields}  # fmt: skip
-        max_occurred[0] = max(max_occurred[0], ts)
-        if customer_id not in first_event or ts < first_event[customer_id]:
-            first_event[customer_id] = ts
-        emit(ev)
 
-    window_seconds = window_end - window_start
-    for c in range(customers):
-        customer_id = f"cus_{seed}_{c:07d}"
-        currency, exponent = rng.choices([(x[0], x[1]) for x in CURRENCIES], [x[2] for x in CURRENCIES])[0]
-        signup = window_start + int(rng.random() * window_seconds * 0.85)
-        signup_day = dt.datetime.fromtimestamp(signup, UTC)
-        signup = int(signup_day.replace(day=min(signup_day.day, 28)).timestamp())
-        created = {"segment": rng.choice(SEGMENTS), "country": rng.choice(COUNTRIES),
-                   "email": f"billing+{c}@example.com", "name": f"Customer {c}"}  # fmt: skip
-        if rng.random() < 0.03:
-            created["note"] = f"customer read card {_luhn_card(rng)} over the phone"
-        event("customer.created", signup, customer_id, **created)
-        subs = []
-        n_subs = rng.choices([1, 2, 3], [70, 22, 8])[0]
-        sub_start = signup + rng.randrange(60, 3600)
-        for _ in range(n_subs):
-            subs.append(sub_start)
-            sub_start = sub_start + rng.randrange(0, 200) * 86400
-        while subs:
-            begin = subs.pop(0)
-            if begin >= window_end:
-                continue
-            reactivate_at = _simulate_subscription(rng, event, customer_id, currency, exponent, begin, window_end,
-                                                   sub_states, next_id)  # fmt: skip
-            if reactivate_at is not None and reactivate_at < window_end:
-                subs.append(reactivate_at)
-        if rng.random() < 0.6:
-            _usage(rng, event, customer_id, signup, window_end)
+@dataclass(frozen=True)
+class _Customer:
+    """What every step of one customer's simulation shares."""
 
-    for handle in handles:
-        handle.close()
+    rng: random.Random
+    log: _EventLog
+    customer_id: str
+    currency: str
+    window_end: int
 
-    as_of = dt.datetime.fromtimestamp(max_occurred[0], UTC).date()
-    rows = _expected_mrr(oracle, sub_states, first_event, as_of)
-    with open(output / "expected_mrr.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["customer_id", "month", "mrr"])
-        writer.writerows(rows)
+    def event(self, etype: str, ts: int, **fields) -> None:
+        self.log.event(etype, ts, self.customer_id, **fields)
+
+
+def generate(output: Path, customers: int = 300, months: int = 24, seed: int = 7, bad_rate: float = 0.01,
+             start: str = "2024-01", n_files: int | None = None) -> dict:  # fmt: skip
+    """Write ``events/``, ``fx_rates.csv``, ``expected_mrr.csv`` and ``ground_truth.json`` under ``output``.
+
+    Returns the ground truth. Raises ``InputError`` for a malformed ``start`` before writing anything.
+    """
+    window = _parse_window(start, months)
+    output = Path(output)
+    events_dir = _fresh_events_dir(output)
+    oracle = _Oracle(_copy_fx_rates(output))
+    rng = random.Random(seed)
+    n_files = n_files or _default_file_count(customers, months)
+    with _EventLog(_event_paths(events_dir, n_files), rng, seed, bad_rate) as log:
+        subscriptions = _simulate_customers(log, customers, seed, window)
+    as_of = dt.datetime.fromtimestamp(log.max_occurred, UTC).date()
+    _write_expected_mrr(output / "expected_mrr.csv", _expected_mrr(oracle, subscriptions, log.first_event, as_of))
     truth = {
         "seed": seed, "customers": customers, "months": months, "start": start, "bad_rate": bad_rate,
-        "files": n_files, "as_of": as_of.isoformat(), "reporting_currency": "USD",
-        "counts": {**counts, "dead_letters_by_reason": dict(sorted(by_reason.items()))},
+        "files": n_files, "as_of": as_of.isoformat(), "reporting_currency": REPORTING_CURRENCY,
+        "counts": {**log.counts, "dead_letters_by_reason": dict(sorted(log.dead_letters_by_reason.items()))},
     }  # fmt: skip
     (output / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return truth
 
 
-def _simulate_subscription(rng, event, customer_id, currency, exponent, begin, window_end, sub_states, next_id):
-    """Emit one subscription's life; return when the customer comes back (reactivation) or None."""
-    sub_id = next_id("sub")
+def _parse_window(start: str, months: int) -> _Window:
+    try:
+        y0, m0 = (int(x) for x in start.split("-"))
+        window_start = _month_start(y0, m0)
+    except ValueError:
+        raise InputError(f"--start must be YYYY-MM, got {start!r}") from None
+    return _Window(window_start, _add_months(window_start, months))
+
+
+def _fresh_events_dir(output: Path) -> Path:
+    events_dir = output / "events"
+    if events_dir.exists():
+        shutil.rmtree(events_dir)
+    events_dir.mkdir(parents=True)
+    return events_dir
+
+
+def _copy_fx_rates(output: Path) -> Path:
+    from transforms.fx import bundled_rates_path
+
+    path = output / "fx_rates.csv"
+    shutil.copyfile(bundled_rates_path(), path)
+    return path
+
+
+def _default_file_count(customers: int, months: int) -> int:
+    est_events = customers * months * 7
+    return max(8, min(400, est_events // 200_000 + 8))
+
+
+def _event_paths(events_dir: Path, n_files: int) -> list[Path]:
+    """Files spread over four sub-folders; every third one gzipped."""
+    return [events_dir / f"batch-{i % 4:02d}" / (f"events-{i:04d}.jsonl" + (".gz" if i % 3 == 1 else ""))
+            for i in range(n_files)]  # fmt: skip
+
+
+def _write_expected_mrr(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["customer_id", "month", "mrr"])
+        writer.writerows(rows)
+
+
+def _simulate_customers(log: _EventLog, customers: int, seed: int, window: _Window) -> dict[str, list[_SubscriptionLife]]:
+    """Emit every customer's events; return their subscriptions by customer id."""
+    subscriptions = {}
+    for number in range(customers):
+        customer_id = f"cus_{seed}_{number:07d}"
+        lives = _simulate_customer(log, window, number, customer_id)
+        if lives:
+            subscriptions[customer_id] = lives
+    return subscriptions
+
+
+def _simulate_customer(log: _EventLog, window: _Window, number: int, customer_id: str) -> list[_SubscriptionLife]:
+    """Signup, one to three subscriptions (and their reactivations), maybe usage."""
+    rng = log.rng
+    currency = rng.choices([code for code, _, _ in CURRENCIES], [share for _, _, share in CURRENCIES])[0]
+    signup = _signup_time(rng, window)
+    created = {"segment": rng.choice(SEGMENTS), "country": rng.choice(COUNTRIES),
+               "email": f"billing+{number}@example.com", "name": f"Customer {number}"}  # fmt: skip
+    if rng.random() < 0.03:
+        created["note"] = f"customer read card {_luhn_card(rng)} over the phone"
+    log.event("customer.created", signup, customer_id, **created)
+    customer = _Customer(rng, log, customer_id, currency, window.end)
+    lives = []
+    pending = _subscription_starts(rng, signup)
+    while pending:
+        begin = pending.pop(0)
+        if begin >= window.end:
+            continue
+        life, reactivate_at = _simulate_subscription(customer, begin)
+        lives.append(life)
+        if reactivate_at is not None and reactivate_at < window.end:
+            pending.append(reactivate_at)
+    if rng.random() < 0.6:
+        _usage(customer, signup)
+    return lives
+
+
+def _signup_time(rng: random.Random, window: _Window) -> int:
+    """A random instant in the window's first 85%, moved to a day of month that every month has."""
+    window_seconds = window.end - window.start
+    signup = window.start + int(rng.random() * window_seconds * 0.85)
+    signup_day = dt.datetime.fromtimestamp(signup, UTC)
+    return int(signup_day.replace(day=min(signup_day.day, LAST_SIGNUP_DAY)).timestamp())
+
+
+def _subscription_starts(rng: random.Random, signup: int) -> list[int]:
+    starts = []
+    n_subs = rng.choices([1, 2, 3], [70, 22, 8])[0]
+    sub_start = signup + rng.randrange(60, 3600)
+    for _ in range(n_subs):
+        starts.append(sub_start)
+        sub_start = sub_start + rng.randrange(0, 200) * SECONDS_PER_DAY
+    return starts
+
+
+def _draw_plan(rng: random.Random) -> tuple[str, tuple[str, int, int, int]]:
     plan_id = rng.choices(list(PLANS), PLAN_WEIGHTS)[0]
-    interval, count, usd, max_qty = PLANS[plan_id]
+    return plan_id, PLANS[plan_id]
+
+
+def _simulate_subscription(customer: _Customer, begin: int) -> tuple[_SubscriptionLife, int | None]:
+    """Emit one subscription's life; return it and when the customer comes back (reactivation) or None."""
+    sub_id, states, trial_end = _open_subscription(customer, begin)
+    billing = trial_end or begin
+    cancel_eff, reactivate_at = _walk_changes(customer, sub_id, states, billing, begin)
+    _invoice_periods(customer, sub_id, states, billing, stop=min(cancel_eff or customer.window_end, customer.window_end))
+    return _SubscriptionLife(sub_id, states, cancel_eff, trial_end), reactivate_at
+
+
+def _open_subscription(customer: _Customer, begin: int) -> tuple[str, list[dict], int | None]:
+    """Emit ``subscription.created``; return the id, the first state and the trial's end (or None)."""
+    rng, currency = customer.rng, customer.currency
+    sub_id = customer.log.next_id("sub")
+    plan_id, (interval, count, usd, max_qty) = _draw_plan(rng)
     state = {"plan_id": plan_id, "currency": currency, "unit_amount": _price(usd, currency),
              "quantity": rng.randint(1, max_qty), "interval": interval, "interval_count": count, "eff": begin}  # fmt: skip
-    trial_end = begin + 14 * 86400 if rng.random() < 0.25 else None
+    trial_end = begin + TRIAL_DAYS * SECONDS_PER_DAY if rng.random() < 0.25 else None
     fields = {"subscription_id": sub_id, "plan_id": plan_id, "currency": currency.lower() if rng.random() < 0.05
               else currency, "unit_amount": state["unit_amount"], "quantity": state["quantity"], "interval": interval}  # fmt: skip
     if count != 1:
         fields["interval_count"] = count
     if trial_end:
         fields["trial_end"] = _iso(trial_end)
-    event("subscription.created", begin, customer_id, **fields)
-    states = [state]
-    billing = trial_end or begin
-    cancel_eff = None
-    reactivate_at = None
+    customer.event("subscription.created", begin, **fields)
+    return sub_id, [state], trial_end
+
+
+def _walk_changes(customer: _Customer, sub_id: str, states: list[dict], billing: int,
+                  begin: int) -> tuple[int | None, int | None]:  # fmt: skip
+    """Walk month by month deciding changes (appended to ``states``) until a cancellation or the window's end.
+
+    Returns the cancellation's effective instant and the reactivation instant (each or None).
+    """
+    rng = customer.rng
     t = begin
-    # walk month by month deciding changes
     while True:
-        t = t + rng.randrange(20, 40) * 86400
-        if t >= window_end:
-            break
+        t = t + rng.randrange(20, 40) * SECONDS_PER_DAY
+        if t >= customer.window_end:
+            return None, None
         r = rng.random()
-        if r < 0.07:  # upgrade / downgrade
-            new = dict(states[-1])
-            if rng.random() < 0.5 and PLANS[new["plan_id"]][3] > 1:
-                new["quantity"] = max(1, new["quantity"] + rng.choice([-3, -2, -1, 1, 1, 2, 4]))
-            else:
-                plan_id = rng.choices(list(PLANS), PLAN_WEIGHTS)[0]
-                interval, count, usd, max_qty = PLANS[plan_id]
-                new.update(plan_id=plan_id, unit_amount=_price(usd, currency), interval=interval,
-                           interval_count=count, quantity=min(new["quantity"], max_qty))  # fmt: skip
-            if new == states[-1]:
-                continue
-            new["eff"] = t if rng.random() < 0.7 else t + rng.randrange(1, 5) * 86400
-            if new["eff"] >= window_end:
-                continue
-            fields = {"subscription_id": sub_id, "plan_id": new["plan_id"], "currency": currency,
-                      "unit_amount": new["unit_amount"], "quantity": new["quantity"], "interval": new["interval"],
-                      "interval_count": new["interval_count"]}  # fmt: skip
-            if new["eff"] != t:
-                fields["effective_at"] = _iso(new["eff"])
-            event("subscription.updated", t, customer_id, **fields)
-            states.append(new)
-            t = new["eff"]
-        elif r < 0.11:  # cancel
-            if rng.random() < 0.5:
-                cancel_eff = t
-                event("subscription.canceled", t, customer_id, subscription_id=sub_id)
-            else:
-                period_end = billing
-                while period_end <= t:
-                    period_end = _advance(period_end, states[-1]["interval"], states[-1]["interval_count"])
-                cancel_eff = period_end
-                event("subscription.canceled", t, customer_id, subscription_id=sub_id, effective_at=_iso(cancel_eff),
-                      reason="too_expensive")  # fmt: skip
-            if rng.random() < 0.4:
-                reactivate_at = cancel_eff + rng.randrange(20, 130) * 86400
-            break
-    # invoices for each billing period until cancellation or the window's end
-    stop = min(cancel_eff or window_end, window_end)
+        if r < 0.07:
+            t = _change_plan(customer, sub_id, states, t)
+        elif r < 0.11:
+            return _cancel(customer, sub_id, states[-1], billing, t)
+
+
+def _change_plan(customer: _Customer, sub_id: str, states: list[dict], t: int) -> int:
+    """Maybe emit an upgrade/downgrade at ``t`` (quantity or plan); return the walk's next instant."""
+    rng = customer.rng
+    new = dict(states[-1])
+    if rng.random() < 0.5 and PLANS[new["plan_id"]][3] > 1:
+        new["quantity"] = max(1, new["quantity"] + rng.choice([-3, -2, -1, 1, 1, 2, 4]))
+    else:
+        plan_id, (interval, count, usd, max_qty) = _draw_plan(rng)
+        new.update(plan_id=plan_id, unit_amount=_price(usd, customer.currency), interval=interval,
+                   interval_count=count, quantity=min(new["quantity"], max_qty))  # fmt: skip
+    if new == states[-1]:
+        return t
+    new["eff"] = t if rng.random() < 0.7 else t + rng.randrange(1, 5) * SECONDS_PER_DAY
+    if new["eff"] >= customer.window_end:
+        return t
+    fields = {"subscription_id": sub_id, "plan_id": new["plan_id"], "currency": customer.currency,
+              "unit_amount": new["unit_amount"], "quantity": new["quantity"], "interval": new["interval"],
+              "interval_count": new["interval_count"]}  # fmt: skip
+    if new["eff"] != t:
+        fields["effective_at"] = _iso(new["eff"])
+    customer.event("subscription.updated", t, **fields)
+    states.append(new)
+    return new["eff"]
+
+
+def _cancel(customer: _Customer, sub_id: str, current: dict, billing: int, t: int) -> tuple[int, int | None]:
+    """Emit an immediate or end-of-period cancellation at ``t``; return its effective instant and any reactivation."""
+    rng = customer.rng
+    if rng.random() < 0.5:
+        cancel_eff = t
+        customer.event("subscription.canceled", t, subscription_id=sub_id)
+    else:
+        period_end = billing
+        while period_end <= t:
+            period_end = _advance(period_end, current["interval"], current["interval_count"])
+        cancel_eff = period_end
+        customer.event("subscription.canceled", t, subscription_id=sub_id, effective_at=_iso(cancel_eff),
+                       reason="too_expensive")  # fmt: skip
+    reactivate_at = cancel_eff + rng.randrange(20, 130) * SECONDS_PER_DAY if rng.random() < 0.4 else None
+    return cancel_eff, reactivate_at
+
+
+def _invoice_periods(customer: _Customer, sub_id: str, states: list[dict], billing: int, stop: int) -> None:
+    """One invoice per billing period from ``billing`` until ``stop`` (daily plans are billed monthly)."""
     period = billing
     invoice_n = 0
     while period < stop:
         current = [s for s in states if s["eff"] <= period][-1]
         step = ("month", 1) if current["interval"] == "day" else (current["interval"], current["interval_count"])
         nxt = _advance(period, *step)
-        days = (nxt - period) // 86400 if current["interval"] == "day" else 1
+        days = (nxt - period) // SECONDS_PER_DAY if current["interval"] == "day" else 1
         net = current["unit_amount"] * current["quantity"] * days
-        tax = net * TAX_PERCENT[currency] // 100
+        tax = net * TAX_PERCENT[customer.currency] // 100
         invoice_n += 1
-        invoice_id = f"in_{sub_id}_{invoice_n:04d}"
-        paid_at = period + rng.randrange(60, 7200)
-        if rng.random() < 0.08:
-            attempts = rng.choice([1, 1, 2])
-            for a in range(attempts):
-                if paid_at >= window_end:
-                    break
-                event("invoice.payment_failed", paid_at, customer_id, invoice_id=invoice_id, currency=currency,
-                      amount=net + tax, subscription_id=sub_id, attempt=a + 1)  # fmt: skip
-                paid_at += rng.randrange(1, 3) * 86400
-        if paid_at < window_end:
-            event("invoice.paid", paid_at, customer_id, invoice_id=invoice_id, currency=currency, amount=net + tax,
-                  tax=tax, subscription_id=sub_id, period_start=_iso(period), period_end=_iso(nxt))  # fmt: skip
-            if rng.random() < 0.03:
-                refund_at = paid_at + rng.randrange(1, 10) * 86400
-                if refund_at < window_end:
-                    amount = net + tax if rng.random() < 0.5 else (net + tax) // 2
-                    event("charge.refunded", refund_at, customer_id, invoice_id=invoice_id, currency=currency,
-                          amount=amount, reason=rng.choice(["requested_by_customer", "duplicate"]))  # fmt: skip
+        _invoice(customer, sub_id, f"in_{sub_id}_{invoice_n:04d}", net, tax, period, nxt)
         period = nxt
-    sub_states.setdefault(customer_id, []).append((sub_id, states, cancel_eff, trial_end))
-    return reactivate_at
 
 
-def _usage(rng, event, customer_id, signup, window_end):
+def _invoice(customer: _Customer, sub_id: str, invoice_id: str, net: int, tax: int, period: int, nxt: int) -> None:
+    """Failed attempts (sometimes), the payment if it falls in the window, and sometimes a refund."""
+    rng, currency, window_end = customer.rng, customer.currency, customer.window_end
+    paid_at = period + rng.randrange(60, 7200)
+    if rng.random() < 0.08:
+        attempts = rng.choice([1, 1, 2])
+        for a in range(attempts):
+            if paid_at >= window_end:
+                break
+            customer.event("invoice.payment_failed", paid_at, invoice_id=invoice_id, currency=currency,
+                           amount=net + tax, subscription_id=sub_id, attempt=a + 1)  # fmt: skip
+            paid_at += rng.randrange(1, 3) * SECONDS_PER_DAY
+    if paid_at < window_end:
+        customer.event("invoice.paid", paid_at, invoice_id=invoice_id, currency=currency, amount=net + tax,
+                       tax=tax, subscription_id=sub_id, period_start=_iso(period), period_end=_iso(nxt))  # fmt: skip
+        if rng.random() < 0.03:
+            refund_at = paid_at + rng.randrange(1, 10) * SECONDS_PER_DAY
+            if refund_at < window_end:
+                amount = net + tax if rng.random() < 0.5 else (net + tax) // 2
+                customer.event("charge.refunded", refund_at, invoice_id=invoice_id, currency=currency,
+                               amount=amount, reason=rng.choice(["requested_by_customer", "duplicate"]))  # fmt: skip
+
+
+def _usage(customer: _Customer, signup: int) -> None:
+    rng = customer.rng
     meters = rng.sample(METERS, rng.randint(1, 2))
-    t = signup + 86400
-    while t < window_end:
+    t = signup + SECONDS_PER_DAY
+    while t < customer.window_end:
         for meter in meters:
             for _ in range(rng.randint(1, 4)):
-                ts = t + rng.randrange(0, 28 * 86400)
-                if ts >= window_end:
+                ts = t + rng.randrange(0, 28 * SECONDS_PER_DAY)
+                if ts >= customer.window_end:
                     continue
                 if meter == "storage_gb":
                     quantity = rng.randrange(0, 50000) / 100  # e.g. 123.45 GB
                 else:
                     quantity = rng.randrange(1, 20000)
-                event("usage.recorded", ts, customer_id, meter=meter, quantity=quantity)
+                customer.event("usage.recorded", ts, meter=meter, quantity=quantity)
         t = _add_months(t, 1)
 
 
-def _expected_mrr(oracle: _Oracle, sub_states, first_event, as_of: dt.date) -> list[tuple[str, str, str]]:
+def _expected_mrr(oracle: _Oracle, sub_states: dict[str, list[_SubscriptionLife]], first_event: dict[str, int],
+                  as_of: dt.date) -> list[tuple[str, str, str]]:  # fmt: skip
     rows = []
     as_of_end = int(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), UTC).timestamp())
     for customer_id in sorted(first_event):
@@ -423,8 +563,8 @@ def _expected_mrr(oracle: _Oracle, sub_states, first_event, as_of: dt.date) -> l
                     continue
                 live = [s for s in states if s["eff"] < boundary]
                 if live:
-                    exponent = {"JPY": 0, "KWD": 3}.get(live[-1]["currency"], 2)
+                    exponent = CURRENCY_EXPONENT[live[-1]["currency"]]
                     total += oracle.sub_mrr_cents(live[-1], exponent)
-            rows.append((customer_id, f"{y:04d}-{m:02d}-01", f"{total // 100}.{total % 100:02d}"))
+            rows.append((customer_id, f"{y:04d}-{m:02d}-01", f"{total // CENTS_PER_DOLLAR}.{total % CENTS_PER_DOLLAR:02d}"))
             y, m = ny, nm
     return rows

@@ -42,6 +42,7 @@ from transforms.money import MONEY_QUANTUM, currency_exponent, mrr_minor_exact, 
 AMOUNT = pa.decimal128(38, 9)
 RATE = pa.decimal128(18, 15)  # reporting-currency units per *minor* unit of the source currency
 RATE_QUANTUM = Decimal(1).scaleb(-RATE.scale)
+MINOR_UNITS = pa.decimal128(19, 0)  # integer minor units (int64 range) as a decimal, for decimal arithmetic
 PARTIAL = pa.schema(
     [
         pa.field("customer_id", pa.string()),
@@ -56,6 +57,7 @@ SUB_COLUMNS = ["customer_id", "subscription_id", "event_type", "event_id", "occu
                "currency", "unit_amount", "quantity", "interval", "interval_count", "trial_end"]  # fmt: skip
 SUB_TYPES = ("subscription.created", "subscription.updated", "subscription.canceled")
 ZERO = Decimal(0)
+EPOCH = dt.datetime(1970, 1, 1)  # naive: event instants are UTC epoch microseconds
 
 
 def empty_partial() -> pa.Table:
@@ -106,7 +108,7 @@ def _convert(table: pa.Table, amount_col: str, rates: pa.Table, reporting_expone
     """Per-row conversion of minor units at the row's day rate, rounded to the reporting minor unit."""
     joined = table.join(rates, keys=["currency", "day"], join_type="left outer", use_threads=False)
     missing = joined.filter(pc.is_null(joined["rate"]))
-    amount = pc.cast(joined[amount_col], pa.decimal128(19, 0))
+    amount = pc.cast(joined[amount_col], MINOR_UNITS)
     converted = pc.round(pc.multiply(amount, joined["rate"]), ndigits=reporting_exponent, round_mode="half_up")
     return joined, converted.cast(AMOUNT), missing
 
@@ -119,7 +121,7 @@ def preaggregate_transactions(events: pa.Table, usage: pa.Table, fx: FxTable, re
     and the day x currency revenue facts (``schemas.REVENUE_DAILY``) of the same converted rows:
     each payment is converted once, here, and both outputs sum the same converted amounts.
     """
-    end = date_to_micros(as_of + dt.timedelta(days=1))
+    end = _end_of_day_micros(as_of)
     parts, missing = [], set()
     daily = schemas.REVENUE_DAILY.empty_table()
     if events.num_rows:
@@ -172,9 +174,9 @@ def convert_payments(money: pa.Table, fx: FxTable, reporting_currency: str) -> t
     foreign = money.filter(pc.not_equal(money["currency"], reporting_currency))
     pieces, missing = [], set()
     if local.num_rows:
-        scale = pa.scalar(Decimal(1).scaleb(-rep_exp), pa.decimal128(18, 15))
-        amt = pc.multiply(pc.cast(local["amount"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
-        tax = pc.multiply(pc.cast(local["tax0"], pa.decimal128(19, 0)), scale).cast(AMOUNT)
+        scale = pa.scalar(Decimal(1).scaleb(-rep_exp), RATE)
+        amt = pc.multiply(pc.cast(local["amount"], MINOR_UNITS), scale).cast(AMOUNT)
+        tax = pc.multiply(pc.cast(local["tax0"], MINOR_UNITS), scale).cast(AMOUNT)
         pieces.append(local.select(keep).append_column("amt", amt).append_column("taxc", tax))
     if foreign.num_rows:
         rates = fx_rates_for(fx, foreign)
@@ -290,16 +292,37 @@ def replay_subscriptions(subs: pa.Table, firsts: pa.Table, as_of: dt.date, fx: F
 
     Raises ``MissingFxRate`` naming the currency and day when a state cannot be converted.
     """
-    as_of_end = date_to_micros(as_of + dt.timedelta(days=1))
+    as_of_end = _end_of_day_micros(as_of)
+    timelines = _subscription_timelines(subs, as_of_end, fx, reporting_currency)
+    month_ends = _MonthEnds(month_start(as_of), as_of_end)
+    rows: list[tuple] = []
+    customers = zip(firsts["customer_id"].to_pylist(), firsts["first_month"].to_pylist(), strict=True)
+    for customer, first in sorted(customers):
+        _replay_customer(rows, customer, timelines.get(customer, []), month_ends.since(first))
+    return _partial_from_rows(rows)
+
+
+def _end_of_day_micros(day: dt.date) -> int:
+    """The instant ``day`` ends (the next day's midnight UTC) in epoch microseconds."""
+    return date_to_micros(day + dt.timedelta(days=1))
+
+
+def _subscription_timelines(subs: pa.Table, as_of_end: int, fx: FxTable,
+                            reporting_currency: str) -> dict[str, list[list[_State]]]:  # fmt: skip
+    """Each customer's subscriptions as state timelines in effective order (events after the as-of day dropped).
+
+    Order within a subscription: ``effective_at``, then ``occurred_at``, then ``event_id``. A
+    cancellation is a state too; ``trial_end`` carries over to later states that do not set it.
+    """
     subs = subs.filter(pc.less(subs["occurred_at"].cast(pa.int64()), as_of_end)) if subs.num_rows else subs
     subs = subs.sort_by([("customer_id", "ascending"), ("subscription_id", "ascending"), ("effective_at", "ascending"),
                          ("occurred_at", "ascending"), ("event_id", "ascending")])  # fmt: skip
-    by_customer: dict[str, list[list[_State]]] = {}
     cols = {c: subs[c].to_pylist() for c in SUB_COLUMNS}
     for c in ("occurred_at", "effective_at", "trial_end"):
         cols[c] = subs[c].cast(pa.int64()).to_pylist()
+    by_customer: dict[str, list[list[_State]]] = {}
+    valuations: dict[tuple, tuple[Decimal, int]] = {}  # many states share plan, price and day
     current_sub = None
-    state_cache: dict[tuple, tuple[Decimal, int]] = {}
     for i in range(subs.num_rows):
         key = (cols["customer_id"][i], cols["subscription_id"][i])
         if key != current_sub:
@@ -314,60 +337,87 @@ def replay_subscriptions(subs: pa.Table, firsts: pa.Table, as_of: dt.date, fx: F
         if cols["trial_end"][i] is not None:
             trial_end = cols["trial_end"][i]
         currency = cols["currency"][i]
-        day = (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=eff)).date()
         params = (currency, cols["unit_amount"][i], cols["quantity"][i], cols["interval"][i],
-                  cols["interval_count"][i], day)  # fmt: skip
-        if params not in state_cache:
-            exact = mrr_minor_exact(params[1], params[2], params[3], params[4])
-            rate = fx.rate(currency, day)
-            major = exact / 10 ** currency_exponent(currency)
-            mrr = round_to_minor(major * Fraction(rate), reporting_currency)
-            state_cache[params] = (mrr, int(exact + Fraction(1, 2)))
-        mrr, orig = state_cache[params]
+                  cols["interval_count"][i], (EPOCH + dt.timedelta(microseconds=eff)).date())  # fmt: skip
+        if params not in valuations:
+            valuations[params] = _state_mrr(*params, fx, reporting_currency)
+        mrr, orig = valuations[params]
         timeline.append(_State(eff, mrr, orig, currency, trial_end, False))
+    return by_customer
 
-    out_c, out_m, out_measure, out_key, out_amount, out_count = [], [], [], [], [], []
-    as_of_month = month_start(as_of)
-    boundaries: dict[dt.date, int] = {}
-    spans: dict[dt.date, list[tuple[dt.date, int]]] = {}
-    fc = firsts["customer_id"].to_pylist()
-    fm = firsts["first_month"].to_pylist()
-    for customer, first in sorted(zip(fc, fm, strict=True)):
-        timelines = by_customer.get(customer, [])
-        pointers = [-1] * len(timelines)
-        if first not in spans:
-            spans[first] = []
-            for month in months_between(first, as_of_month):
-                if month not in boundaries:
-                    boundaries[month] = min(date_to_micros(next_month(month)), as_of_end)
-                spans[first].append((month, boundaries[month]))
-        for month, boundary in spans[first]:
-            total, active = ZERO, 0
-            orig: dict[str, int] = {}
-            for t_i, timeline in enumerate(timelines):
-                p = pointers[t_i]
-                while p + 1 < len(timeline) and timeline[p + 1].eff < boundary:
-                    p += 1
-                pointers[t_i] = p
-                if p < 0:
-                    continue
-                state = timeline[p]
-                if state.canceled or (state.trial_end is not None and state.trial_end >= boundary):
-                    continue
-                total += state.mrr
-                active += 1
-                orig[state.currency] = orig.get(state.currency, 0) + state.orig_minor
-            out_c.append(customer), out_m.append(month), out_measure.append("span")
-            out_key.append(""), out_amount.append(ZERO), out_count.append(0)
-            if active:
-                out_c.append(customer), out_m.append(month), out_measure.append("mrr")
-                out_key.append(""), out_amount.append(total), out_count.append(active)
-                for currency, minor in orig.items():
-                    out_c.append(customer), out_m.append(month), out_measure.append("mrr_orig")
-                    out_key.append(currency), out_amount.append(Decimal(minor)), out_count.append(0)
-    return pa.table({"customer_id": pa.array(out_c, pa.string()), "month": pa.array(out_m, pa.date32()),
-                     "measure": pa.array(out_measure, pa.string()), "key": pa.array(out_key, pa.string()),
-                     "amount": pa.array(out_amount, AMOUNT), "count": pa.array(out_count, pa.int64())},
+
+def _state_mrr(currency: str, unit_amount: int, quantity: int, interval: str, interval_count: int, day: dt.date,
+               fx: FxTable, reporting_currency: str) -> tuple[Decimal, int]:  # fmt: skip
+    """A state's MRR in the reporting currency at ``day``'s rate, and in its own minor units (rounded half up)."""
+    exact = mrr_minor_exact(unit_amount, quantity, interval, interval_count)
+    rate = fx.rate(currency, day)
+    major = exact / 10 ** currency_exponent(currency)
+    return round_to_minor(major * Fraction(rate), reporting_currency), int(exact + Fraction(1, 2))
+
+
+class _MonthEnds:
+    """(month, the instant it is measured at) from a first month through the as-of month.
+
+    A month is measured at its end, the as-of month at the end of the as-of day. Cached per first month.
+    """
+
+    def __init__(self, as_of_month: dt.date, as_of_end: int):
+        self._as_of_month = as_of_month
+        self._as_of_end = as_of_end
+        self._boundaries: dict[dt.date, int] = {}
+        self._spans: dict[dt.date, list[tuple[dt.date, int]]] = {}
+
+    def since(self, first: dt.date) -> list[tuple[dt.date, int]]:
+        if first not in self._spans:
+            self._spans[first] = []
+            for month in months_between(first, self._as_of_month):
+                if month not in self._boundaries:
+                    self._boundaries[month] = min(date_to_micros(next_month(month)), self._as_of_end)
+                self._spans[first].append((month, self._boundaries[month]))
+        return self._spans[first]
+
+
+def _replay_customer(rows: list[tuple], customer: str, timelines: list[list[_State]],
+                     month_ends: list[tuple[dt.date, int]]) -> None:  # fmt: skip
+    """Append the customer's ``span``, ``mrr`` and ``mrr_orig`` partial rows for each month, in month order."""
+    pointers = [-1] * len(timelines)
+    for month, boundary in month_ends:
+        total, active, orig = _mrr_at(timelines, pointers, boundary)
+        rows.append((customer, month, "span", "", ZERO, 0))
+        if active:
+            rows.append((customer, month, "mrr", "", total, active))
+            for currency, minor in orig.items():
+                rows.append((customer, month, "mrr_orig", currency, Decimal(minor), 0))
+
+
+def _mrr_at(timelines: list[list[_State]], pointers: list[int], boundary: int) -> tuple[Decimal, int, dict[str, int]]:
+    """MRR total, active subscriptions and MRR by original currency (minor units) just before ``boundary``.
+
+    ``pointers`` holds each timeline's latest state before the previous boundary; boundaries only
+    increase, so each pointer moves forward (updated in place).
+    """
+    total, active = ZERO, 0
+    orig: dict[str, int] = {}
+    for t_i, timeline in enumerate(timelines):
+        p = pointers[t_i]
+        while p + 1 < len(timeline) and timeline[p + 1].eff < boundary:
+            p += 1
+        pointers[t_i] = p
+        if p < 0:
+            continue
+        state = timeline[p]
+        if state.canceled or (state.trial_end is not None and state.trial_end >= boundary):
+            continue
+        total += state.mrr
+        active += 1
+        orig[state.currency] = orig.get(state.currency, 0) + state.orig_minor
+    return total, active, orig
+
+
+def _partial_from_rows(rows: list[tuple]) -> pa.Table:
+    """``PARTIAL`` rows (customer_id, month, measure, key, amount, count) as a table."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(PARTIAL)
+    return pa.table([pa.array(column, field.type) for column, field in zip(columns, PARTIAL, strict=True)],
                     schema=PARTIAL)  # fmt: skip
 
 
