@@ -122,6 +122,7 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKET = re.compile(rb"[\[\]{}]")
+_YEAR_MIN, _YEAR_MAX = TS_MIN.year - 1, TS_MAX.year  # local years that can convert to UTC without overflow
 _TS_RANGE = f"{TS_MIN:%Y-%m-%dT%H:%M:%SZ} <= t < {TS_MAX:%Y-%m-%dT%H:%M:%SZ}"
 
 
@@ -142,12 +143,14 @@ def parse_timestamp(value, name: str) -> dt.datetime:
     if match.group(1) is None:
         raise Reject("naive_timestamp", f"{name} {value!r} has no UTC offset")
     try:
-        parsed = dt.datetime.fromisoformat(value.upper())
+        parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise Reject("invalid_timestamp", f"{name} {value!r} is not an RFC 3339 date-time") from None
-    # compare the local time first: converting 0001-01-01T00:30+01:00 to UTC would overflow
-    local = parsed.replace(tzinfo=dt.UTC)
-    if not (TS_MIN - dt.timedelta(days=1) < local < TS_MAX + dt.timedelta(days=1)):
+        try:  # RFC 3339 allows a lower-case t and z
+            parsed = dt.datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise Reject("invalid_timestamp", f"{name} {value!r} is not an RFC 3339 date-time") from None
+    # check the year first: converting 0001-01-01T00:30+01:00 to UTC would overflow
+    if not (_YEAR_MIN <= parsed.year <= _YEAR_MAX):
         raise Reject("invalid_timestamp", f"{name} {value!r} is outside the accepted range {_TS_RANGE}")
     parsed = parsed.astimezone(dt.UTC)
     if not (TS_MIN <= parsed < TS_MAX):
@@ -176,7 +179,7 @@ def _micros(ts: dt.datetime) -> int:
     return (ts - EPOCH) // ONE_US
 
 
-def _string(obj: dict, name: str, required: bool, max_len: int = MAX_ID, identifier: bool = True) -> str | None:
+def _string(obj: dict, name: str, required: bool, max_len: int = MAX_ID) -> str | None:
     value = obj.get(name)
     if value is None:
         if required:
@@ -184,9 +187,7 @@ def _string(obj: dict, name: str, required: bool, max_len: int = MAX_ID, identif
         return None
     if not isinstance(value, str) or not (1 <= len(value) <= max_len):
         raise Reject("invalid_field", f"{name} must be a string of 1..{max_len} characters")
-    if _CONTROL.search(value) is not None if identifier else "\x00" in value:
-        raise Reject("invalid_field", f"{name} must not contain control characters")
-    return value
+    return value  # control characters can only come from escapes: see _protect
 
 
 def _int(obj: dict, name: str, required: bool, minimum: int, maximum: int, money: bool = False) -> int | None:
@@ -301,6 +302,10 @@ def parse_lines(
     policy = as_policy(pii)
     out = out or ParsedChunk()
     source_file = policy.redact_path(source_file)
+
+    def dead(line_no: int, raw: bytes, text: str, reason: str, message: str, event_id=None) -> None:
+        out.add_dead(source_file, file_index, line_no, text, raw, reason, message, event_id, policy)
+
     line_no = first_line_no - 1
     for raw in lines:
         line_no += 1
@@ -310,18 +315,16 @@ def parse_lines(
         if raw.startswith(UTF8_BOM):  # editors on Windows write one; it is not part of the JSON
             raw = raw[len(UTF8_BOM) :]
 
-        def dead(text: str, reason: str, message: str, event_id=None, raw=raw, line_no=line_no) -> None:
-            out.add_dead(source_file, file_index, line_no, text, raw, reason, message, event_id, policy)
-
         if len(raw) > MAX_LINE_BYTES:
             text = raw[: RAW_LIMIT * 4].decode("utf-8", "replace")
-            dead(text + " ", "line_too_long", f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit")
+            message = f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit"
+            dead(line_no, raw, text + " ", "line_too_long", message)
             continue
         if not raw.strip():
-            dead("", "empty_line", "blank line")
+            dead(line_no, raw, "", "empty_line", "blank line")
             continue
         if nesting_depth(raw) > MAX_DEPTH:
-            dead(raw.decode("utf-8", "replace"), "too_deeply_nested",
+            dead(line_no, raw, raw.decode("utf-8", "replace"), "too_deeply_nested",
                  f"objects/arrays nested deeper than {MAX_DEPTH} levels")  # fmt: skip
             continue
         try:
@@ -330,19 +333,20 @@ def parse_lines(
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                dead(raw.decode("utf-8", "replace"), "invalid_encoding", "line is not valid UTF-8")
+                dead(line_no, raw, raw.decode("utf-8", "replace"), "invalid_encoding", "line is not valid UTF-8")
                 continue
-            dead(text, "malformed_json", f"malformed JSON: {exc}")
+            dead(line_no, raw, text, "malformed_json", f"malformed JSON: {exc}")
             continue
         if not isinstance(obj, dict):
-            dead(raw.decode(), "not_an_object", "line is JSON but not an object")
+            dead(line_no, raw, raw.decode(), "not_an_object", "line is JSON but not an object")
             continue
         try:
             obj = _protect(obj, raw, policy, out)
             _accept(obj, out, source_file, file_index, line_no)
         except Reject as rej:
             event_id = obj.get("event_id")
-            dead(raw.decode(), rej.reason, rej.message, event_id if isinstance(event_id, str) else None)
+            event_id = event_id if isinstance(event_id, str) else None
+            dead(line_no, raw, raw.decode(), rej.reason, rej.message, event_id)
     return out
 
 
@@ -351,10 +355,7 @@ def _protect(obj: dict, raw: bytes, policy: PiiPolicy, out: ParsedChunk) -> dict
     email = obj.pop("email", None) if isinstance(obj.get("email"), str) else None
     # the raw pre-check is cheap; a line's only '@' being in its email field is the common case
     if may_contain_card(raw) or raw.count(b"@") > (email or "").count("@"):
-        for name, limit in LENGTH_LIMITS.items():
-            value = obj.get(name)
-            if isinstance(value, str) and len(value) > limit:
-                raise Reject("invalid_field", f"{name} must be a string of 1..{limit} characters")
+        _check_strings_as_sent(obj, raw)
         redacted = policy.redact_value(obj)
         for name, limit in LENGTH_LIMITS.items():
             value = redacted.get(name)
@@ -368,6 +369,18 @@ def _protect(obj: dict, raw: bytes, policy: PiiPolicy, out: ParsedChunk) -> dict
         else:
             out.emails_dropped += 1
     return obj
+
+
+def _check_strings_as_sent(obj: dict, raw: bytes) -> None:
+    """Length limits before redaction; control characters (only possible through escapes)."""
+    for name, limit in LENGTH_LIMITS.items():
+        value = obj.get(name)
+        if isinstance(value, str):
+            if len(value) > limit:
+                raise Reject("invalid_field", f"{name} must be a string of 1..{limit} characters")
+            bad = _CONTROL.search(value) is not None if name in IDENTIFIERS else "\x00" in value
+            if bad:
+                raise Reject("invalid_field", f"{name} must not contain control characters")
 
 
 def _attributes(obj: dict, event_type: str) -> str | None:
@@ -422,12 +435,12 @@ def _customer_created(obj: dict, v: dict) -> None:
     if email is not None and not isinstance(email, str):
         raise Reject("invalid_field", "email must be a string")
     v["email_hmac"] = email  # already replaced by its keyed hash in _protect
-    v["name"] = _string(obj, "name", False, MAX_NAME, identifier=False)
+    v["name"] = _string(obj, "name", False, MAX_NAME)
     country = _string(obj, "country", False, 2)
     if country is not None and not (len(country) == 2 and country.isascii() and country.isalpha()):
         raise Reject("invalid_field", f"country {country!r} is not an ISO 3166-1 alpha-2 code")
     v["country"] = country.upper() if country else None
-    v["segment"] = _string(obj, "segment", False, identifier=False)
+    v["segment"] = _string(obj, "segment", False)
 
 
 def _effective_at(obj: dict, v: dict) -> None:

@@ -54,8 +54,10 @@ ID_TOKEN_LETTERS = 32  # 128 bits when a whole over-long field is replaced
 _SEP = r"[ .\-]"
 _CARD = re.compile(rf"(?<!\d)\d(?:{_SEP}{{0,{MAX_SEPARATOR_RUN}}}\d){{{MIN_CARD_DIGITS - 1},}}")
 _NOT_DIGIT = re.compile(r"\D+")
-# Cheap pre-check on raw bytes: 13+ digits with separators between them. Most lines fail it.
-_CARD_CANDIDATE = re.compile(rb"\d(?:[ .\-]{0,3}\d){12}")
+# Cheap pre-check on raw bytes: 13 consecutive digits/separators, a superset of what _CARD
+# matches, found with translate + find (several times faster than a regex search).
+_CARD_CLASS = bytes.maketrans(b"0123456789 .-", b"\x00" * 13)
+_CARD_CANDIDATE = b"\x00" * MIN_CARD_DIGITS
 _LOCAL = r"[\w.!#$%&'*+/=?^`{|}~\-]"
 # the look-behind makes only the start of a run try to match (no quadratic rescans)
 EMAIL_PATTERN = rf"(?<!{_LOCAL}){_LOCAL}+@[\w.\-]+"
@@ -213,12 +215,13 @@ def may_contain_pii(raw: bytes) -> bool:
         b"@" in raw
         or b"\\" in raw  # an escape can spell a digit or an @
         or not raw.isascii()  # non-ASCII digits
-        or _CARD_CANDIDATE.search(raw) is not None
+        or _CARD_CANDIDATE in raw.translate(_CARD_CLASS)
     )
 
 
 def may_contain_card(raw: bytes) -> bool:
-    return _CARD_CANDIDATE.search(raw) is not None or b"\\" in raw or not raw.isascii()
+    """Cheap test on a raw line: False means no string or number in it can hold a card number."""
+    return b"\\" in raw or not raw.isascii() or _CARD_CANDIDATE in raw.translate(_CARD_CLASS)
 
 
 def email_hmac(email: str, key: bytes) -> str:
