@@ -10,7 +10,8 @@ Policy (CONTRACT section 1: card numbers are never written; an email only as a k
 * **Card numbers.** A *digit run* is 13 or more digits, each pair separated by at most
   ``MAX_SEPARATOR_RUN`` of the separators people type (space, dash, dot): ``4111 1111 1111
   1111``, ``4111  1111..``, ``4111.1111..``, ``4111-1111..``. A run is redacted as a whole
-  when any window of 13 to 19 consecutive digits in it passes the Luhn check (so a card
+  when any window of 13 to 19 consecutive digits in it, not starting with 0 (no card does),
+  passes the Luhn check (so a card
   preceded or followed by other digits, ``994111111111111111``, is caught), and always
   when it holds more than ``MAX_SCANNED_DIGITS`` digits. Unicode decimal digits count.
   False positives (a long numeric id that happens to pass Luhn) are redacted too: with a
@@ -80,11 +81,12 @@ def luhn_valid(digits: str) -> bool:
 
 
 def holds_card(digits: str) -> bool:
-    """True if some window of 13..19 consecutive digits of ``digits`` (ASCII) passes Luhn."""
+    """True if some window of 13..19 consecutive digits of ``digits`` (ASCII) could be a card number:
+    it passes Luhn and does not start with 0 (no card does; 0000000000000 passes Luhn)."""
     n = len(digits)
     if n > MAX_SCANNED_DIGITS:
         return True
-    if n <= MAX_CARD_DIGITS and luhn_valid(digits):
+    if n <= MAX_CARD_DIGITS and digits[0] != "0" and luhn_valid(digits):
         return True
     # Luhn sum of every window from two prefix sums: in a window ending at e - 1, the
     # digits doubled are those at positions k with k % 2 == e % 2.
@@ -97,7 +99,7 @@ def holds_card(digits: str) -> bool:
     for end in range(MIN_CARD_DIGITS, n + 1):
         prefix = sums[end % 2]
         for start in range(max(0, end - MAX_CARD_DIGITS), end - MIN_CARD_DIGITS + 1):
-            if (prefix[end] - prefix[start]) % 10 == 0:
+            if (prefix[end] - prefix[start]) % 10 == 0 and digits[start] != "0":
                 return True
     return False
 
