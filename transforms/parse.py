@@ -120,8 +120,8 @@ STAGE_COLUMNS = ("event_date", "file_index")
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
+_JSON_SPECIAL = re.compile(rb'["\\\[\]{}]')
+_QUOTE, _BACKSLASH, _OPENERS, _CLOSERS = ord('"'), ord("\\"), b"[{", b"]}"
 _YEAR_MIN, _YEAR_MAX = TS_MIN.year - 1, TS_MAX.year  # local years that can convert to UTC without overflow
 _TS_RANGE = f"{TS_MIN:%Y-%m-%dT%H:%M:%SZ} <= t < {TS_MAX:%Y-%m-%dT%H:%M:%SZ}"
 
@@ -158,21 +158,35 @@ def parse_timestamp(value, name: str) -> dt.datetime:
     return parsed
 
 
-def nesting_depth(raw: bytes, limit: int = MAX_DEPTH) -> int:
-    """Deepest nesting of ``[``/``{`` outside JSON strings (stops counting once past ``limit``)."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return raw.count(b"[") + raw.count(b"{")  # an upper bound, and within the limit
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub(b'""', raw)):
-        if match.group() in b"[{":
+def too_deeply_nested(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True if objects/arrays in a raw JSON line nest deeper than ``limit`` (brackets in strings don't count).
+
+    Linear in the line's length, no recursion; called before orjson, which raises on deep input.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # the common case: cannot be deeper
+        return False
+    depth = 0
+    in_string = False
+    escaped_at = -1  # position of the character after a backslash inside a string
+    for match in _JSON_SPECIAL.finditer(raw):
+        pos = match.start()
+        if pos == escaped_at:
+            continue
+        ch = raw[pos]
+        if in_string:
+            if ch == _BACKSLASH:
+                escaped_at = pos + 1
+            elif ch == _QUOTE:
+                in_string = False
+        elif ch == _QUOTE:
+            in_string = True
+        elif ch in _OPENERS:
             depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-        else:
+            if depth > limit:
+                return True
+        elif ch in _CLOSERS:
             depth -= 1
-    return deepest
+    return False
 
 
 def _micros(ts: dt.datetime) -> int:
@@ -323,7 +337,7 @@ def parse_lines(
         if not raw.strip():
             dead(line_no, raw, "", "empty_line", "blank line")
             continue
-        if nesting_depth(raw) > MAX_DEPTH:
+        if too_deeply_nested(raw):
             dead(line_no, raw, raw.decode("utf-8", "replace"), "too_deeply_nested",
                  f"objects/arrays nested deeper than {MAX_DEPTH} levels")  # fmt: skip
             continue

@@ -6,7 +6,7 @@ Policy (CONTRACT section 1: card numbers are never written; an email only as a k
   JSON) is applied to every string of an event, object keys included, at any depth, to
   numbers (a card pasted as a number), to the raw text and message of a dead letter and
   to input file names (``redact_path``). Parsing rejects objects nested deeper than
-  ``transforms.parse.MAX_DEPTH`` before this pass; the pass itself is iterative anyway.
+  ``transforms.parse.MAX_DEPTH`` (``too_deeply_nested``) before this pass; the pass itself is iterative anyway.
 * **Card numbers.** A *digit run* is 13 or more digits, each pair separated by at most
   ``MAX_SEPARATOR_RUN`` of the separators people type (space, dash, dot): ``4111 1111 1111
   1111``, ``4111  1111..``, ``4111.1111..``, ``4111-1111..``. A run is redacted as a whole

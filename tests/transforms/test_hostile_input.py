@@ -64,7 +64,10 @@ CORPUS = [
     ("nested_past_limit", with_raw(INVOICE, "x", nested(MAX_DEPTH)), "too_deeply_nested"),
     ("brackets_inside_strings", ev(INVOICE, note="[{" * 500), "event"),
     ("escaped_quote_then_brackets", ev(INVOICE, note='\\"' + "[" * 300), "event"),
-    ("unterminated_deep", b'{"a": "' + b"[" * 300, "too_deeply_nested"),
+    ("unterminated_string_of_brackets", b'{"a": "' + b"[" * 300, "malformed_json"),
+    ("many_escaped_quotes_then_brackets", b'{"a": 1, ' + b'\\"' * 400_000 + b"[" * 100, "malformed_json"),
+    ("many_at_signs", ev(INVOICE, note="a@" * 50_000), "event"),
+    ("long_digit_run", ev(INVOICE, note="9" * 500_000), "event"),
     # --- timestamps (accepted: 1970-01-01T00:00:00Z <= t < 2200-01-01T00:00:00Z)
     ("ts_9999_minus_1h", ev(INVOICE, occurred_at="9999-12-31T23:59:59-01:00"), "invalid_timestamp"),
     ("ts_0001_plus_1h", ev(INVOICE, occurred_at="0001-01-01T00:30:00+01:00"), "invalid_timestamp"),
