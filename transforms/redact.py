@@ -2,32 +2,34 @@
 
 Policy (CONTRACT section 1: card numbers are never written; an email only as a keyed hash):
 
-* **One pass sees every string.** ``PiiPolicy.redact`` (and ``redact_value`` for parsed
-  JSON) is applied to every string of an event, object keys included, at any depth, to
-  numbers (a card pasted as a number), to the raw text and message of a dead letter and
-  to input file names (``redact_path``). Parsing rejects objects nested deeper than
-  ``transforms.parse.MAX_DEPTH`` (``too_deeply_nested``) before this pass; the pass itself is iterative anyway.
+* **One pass sees every string.** ``redact_text`` (``PiiPolicy.redact``) is applied to
+  every string of an event, object keys included, at any depth (``redact_value``, an
+  iterative walk), to numbers (a card pasted as a number is checked as the digits it is
+  written with), to the raw text and message of a dead letter (JSON ``\\uXXXX`` escapes
+  are decoded for the scan) and to input file names (``redact_path``). Parsing rejects
+  lines nested deeper than ``transforms.parse.MAX_DEPTH`` before this pass.
 * **Card numbers.** A *digit run* is 13 or more digits, each pair separated by at most
-  ``MAX_SEPARATOR_RUN`` of the separators people type (space, dash, dot): ``4111 1111 1111
-  1111``, ``4111  1111..``, ``4111.1111..``, ``4111-1111..``. A run is redacted as a whole
-  when any window of 13 to 19 consecutive digits in it, not starting with 0 (no card does),
-  passes the Luhn check (so a card
-  preceded or followed by other digits, ``994111111111111111``, is caught), and always
-  when it holds more than ``MAX_SCANNED_DIGITS`` digits. Unicode decimal digits count.
-  False positives (a long numeric id that happens to pass Luhn) are redacted too: with a
-  key its identity is kept (below), so that costs readability, not correctness.
+  ``MAX_SEPARATOR_RUN`` of the separators people type (space, dash, dot):
+  ``4111 1111 1111 1111``, ``4111  1111 ...``, ``4111.1111 ...``, ``4111-1111 ...``. A run
+  is redacted as a whole when any window of 13 to 19 consecutive digits in it, not
+  starting with 0 (no card does), passes the Luhn check, so a card preceded or followed
+  by other digits (``994111111111111111``) is caught; a run of more than
+  ``MAX_SCANNED_DIGITS`` digits is redacted without looking. Unicode decimal digits
+  count. False positives (a long numeric id that happens to hold a Luhn-valid window)
+  are redacted too; with a key their identity is kept, so that costs readability only.
 * **Email addresses.** Anything matching ``local@domain`` (``EMAIL_PATTERN``) is redacted.
 * **Keyed tokens keep identity.** With a redaction key, a redacted part becomes
   ``[card:<16 letters>]`` / ``[email:<16 letters>]``: HMAC-SHA256 (redaction key) of the
   normalised value (card: its digits; email: lower case), first 64 bits, written with the
   letters ``a``-``p`` instead of hex digits, so a token never contains a digit or an ``@``
   and redacting twice changes nothing. ``evt_<card1>`` and ``evt_<card2>`` stay two
-  events; the same card typed with other separators gives the same token. Without the
-  key the token cannot be reversed (a plain hash of a card number could be brute-forced).
-* **Bounded fields.** Identifiers (``event_id``, ``customer_id``, ...) are checked against
-  their limit as sent. If redaction makes a valid one longer than its limit, the whole
-  value is replaced by one token ``[redacted:<32 letters>]`` (keyed hash of the original,
-  128 bits), so redaction never turns a valid id into a rejected one.
+  events; the same card typed with other separators gives the same token; the same key
+  gives the same tokens run after run (so re-ingesting is still a duplicate). Without the
+  key a token cannot be reversed (a plain hash of a card number could be brute-forced).
+* **Bounded fields.** Identifiers (``event_id``, ``customer_id``, ...), ``name`` and
+  ``segment`` are checked against their length limit as sent. If redaction makes a valid
+  one longer than its limit, the whole value becomes one token ``[redacted:<32 letters>]``
+  (keyed hash of the original, 128 bits): redaction never turns a valid id into a rejected one.
 * **The customer's email field** (``customer.created``) is stored only as
   ``email_hmac(email, email_key)`` (full HMAC-SHA256 hex of the trimmed, lower-cased
   address) when the user set ``REVENUE_PII_KEY``, and dropped (counted) otherwise.
