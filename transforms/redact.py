@@ -17,7 +17,8 @@ Policy (CONTRACT section 1: card numbers are never written; an email only as a k
   ``MAX_SCANNED_DIGITS`` digits is redacted without looking. Unicode decimal digits
   count. False positives (a long numeric id that happens to hold a Luhn-valid window)
   are redacted too; with a key their identity is kept, so that costs readability only.
-* **Email addresses.** Anything matching ``local@domain`` (``EMAIL_PATTERN``) is redacted.
+* **Email addresses.** A run of address characters with an ``@`` after at least one of
+  them (``EMAIL_PATTERN``: ``a@b.com``, also ``a@b``, ``x@y.com+@z.com``) is redacted whole.
 * **Keyed tokens keep identity.** With a redaction key, a redacted part becomes
   ``[card:<16 letters>]`` / ``[email:<16 letters>]``: HMAC-SHA256 (redaction key) of the
   normalised value (card: its digits; email: lower case), first 64 bits, written with the
@@ -63,8 +64,10 @@ _DIGIT = re.compile(r"\d")
 _CARD_CLASS = bytes.maketrans(b"0123456789 .-", b"\x00" * 13)
 _CARD_CANDIDATE = b"\x00" * MIN_CARD_DIGITS
 _LOCAL = r"[\w.!#$%&'*+/=?^`{|}~\-]"
-# the look-behind makes only the start of a run try to match (no quadratic rescans)
-EMAIL_PATTERN = rf"(?<!{_LOCAL}){_LOCAL}+@[\w.\-]+"
+# A whole run of address characters holding an @ after at least one of them: "a@b.com",
+# but also "x@y.com+@z.com" (no address-like residue is left beside a token). The
+# look-behind makes only the start of a run try to match (no quadratic rescans).
+EMAIL_PATTERN = rf"(?<!{_LOCAL}){_LOCAL}+@(?:{_LOCAL}|@)*"
 _EMAIL = re.compile(EMAIL_PATTERN)
 _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")

@@ -13,6 +13,8 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.ingest import LineChunk, parse_chunk
 from transforms.parse import FIELDS
@@ -166,3 +168,45 @@ def test_ids_holding_different_cards_or_emails_stay_distinct():
     other, _ = parse_chunk(LineChunk("f.jsonl", 0, 1, tuple(rows)), PiiPolicy(b"another key", None))
     assert again["events"]["event_id"].to_pylist() == stored
     assert set(other["events"]["event_id"].to_pylist()).isdisjoint(stored)
+
+
+TEST_CARDS = ["4111111111111111", "4012888888881881", "5555555555554444", "378282246310005", "6011111111111117",
+              "30569309025904", "3530111333300000", "4222222222222"]  # fmt: skip
+
+
+@st.composite
+def spelled_secret(draw) -> str:
+    if draw(st.integers(0, 4)) == 0:
+        local = draw(st.from_regex(r"[A-Za-z0-9._%+-]{1,12}", fullmatch=True))
+        return f"{local}@{draw(st.sampled_from(['example.com', 'Mail.Example.ORG', 'x.io']))}"
+    card = draw(st.sampled_from(TEST_CARDS))
+    cuts = sorted(draw(st.sets(st.integers(1, len(card) - 1), max_size=6)))
+    parts = [card[a:b] for a, b in zip([0, *cuts], [*cuts, len(card)], strict=True)]
+    text = parts[0]
+    for part in parts[1:]:
+        text += draw(st.sampled_from([" ", "-", ".", "  ", " - ", "..", "   "])) + part
+    return draw(st.from_regex(r"[a-z]{0,3}[0-9]{0,3}", fullmatch=True)) + text + draw(
+        st.from_regex(r"[0-9]{0,3}[a-z]{0,3}", fullmatch=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["event_id", "customer_id", "invoice_id", "name", "note", "key", "deep",
+                                           "occurred_at", "currency", "event_type"]), spelled_secret()),
+                min_size=1, max_size=6),  # fmt: skip
+       st.sampled_from(["customer.created", "invoice.paid", "usage.recorded"]))
+def test_planted_secrets_never_survive(plants, event_type):
+    row = _base(event_type, 1)
+    for field, secret in plants:
+        if field == "key":
+            row[secret] = 1
+        elif field == "deep":
+            row["deep"] = [{"a": [secret]}]
+        else:
+            row[field] = f"{row.get(field, '')}{secret}"
+    raw = json.dumps(row).encode()
+    tables, parsed = parse_chunk(LineChunk(f"in/{plants[0][1]}.jsonl", 0, 1, (raw, raw[:-2])), POLICY)
+    assert sum(t.num_rows for t in tables.values()) == parsed.lines == 2
+    for table in tables.values():
+        for column, text in _strings(table.to_pylist()):
+            if column not in HEX_COLUMNS:
+                assert not card_runs(text) and not EMAIL_RE.search(text), (column, text)
