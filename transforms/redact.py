@@ -9,7 +9,7 @@ Policy (CONTRACT section 1: card numbers are never written; an email only as a k
   are decoded for the scan) and to input file names (``redact_path``). Parsing rejects
   lines nested deeper than ``transforms.parse.MAX_DEPTH`` before this pass.
 * **Card numbers.** A *digit run* is 13 or more digits, each pair separated by at most
-  ``MAX_SEPARATOR_RUN`` of the separators people type (space, dash, dot):
+  ``MAX_SEPARATOR_RUN`` of the separators people type (whitespace, dash, dot):
   ``4111 1111 1111 1111``, ``4111  1111 ...``, ``4111.1111 ...``, ``4111-1111 ...``. A run
   is redacted as a whole when any window of 13 to 19 consecutive digits in it, not
   starting with 0 (no card does), passes the Luhn check, so a card preceded or followed
@@ -55,7 +55,7 @@ MAX_SCANNED_DIGITS = 64  # a longer digit run is redacted without looking for a 
 TOKEN_LETTERS = 16  # 64 bits of HMAC in a card/email token
 ID_TOKEN_LETTERS = 32  # 128 bits when a whole over-long field is replaced
 
-_SEP = r"[ .\-]"
+_SEP = r"[\s.\-]"
 _CARD = re.compile(rf"(?<!\d)\d(?:{_SEP}{{0,{MAX_SEPARATOR_RUN}}}\d){{{MIN_CARD_DIGITS - 1},}}")
 _NOT_DIGIT = re.compile(r"\D+")
 _DIGIT = re.compile(r"\d")

@@ -82,3 +82,8 @@ def test_policy_object():
     assert as_policy(policy) is policy
     assert as_policy(b"legacy") == PiiPolicy(b"legacy", b"legacy")
     assert as_policy(None) == PiiPolicy(None, None)
+
+
+def test_whitespace_of_any_kind_separates_groups():
+    for spelling in ("4111\n1111\n1111\n1111", "4111\t1111\t1111\t1111", "4111\u00a01111\u00a01111\u00a01111"):
+        assert redact_text(spelling, KEY) == redact_text("4111111111111111", KEY)
