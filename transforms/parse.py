@@ -46,7 +46,7 @@ from functools import lru_cache
 import orjson
 
 from transforms.money import INTERVALS, UnknownCurrency, currency_exponent, monthly_factor
-from transforms.redact import PiiPolicy, as_policy, email_hmac, may_contain_card
+from transforms.redact import PiiPolicy, as_policy, email_hmac, may_contain_card, unescape_json_text
 from transforms.schemas import EVENT_TYPES, QUANTITY
 
 MAX_LINE_BYTES = 1 << 20  # longer lines are dead-lettered as line_too_long
@@ -271,9 +271,15 @@ class ParsedChunk:
                  policy: PiiPolicy | None = None):  # fmt: skip
         """Record a dead letter; raw text, message and event id are redacted here (``source_file`` must be)."""
         policy = policy or as_policy(None)
+        scanned = unescape_json_text(raw_text)
+        redacted = policy.redact(scanned)
+        if redacted != scanned:
+            # a digest of the original bytes next to the redacted text would let anyone
+            # brute-force the card number back (few unknown digits): digest what is stored
+            raw_bytes = redacted.encode("utf-8", "surrogatepass")
         self.dead["source_file"].append(source_file)
         self.dead["source_line"].append(line_no)
-        self.dead["raw"].append(truncate_raw(policy.redact_raw(raw_text)))
+        self.dead["raw"].append(truncate_raw(redacted))
         self.dead["raw_sha256"].append(dead_letter_key(source_file, line_no, raw_bytes))
         self.dead["message"].append(truncate_raw(policy.redact(message)))
         self.dead["event_id"].append(policy.redact(event_id)[:MAX_ID] if isinstance(event_id, str) else None)

@@ -210,3 +210,16 @@ def test_planted_secrets_never_survive(plants, event_type):
         for column, text in _strings(table.to_pylist()):
             if column not in HEX_COLUMNS:
                 assert not card_runs(text) and not EMAIL_RE.search(text), (column, text)
+
+
+def test_dead_letter_digest_is_not_a_hash_of_the_card():
+    """raw_sha256 beside the redacted raw text must not allow brute-forcing the few unknown digits."""
+    import hashlib
+
+    line = b'{"event_id": "x", "note": "4111 1111 1111 1111"'
+    tables, _ = parse_chunk(LineChunk("f.jsonl", 0, 1, (line,)), POLICY)
+    plain = hashlib.sha256(b"f.jsonl\x001\x00" + line).hexdigest()
+    assert tables["dead_letter"]["raw_sha256"].to_pylist() != [plain]
+    clean = b'{"event_id": "x", "note": "no card"'
+    tables, _ = parse_chunk(LineChunk("f.jsonl", 0, 1, (clean,)), POLICY)
+    assert tables["dead_letter"]["raw_sha256"].to_pylist() == [hashlib.sha256(b"f.jsonl\x001\x00" + clean).hexdigest()]
