@@ -122,7 +122,7 @@ def _token(key: bytes, kind: str, value: str, letters: int = TOKEN_LETTERS) -> s
 
 def redact_text(text: str, key: bytes | None = None) -> str:
     """Redact card numbers and email addresses in one string (keyed tokens, or fixed masks without a key)."""
-    if _DIGIT.search(text):
+    if len(text) >= MIN_CARD_DIGITS and _DIGIT.search(text):
 
         def card(match: re.Match) -> str:
             digits = _ascii_digits(match.group(0))
@@ -215,16 +215,6 @@ def unescape_json_text(text: str) -> str:
         return ch
 
     return _JSON_ESCAPE.sub(unescape, text)
-
-
-def may_contain_pii(raw: bytes) -> bool:
-    """Cheap test on a raw line: False means no string or number in it can hold a card or an email."""
-    return (
-        b"@" in raw
-        or b"\\" in raw  # an escape can spell a digit or an @
-        or not raw.isascii()  # non-ASCII digits
-        or _CARD_CANDIDATE in raw.translate(_CARD_CLASS)
-    )
 
 
 def may_contain_card(raw: bytes) -> bool:
