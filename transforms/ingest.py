@@ -42,7 +42,7 @@ from transforms.parse import (
     parse_lines,
     truncate_raw,
 )
-from transforms.redact import redact_text
+from transforms.redact import PiiPolicy, as_policy
 
 log = logging.getLogger(__name__)
 
@@ -135,29 +135,32 @@ def chunk_to_tables(chunk: ParsedChunk) -> dict[str, pa.Table]:
     }
 
 
-def parse_chunk(element: LineChunk, pii_key: bytes | None) -> tuple[dict[str, pa.Table], ParsedChunk]:
+def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None) -> tuple[dict[str, pa.Table], ParsedChunk]:
+    """Parse one chunk to staging tables; ``pii`` is a ``PiiPolicy`` (legacy: the key bytes or None)."""
+    policy = as_policy(pii)
     parsed = ParsedChunk()
     if element.file_error:
         reason, message = element.file_error
-        marker = f"{reason}:{element.source_file}".encode()
+        source_file = policy.redact_path(element.source_file)
+        marker = f"{reason}:{source_file}".encode("utf-8", "surrogatepass")
         parsed.lines = 1  # the unreadable remainder counts as one line read, dead-lettered
-        parsed.dead["source_file"].append(element.source_file)
+        parsed.dead["source_file"].append(source_file)
         parsed.dead["source_line"].append(element.first_line if reason == "truncated_gzip" else 0)
         parsed.dead["raw"].append("")
-        parsed.dead["raw_sha256"].append(dead_letter_key(element.source_file, 0, marker))
-        parsed.dead["message"].append(truncate_raw(redact_text(message)))
+        parsed.dead["raw_sha256"].append(dead_letter_key(source_file, 0, marker))
+        parsed.dead["message"].append(truncate_raw(policy.redact(message)))
         parsed.dead["event_id"].append(None)
         parsed.dead["reason"].append(reason)
         parsed.dead["file_index"].append(element.file_index)
     else:
         parse_lines(list(element.lines), element.source_file, element.file_index, element.first_line,
-                    pii_key, parsed)  # fmt: skip
+                    policy, parsed)  # fmt: skip
     return chunk_to_tables(parsed), parsed
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, pii_key: bytes | None):
-        self.pii_key = pii_key
+    def __init__(self, policy: PiiPolicy):
+        self.policy = policy
         self.lines = Metrics.counter("ingest", "lines_read")
         self.events = Metrics.counter("ingest", "parsed_events")
         self.usage = Metrics.counter("ingest", "parsed_usage")
@@ -165,7 +168,7 @@ class _ParseFn(beam.DoFn):
         self.emails = Metrics.counter("ingest", "emails_not_stored")
 
     def process(self, element: LineChunk):
-        tables, parsed = parse_chunk(element, self.pii_key)
+        tables, parsed = parse_chunk(element, self.policy)
         self.lines.inc(parsed.lines)
         self.events.inc(tables["events"].num_rows)
         self.usage.inc(tables["usage"].num_rows)
@@ -178,14 +181,20 @@ class _ParseFn(beam.DoFn):
 
 
 class ParseEventLines(beam.PTransform):
-    """``LineChunk`` -> tagged outputs ``events``, ``usage``, ``dead_letter`` (Arrow tables), ``lines`` (ints)."""
+    """``LineChunk`` -> tagged outputs ``events``, ``usage``, ``dead_letter`` (Arrow tables), ``lines`` (ints).
 
-    def __init__(self, pii_key: bytes | None = None):
+    ``pii``: a ``transforms.redact.PiiPolicy`` (the legacy ``pii_key`` bytes or None is still
+    accepted). Every line ends in exactly one output; card numbers and emails are redacted
+    before any table is built (file names included). Counter ``ingest/emails_not_stored``
+    counts email fields dropped for want of an email key.
+    """
+
+    def __init__(self, pii: PiiPolicy | bytes | None = None):
         super().__init__()
-        self.pii_key = pii_key
+        self.policy = as_policy(pii)
 
     def expand(self, chunks):
-        return chunks | "Parse" >> beam.ParDo(_ParseFn(self.pii_key)).with_outputs(*TAGS, "lines")
+        return chunks | "Parse" >> beam.ParDo(_ParseFn(self.policy)).with_outputs(*TAGS, "lines")
 
 
 # ---------------------------------------------------------------------------- dedup

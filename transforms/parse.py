@@ -4,42 +4,73 @@
 accepted payment events, accepted usage events and dead letters. It is the only
 per-line Python on the ingest hot path; everything after it works on Arrow tables.
 
-Every line ends in exactly one of the three outputs. Dead-letter reason codes:
+Every line ends in exactly one of the three outputs, whatever its bytes: parsing never
+raises on input. Dead-letter reason codes:
 
 ``empty_line``, ``line_too_long``, ``invalid_encoding``, ``malformed_json``,
+``too_deeply_nested`` (objects/arrays nested deeper than ``MAX_DEPTH``),
 ``not_an_object``, ``missing_field``, ``invalid_field``, ``unknown_event_type``,
-``naive_timestamp``, ``invalid_timestamp``, ``negative_amount``,
-``unknown_currency``; later stages add ``conflicting_duplicate`` (same
-``event_id``, different payload), ``truncated_gzip`` and ``unreadable_file``.
+``naive_timestamp``, ``invalid_timestamp`` (also: outside ``TS_MIN`` .. ``TS_MAX``),
+``negative_amount``, ``out_of_range`` (a number above its bound, below),
+``unknown_currency``; later stages add ``conflicting_duplicate`` (same ``event_id``,
+different payload), ``truncated_gzip`` and ``unreadable_file``.
+
+Bounds, so that an accepted event can never break a later stage (int64 columns,
+decimal(38, 6) money, decimal(38, 9) quantities, day-by-day FX and month spines):
+
+* timestamps (``occurred_at``, ``effective_at``, ``trial_end``, ``period_start``,
+  ``period_end``): ``TS_MIN`` (1970-01-01T00:00:00Z) <= t < ``TS_MAX`` (2200-01-01T00:00:00Z);
+* ``unit_amount``, ``amount``, ``tax``: 0 .. ``MAX_MINOR`` (10^15 minor units);
+* a subscription's MRR, ``unit_amount x quantity x monthly factor`` (CONTRACT section 2),
+  at most ``MAX_MRR_MINOR`` (10^15 minor units);
+* ``quantity`` (subscriptions), ``interval_count``, ``attempt``: 1 .. ``MAX_COUNT`` (10^9);
+* usage ``quantity``: 0 .. ``MAX_USAGE_QUANTITY`` (10^15), at most 9 decimals
+  (``schemas.QUANTITY``), so 10^14 events can be summed in decimal(38, 9);
+* identifiers: 1 .. ``MAX_ID`` (255) characters, no control characters;
+  ``name`` at most ``MAX_NAME`` characters.
+
+Personal data is handled by ``transforms.redact`` (see its docstring for the policy),
+driven by a ``PiiPolicy``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import zlib
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
 
 import orjson
 
-from transforms.money import INTERVALS, UnknownCurrency, currency_exponent
-from transforms.redact import email_hmac, may_contain_card, redact_emails, redact_text, redact_value
-from transforms.schemas import EVENT_TYPES
+from transforms.money import INTERVALS, UnknownCurrency, currency_exponent, monthly_factor
+from transforms.redact import PiiPolicy, as_policy, email_hmac, may_contain_card, unescape_json_text
+from transforms.schemas import EVENT_TYPES, QUANTITY
 
 MAX_LINE_BYTES = 1 << 20  # longer lines are dead-lettered as line_too_long
 RAW_LIMIT = 4096  # characters of raw text kept in a dead letter
+MAX_DEPTH = 64  # deepest nesting of objects/arrays accepted in a line
 MAX_ID = 255
+MAX_NAME = 1000
 MAX_MINOR = 10**15  # a money amount above this (10 trillion USD) is a data error, not revenue
-MIN_YEAR = 1970
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MAX_MRR_MINOR = MAX_MINOR  # a subscription's monthly recurring amount, minor units
+MAX_COUNT = 10**9  # subscription quantity, interval_count, attempt
+MAX_USAGE_QUANTITY = 10**15
+QUANTITY_QUANTUM = Decimal(1).scaleb(-QUANTITY.scale)  # usage quantities: 9 decimals
+TS_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # accepted timestamps: TS_MIN <= t < TS_MAX
+TS_MAX = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+EPOCH = TS_MIN
 ONE_US = dt.timedelta(microseconds=1)
+UTF8_BOM = b"\xef\xbb\xbf"
 
 REASONS = (
     "empty_line",
     "line_too_long",
     "invalid_encoding",
     "malformed_json",
+    "too_deeply_nested",
     "not_an_object",
     "missing_field",
     "invalid_field",
@@ -47,6 +78,7 @@ REASONS = (
     "naive_timestamp",
     "invalid_timestamp",
     "negative_amount",
+    "out_of_range",
     "unknown_currency",
     "conflicting_duplicate",
     "truncated_gzip",
@@ -68,6 +100,9 @@ FIELDS = {
 }
 assert set(FIELDS) == set(EVENT_TYPES)
 KNOWN = {t: frozenset(COMMON) | frozenset(req) | frozenset(opt) for t, (req, opt) in FIELDS.items()}
+# string fields with a length limit, checked as sent (before redaction may change their length)
+IDENTIFIERS = ("event_id", "customer_id", "subscription_id", "plan_id", "invoice_id", "meter")
+LENGTH_LIMITS = {**dict.fromkeys(IDENTIFIERS, MAX_ID), "segment": MAX_ID, "name": MAX_NAME}
 
 EVENT_COLUMNS = (
     "event_id", "event_type", "occurred_at", "customer_id", "subscription_id", "plan_id", "invoice_id",
@@ -83,6 +118,13 @@ DEAD_COLUMNS = ("source_file", "source_line", "raw", "raw_sha256", "message", "e
 # staging-only columns carried from parse to dedup
 STAGE_COLUMNS = ("event_date", "file_index")
 
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_JSON_SPECIAL = re.compile(rb'["\\\[\]{}]')
+_QUOTE, _BACKSLASH, _OPENERS, _CLOSERS = ord('"'), ord("\\"), b"[{", b"]}"
+_YEAR_MIN, _YEAR_MAX = TS_MIN.year - 1, TS_MAX.year  # local years that can convert to UTC without overflow
+_TS_RANGE = f"{TS_MIN:%Y-%m-%dT%H:%M:%SZ} <= t < {TS_MAX:%Y-%m-%dT%H:%M:%SZ}"
+
 
 class Reject(Exception):
     def __init__(self, reason: str, message: str):
@@ -92,21 +134,59 @@ class Reject(Exception):
 
 
 def parse_timestamp(value, name: str) -> dt.datetime:
-    """RFC 3339 with an offset -> aware UTC datetime; naive or malformed values are rejected."""
+    """RFC 3339 with an offset -> aware UTC datetime in [TS_MIN, TS_MAX); anything else is rejected."""
     if not isinstance(value, str):
         raise Reject("invalid_field", f"{name} must be an RFC 3339 string")
-    if len(value) < 16 or value[10] not in "Tt ":
+    match = _RFC3339.fullmatch(value)
+    if match is None:
         raise Reject("invalid_timestamp", f"{name} {value[:40]!r} is not an RFC 3339 date-time")
+    if match.group(1) is None:
+        raise Reject("naive_timestamp", f"{name} {value!r} has no UTC offset")
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise Reject("invalid_timestamp", f"{name} {value[:40]!r} is not an RFC 3339 date-time") from None
-    if parsed.tzinfo is None:
-        raise Reject("naive_timestamp", f"{name} {value[:40]!r} has no UTC offset")
+        try:  # RFC 3339 allows a lower-case t and z
+            parsed = dt.datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise Reject("invalid_timestamp", f"{name} {value!r} is not an RFC 3339 date-time") from None
+    # check the year first: converting 0001-01-01T00:30+01:00 to UTC would overflow
+    if not (_YEAR_MIN <= parsed.year <= _YEAR_MAX):
+        raise Reject("invalid_timestamp", f"{name} {value!r} is outside the accepted range {_TS_RANGE}")
     parsed = parsed.astimezone(dt.UTC)
-    if parsed.year < MIN_YEAR:
-        raise Reject("invalid_timestamp", f"{name} {value[:40]!r} is before {MIN_YEAR}")
+    if not (TS_MIN <= parsed < TS_MAX):
+        raise Reject("invalid_timestamp", f"{name} {value!r} is outside the accepted range {_TS_RANGE}")
     return parsed
+
+
+def too_deeply_nested(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True if objects/arrays in a raw JSON line nest deeper than ``limit`` (brackets in strings don't count).
+
+    Linear in the line's length, no recursion; called before orjson, which raises on deep input.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # the common case: cannot be deeper
+        return False
+    depth = 0
+    in_string = False
+    escaped_at = -1  # position of the character after a backslash inside a string
+    for match in _JSON_SPECIAL.finditer(raw):
+        pos = match.start()
+        if pos == escaped_at:
+            continue
+        ch = raw[pos]
+        if in_string:
+            if ch == _BACKSLASH:
+                escaped_at = pos + 1
+            elif ch == _QUOTE:
+                in_string = False
+        elif ch == _QUOTE:
+            in_string = True
+        elif ch in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in _CLOSERS:
+            depth -= 1
+    return False
 
 
 def _micros(ts: dt.datetime) -> int:
@@ -121,10 +201,10 @@ def _string(obj: dict, name: str, required: bool, max_len: int = MAX_ID) -> str 
         return None
     if not isinstance(value, str) or not (1 <= len(value) <= max_len):
         raise Reject("invalid_field", f"{name} must be a string of 1..{max_len} characters")
-    return value
+    return value  # control characters can only come from escapes: see _protect
 
 
-def _int(obj: dict, name: str, required: bool, minimum: int, money: bool = False) -> int | None:
+def _int(obj: dict, name: str, required: bool, minimum: int, maximum: int, money: bool = False) -> int | None:
     value = obj.get(name)
     if value is None:
         if required:
@@ -137,8 +217,8 @@ def _int(obj: dict, name: str, required: bool, minimum: int, money: bool = False
         raise Reject("negative_amount", f"{name} is negative ({value})")
     if value < minimum:
         raise Reject("invalid_field", f"{name} must be >= {minimum}, got {value}")
-    if money and value > MAX_MINOR:
-        raise Reject("invalid_field", f"{name} {value} exceeds the plausible maximum {MAX_MINOR}")
+    if value > maximum:
+        raise Reject("out_of_range", f"{name} {value} exceeds the maximum {maximum}")
     return value
 
 
@@ -167,9 +247,16 @@ def _quantity(value) -> Decimal:
         raise Reject("invalid_field", "quantity is not a finite number") from None
     if not quantity.is_finite() or quantity < 0:
         raise Reject("invalid_field", f"quantity must be a finite number >= 0, got {value!r}")
-    if quantity >= Decimal(10) ** 28 or quantity != quantity.quantize(Decimal("1e-9")):
-        raise Reject("invalid_field", "quantity needs at most 28 integer digits and 9 decimals")
+    if quantity > MAX_USAGE_QUANTITY:
+        raise Reject("out_of_range", f"quantity {value!r} exceeds the maximum {MAX_USAGE_QUANTITY}")
+    if quantity != quantity.quantize(QUANTITY_QUANTUM):  # safe: at most 16 + 9 digits here
+        raise Reject("invalid_field", f"quantity needs at most {QUANTITY.scale} decimals")
     return quantity
+
+
+@lru_cache(maxsize=256)
+def _monthly_factor(interval: str, interval_count: int) -> Fraction:
+    return monthly_factor(interval, interval_count)
 
 
 @dataclass
@@ -180,20 +267,29 @@ class ParsedChunk:
     lines: int = 0
     emails_dropped: int = 0
 
-    def add_dead(self, source_file, file_index, line_no, raw_text, raw_bytes, reason, message, event_id=None):
+    def add_dead(self, source_file, file_index, line_no, raw_text, raw_bytes, reason, message, event_id=None,
+                 policy: PiiPolicy | None = None):  # fmt: skip
+        """Record a dead letter; raw text, message and event id are redacted here (``source_file`` must be)."""
+        policy = policy or as_policy(None)
+        scanned = unescape_json_text(raw_text)
+        redacted = policy.redact(scanned)
+        if redacted != scanned:
+            # a digest of the original bytes next to the redacted text would let anyone
+            # brute-force the card number back (few unknown digits): digest what is stored
+            raw_bytes = redacted.encode("utf-8", "surrogatepass")
         self.dead["source_file"].append(source_file)
         self.dead["source_line"].append(line_no)
-        self.dead["raw"].append(truncate_raw(redact_emails(redact_text(raw_text))))
+        self.dead["raw"].append(truncate_raw(redacted))
         self.dead["raw_sha256"].append(dead_letter_key(source_file, line_no, raw_bytes))
-        self.dead["message"].append(redact_text(message))
-        self.dead["event_id"].append(redact_text(event_id) if isinstance(event_id, str) else None)
+        self.dead["message"].append(truncate_raw(policy.redact(message)))
+        self.dead["event_id"].append(policy.redact(event_id)[:MAX_ID] if isinstance(event_id, str) else None)
         self.dead["reason"].append(reason)
         self.dead["file_index"].append(file_index)
 
 
 def dead_letter_key(source_file: str, line_no: int, raw_bytes: bytes) -> str:
     """Identity of a rejected line: where it was and what it said (re-ingesting it is a duplicate)."""
-    digest = hashlib.sha256(f"{source_file}\x00{line_no}\x00".encode())
+    digest = hashlib.sha256(f"{source_file}\x00{line_no}\x00".encode("utf-8", "surrogatepass"))
     digest.update(raw_bytes)
     return digest.hexdigest()
 
@@ -201,7 +297,7 @@ def dead_letter_key(source_file: str, line_no: int, raw_bytes: bytes) -> str:
 def truncate_raw(text: str) -> str:
     if len(text) <= RAW_LIMIT:
         return text
-    cut = text[:RAW_LIMIT].rstrip("0123456789 -")  # never leave a partial card number at the cut
+    cut = text[:RAW_LIMIT].rstrip("0123456789 -.")  # never leave a partial card number at the cut
     return cut + f"...[truncated, {len(text)} characters]"
 
 
@@ -209,33 +305,47 @@ def canonical_json(obj: dict) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
-def shard_of(event_id: str, shards: int) -> int:
-    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards if shards > 1 else 0
-
-
 def parse_lines(
     lines: list[bytes],
     source_file: str,
     file_index: int,
     first_line_no: int,
-    pii_key: bytes | None,
+    pii: PiiPolicy | bytes | None,
     out: ParsedChunk | None = None,
 ) -> ParsedChunk:
-    """Parse raw lines (without their newline) numbered from ``first_line_no``."""
+    """Parse raw lines (without their newline) numbered from ``first_line_no``.
+
+    ``pii`` is a ``PiiPolicy``; the legacy ``pii_key`` (bytes or None) is still accepted
+    (``transforms.redact.as_policy``). ``source_file`` is redacted (``redact_path``) before
+    it is stored. Never raises on line content.
+    """
+    policy = as_policy(pii)
     out = out or ParsedChunk()
+    source_file = policy.redact_path(source_file)
+
+    def dead(line_no: int, raw: bytes, text: str, reason: str, message: str, event_id=None) -> None:
+        out.add_dead(source_file, file_index, line_no, text, raw, reason, message, event_id, policy)
+
     line_no = first_line_no - 1
     for raw in lines:
         line_no += 1
         out.lines += 1
         if raw.endswith(b"\r"):
             raw = raw[:-1]
+        if raw.startswith(UTF8_BOM):  # editors on Windows write one; it is not part of the JSON
+            raw = raw[len(UTF8_BOM) :]
+
         if len(raw) > MAX_LINE_BYTES:
             text = raw[: RAW_LIMIT * 4].decode("utf-8", "replace")
-            out.add_dead(source_file, file_index, line_no, text + " ", raw, "line_too_long",
-                         f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit")  # fmt: skip
+            message = f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit"
+            dead(line_no, raw, text + " ", "line_too_long", message)
             continue
         if not raw.strip():
-            out.add_dead(source_file, file_index, line_no, "", raw, "empty_line", "blank line")
+            dead(line_no, raw, "", "empty_line", "blank line")
+            continue
+        if too_deeply_nested(raw):
+            dead(line_no, raw, raw.decode("utf-8", "replace"), "too_deeply_nested",
+                 f"objects/arrays nested deeper than {MAX_DEPTH} levels")  # fmt: skip
             continue
         try:
             obj = orjson.loads(raw)
@@ -243,110 +353,92 @@ def parse_lines(
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                out.add_dead(source_file, file_index, line_no, raw.decode("utf-8", "replace"), raw,
-                             "invalid_encoding", "line is not valid UTF-8")  # fmt: skip
+                dead(line_no, raw, raw.decode("utf-8", "replace"), "invalid_encoding", "line is not valid UTF-8")
                 continue
-            out.add_dead(source_file, file_index, line_no, text, raw, "malformed_json", f"malformed JSON: {exc}")
+            dead(line_no, raw, text, "malformed_json", f"malformed JSON: {exc}")
             continue
         if not isinstance(obj, dict):
-            out.add_dead(source_file, file_index, line_no, raw.decode(), raw, "not_an_object",
-                         "line is JSON but not an object")  # fmt: skip
+            dead(line_no, raw, raw.decode(), "not_an_object", "line is JSON but not an object")
             continue
-        if may_contain_card(raw):
-            obj = redact_value(obj)
-        if "email" in obj and isinstance(obj["email"], str):
-            # from here on the payload (digest, staging, conflicts) never holds the address itself
-            if pii_key:
-                obj["email"] = email_hmac(obj["email"], pii_key)
-            else:
-                del obj["email"]
-                out.emails_dropped += 1
         try:
-            _accept(obj, out, source_file, file_index, line_no, pii_key)
+            obj = _protect(obj, raw, policy, out)
+            _accept(obj, out, source_file, file_index, line_no)
         except Reject as rej:
             event_id = obj.get("event_id")
-            out.add_dead(source_file, file_index, line_no, raw.decode(), raw, rej.reason, rej.message,
-                         event_id if isinstance(event_id, str) else None)  # fmt: skip
+            event_id = event_id if isinstance(event_id, str) else None
+            dead(line_no, raw, raw.decode(), rej.reason, rej.message, event_id)
     return out
 
 
-def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line_no: int, pii_key) -> None:
+def _protect(obj: dict, raw: bytes, policy: PiiPolicy, out: ParsedChunk) -> dict:
+    """Redact card numbers and emails everywhere in a parsed line; keep the email field only as a keyed hash."""
+    email = obj.pop("email", None) if isinstance(obj.get("email"), str) else None
+    # cheap checks on the raw bytes first: most lines hold no digit run and no '@' besides
+    # the one in their email field, and skip the walk
+    if may_contain_card(raw) or raw.count(b"@") > (email or "").count("@"):
+        _check_strings_as_sent(obj, raw)
+        redacted = policy.redact_value(obj)
+        for name, limit in LENGTH_LIMITS.items():
+            value = redacted.get(name)
+            if isinstance(value, str) and len(value) > limit:  # only redaction made it longer
+                redacted[name] = policy.whole_value_token(obj[name])
+        obj = redacted
+    if email is not None:
+        # from here on the payload (digest, staging, conflicts) never holds the address itself
+        if policy.email_key:
+            obj["email"] = email_hmac(email, policy.email_key)
+        else:
+            out.emails_dropped += 1
+    return obj
+
+
+def _check_strings_as_sent(obj: dict, raw: bytes) -> None:
+    """Length limits before redaction; control characters (only possible through escapes)."""
+    for name, limit in LENGTH_LIMITS.items():
+        value = obj.get(name)
+        if isinstance(value, str):
+            if len(value) > limit:
+                raise Reject("invalid_field", f"{name} must be a string of 1..{limit} characters")
+            bad = _CONTROL.search(value) is not None if name in IDENTIFIERS else "\x00" in value
+            if bad:
+                raise Reject("invalid_field", f"{name} must not contain control characters")
+
+
+def _attributes(obj: dict, event_type: str) -> str | None:
+    """Unknown fields as a JSON object (sorted keys), or None."""
+    known = KNOWN[event_type]
+    if len(obj) <= len(known) and known.issuperset(obj):
+        return None
+    extra = {k: v for k, v in obj.items() if k not in known}
+    return orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode() if extra else None
+
+
+def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line_no: int) -> None:
     event_id = _string(obj, "event_id", True)
     event_type = obj.get("event_type")
     if event_type is None:
         raise Reject("missing_field", "event_type is required")
-    if event_type not in FIELDS:
+    if not isinstance(event_type, str) or event_type not in FIELDS:
         raise Reject("unknown_event_type", f"unknown event_type {str(event_type)[:60]!r}")
-    occurred = parse_timestamp(obj.get("occurred_at") or _missing("occurred_at"), "occurred_at")
+    occurred_at = obj.get("occurred_at")
+    if occurred_at is None or occurred_at == "":
+        raise Reject("missing_field", "occurred_at is required")
+    occurred = parse_timestamp(occurred_at, "occurred_at")
     customer_id = _string(obj, "customer_id", True)
-    known = KNOWN[event_type]
-    extra = {k: v for k, v in obj.items() if k not in known} if len(obj) > len(known) or not known.issuperset(obj) else None
-    attributes = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode() if extra else None
+    attributes = _attributes(obj, event_type)
     digest = hashlib.sha256(canonical_json(obj)).hexdigest()
-
+    occurred_us = _micros(occurred)
     if event_type == "usage.recorded":
-        meter = _string(obj, "meter", True)
-        quantity = _quantity(obj.get("quantity"))
-        subscription_id = _string(obj, "subscription_id", False)
         cols = out.usage
-        row = (event_id, event_type, _micros(occurred), customer_id, meter, quantity, subscription_id,
+        row = (event_id, event_type, occurred_us, customer_id, _string(obj, "meter", True),
+               _quantity(obj.get("quantity")), _string(obj, "subscription_id", False),
                attributes, digest, source_file, line_no)  # fmt: skip
         for name, value in zip(USAGE_COLUMNS, row, strict=True):
             cols[name].append(value)
     else:
         v = dict.fromkeys(EVENT_COLUMNS)
-        v["event_id"], v["event_type"], v["customer_id"] = event_id, event_type, customer_id
-        v["occurred_at"] = _micros(occurred)
-        if event_type == "customer.created":
-            email = obj.get("email")
-            if email is not None and not isinstance(email, str):
-                raise Reject("invalid_field", "email must be a string")
-            v["email_hmac"] = email  # already replaced by its keyed hash in parse_lines
-            v["name"] = _string(obj, "name", False, 1000)
-            country = _string(obj, "country", False, 2)
-            if country is not None and not (len(country) == 2 and country.isascii() and country.isalpha()):
-                raise Reject("invalid_field", f"country {country!r} is not an ISO 3166-1 alpha-2 code")
-            v["country"] = country.upper() if country else None
-            v["segment"] = _string(obj, "segment", False)
-        elif event_type in ("subscription.created", "subscription.updated"):
-            v["subscription_id"] = _string(obj, "subscription_id", True)
-            v["plan_id"] = _string(obj, "plan_id", True)
-            v["currency"], v["currency_exponent"] = _currency(obj)
-            v["unit_amount"] = _int(obj, "unit_amount", True, 0, money=True)
-            v["quantity"] = _int(obj, "quantity", False, 1) or 1
-            interval = obj.get("interval", "month")
-            if interval not in INTERVALS:
-                raise Reject("invalid_field", f"interval must be one of {', '.join(INTERVALS)}")
-            v["interval"] = interval
-            v["interval_count"] = _int(obj, "interval_count", False, 1) or 1
-            if obj.get("trial_end") is not None:
-                v["trial_end"] = _micros(parse_timestamp(obj["trial_end"], "trial_end"))
-            eff = obj.get("effective_at")
-            v["effective_at"] = _micros(parse_timestamp(eff, "effective_at")) if eff is not None else v["occurred_at"]
-        elif event_type == "subscription.canceled":
-            v["subscription_id"] = _string(obj, "subscription_id", True)
-            eff = obj.get("effective_at")
-            v["effective_at"] = _micros(parse_timestamp(eff, "effective_at")) if eff is not None else v["occurred_at"]
-        else:  # invoice.paid, invoice.payment_failed, charge.refunded
-            v["invoice_id"] = _string(obj, "invoice_id", True)
-            v["currency"], v["currency_exponent"] = _currency(obj)
-            v["amount"] = _int(obj, "amount", True, 0, money=True)
-            if event_type == "invoice.paid":
-                v["subscription_id"] = _string(obj, "subscription_id", False)
-                v["tax"] = _int(obj, "tax", False, 0, money=True) or 0
-                if v["tax"] > v["amount"]:
-                    raise Reject("invalid_field", f"tax {v['tax']} exceeds the invoice amount {v['amount']}")
-                for name in ("period_start", "period_end"):
-                    if obj.get(name) is not None:
-                        v[name] = _micros(parse_timestamp(obj[name], name))
-            elif event_type == "invoice.payment_failed":
-                v["subscription_id"] = _string(obj, "subscription_id", False)
-                v["attempt"] = _int(obj, "attempt", False, 1)
-            else:
-                reason = obj.get("reason")
-                if reason is not None and not isinstance(reason, str):
-                    raise Reject("invalid_field", "reason must be a string")
-                v["reason"] = reason
+        v["event_id"], v["event_type"], v["customer_id"], v["occurred_at"] = event_id, event_type, customer_id, occurred_us
+        _PAYMENT_FIELDS[event_type](obj, v)
         v["attributes"], v["payload_sha256"] = attributes, digest
         v["source_file"], v["source_line"] = source_file, line_no
         cols = out.events
@@ -356,5 +448,90 @@ def _accept(obj: dict, out: ParsedChunk, source_file: str, file_index: int, line
     cols["file_index"].append(file_index)
 
 
-def _missing(name: str):
-    raise Reject("missing_field", f"{name} is required")
+# ------------------------------------------------- per event type: fill the event's columns in v
+
+
+def _customer_created(obj: dict, v: dict) -> None:
+    email = obj.get("email")
+    if email is not None and not isinstance(email, str):
+        raise Reject("invalid_field", "email must be a string")
+    v["email_hmac"] = email  # already replaced by its keyed hash in _protect
+    v["name"] = _string(obj, "name", False, MAX_NAME)
+    country = _string(obj, "country", False, 2)
+    if country is not None and not (len(country) == 2 and country.isascii() and country.isalpha()):
+        raise Reject("invalid_field", f"country {country!r} is not an ISO 3166-1 alpha-2 code")
+    v["country"] = country.upper() if country else None
+    v["segment"] = _string(obj, "segment", False)
+
+
+def _effective_at(obj: dict, v: dict) -> None:
+    eff = obj.get("effective_at")
+    v["effective_at"] = _micros(parse_timestamp(eff, "effective_at")) if eff is not None else v["occurred_at"]
+
+
+def _subscription_state(obj: dict, v: dict) -> None:
+    v["subscription_id"] = _string(obj, "subscription_id", True)
+    v["plan_id"] = _string(obj, "plan_id", True)
+    v["currency"], v["currency_exponent"] = _currency(obj)
+    v["unit_amount"] = unit_amount = _int(obj, "unit_amount", True, 0, MAX_MINOR, money=True)
+    v["quantity"] = quantity = _int(obj, "quantity", False, 1, MAX_COUNT) or 1
+    interval = obj.get("interval", "month")
+    if not isinstance(interval, str) or interval not in INTERVALS:
+        raise Reject("invalid_field", f"interval must be one of {', '.join(INTERVALS)}")
+    v["interval"] = interval
+    v["interval_count"] = _int(obj, "interval_count", False, 1, MAX_COUNT) or 1
+    factor = _monthly_factor(interval, v["interval_count"])
+    if unit_amount * quantity * factor.numerator > MAX_MRR_MINOR * factor.denominator:
+        raise Reject("out_of_range", f"MRR of unit_amount {unit_amount} x quantity {quantity} per "
+                     f"{v['interval_count']} {interval} exceeds the maximum {MAX_MRR_MINOR} minor units")  # fmt: skip
+    if obj.get("trial_end") is not None:
+        v["trial_end"] = _micros(parse_timestamp(obj["trial_end"], "trial_end"))
+    _effective_at(obj, v)
+
+
+def _subscription_canceled(obj: dict, v: dict) -> None:
+    v["subscription_id"] = _string(obj, "subscription_id", True)
+    _effective_at(obj, v)
+
+
+def _invoice(obj: dict, v: dict) -> None:
+    v["invoice_id"] = _string(obj, "invoice_id", True)
+    v["currency"], v["currency_exponent"] = _currency(obj)
+    v["amount"] = _int(obj, "amount", True, 0, MAX_MINOR, money=True)
+
+
+def _invoice_paid(obj: dict, v: dict) -> None:
+    _invoice(obj, v)
+    v["subscription_id"] = _string(obj, "subscription_id", False)
+    v["tax"] = _int(obj, "tax", False, 0, MAX_MINOR, money=True) or 0
+    if v["tax"] > v["amount"]:
+        raise Reject("invalid_field", f"tax {v['tax']} exceeds the invoice amount {v['amount']}")
+    for name in ("period_start", "period_end"):
+        if obj.get(name) is not None:
+            v[name] = _micros(parse_timestamp(obj[name], name))
+
+
+def _payment_failed(obj: dict, v: dict) -> None:
+    _invoice(obj, v)
+    v["subscription_id"] = _string(obj, "subscription_id", False)
+    v["attempt"] = _int(obj, "attempt", False, 1, MAX_COUNT)
+
+
+def _charge_refunded(obj: dict, v: dict) -> None:
+    _invoice(obj, v)
+    reason = obj.get("reason")
+    if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
+        raise Reject("invalid_field", "reason must be a string without NUL characters")
+    v["reason"] = reason
+
+
+_PAYMENT_FIELDS = {
+    "customer.created": _customer_created,
+    "subscription.created": _subscription_state,
+    "subscription.updated": _subscription_state,
+    "subscription.canceled": _subscription_canceled,
+    "invoice.paid": _invoice_paid,
+    "invoice.payment_failed": _payment_failed,
+    "charge.refunded": _charge_refunded,
+}
+assert set(_PAYMENT_FIELDS) | {"usage.recorded"} == set(FIELDS)

@@ -66,7 +66,7 @@ EVENTS = pa.schema(
         pa.field("name", pa.string()),
         pa.field("country", pa.string()),
         pa.field("segment", pa.string()),
-        pa.field("attributes", pa.string()),  # JSON object of unknown fields, card numbers redacted
+        pa.field("attributes", pa.string()),  # JSON object of unknown fields; cards/emails redacted (transforms.redact)
         *_PROVENANCE,
     ]
 )
@@ -89,7 +89,7 @@ DEAD_LETTER = pa.schema(
     [
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_line", pa.int64(), nullable=False),  # 1-based; 0 = the file as a whole
-        pa.field("raw", pa.string(), nullable=False),  # redacted; truncated past RAW_LIMIT
+        pa.field("raw", pa.string(), nullable=False),  # cards/emails redacted; truncated past RAW_LIMIT
         pa.field("raw_sha256", pa.string(), nullable=False),  # digest of the original bytes
         pa.field("message", pa.string(), nullable=False),
         pa.field("event_id", pa.string()),
