@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipelines.layout import DataLayout
 from transforms.errors import ConfigError, FxError, InputError, UnknownCurrency
 from transforms.fx import FxTable, load_fx
 from transforms.money import currency_exponent, minor_unit
+from transforms.redact import PiiPolicy, redact_path
 from transforms.schemas import FIRST_SUPPORTED_DAY, LAST_SUPPORTED_DAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ DEFAULT_INPUT = REPO_ROOT / "data" / "sample" / "events"
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_REPORTING_CURRENCY = "USD"
 PII_KEY_ENV = "REVENUE_PII_KEY"
+REDACTION_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class RunConfig:
     pii_key: bytes | None = field(default=None, repr=False)
     thresholds: GateThresholds = GateThresholds()
     shards: int | None = None
+    pii: PiiPolicy | None = field(default=None, repr=False)  # set by with_pii(), once a run starts writing
 
     @property
     def reporting_exponent(self) -> int:
@@ -78,11 +82,20 @@ class RunConfig:
             raise InputError(f"the lake under {self.layout.lake} has no events: run `revenue ingest` first")
         return self.with_as_of(latest)
 
+    def with_pii(self) -> RunConfig:
+        """This config with its redaction policy (creating the data dir's secret on first use)."""
+        if self.pii is not None:
+            return self
+        return replace(self, pii=load_pii_policy(self.layout, self.pii_key))
+
+    def redact_path(self, path: Path | str) -> str:
+        return redact_path(str(path), self.pii.redaction_key if self.pii else None)
+
     def describe(self) -> dict:
-        """What a manifest records about the configuration (never the key)."""
+        """What a manifest records about the configuration (never a key; paths redacted)."""
         return {
-            "input": str(self.input_dir.absolute()) if self.input_dir else None,
-            "data_dir": str(self.layout.root),
+            "input": self.redact_path(self.input_dir.absolute()) if self.input_dir else None,
+            "data_dir": self.redact_path(self.layout.root),
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "reporting_currency": self.reporting_currency,
             "fx_rates": self.fx_source,
@@ -96,6 +109,32 @@ def check_as_of(as_of: dt.date) -> dt.date:
     if not FIRST_SUPPORTED_DAY <= as_of <= LAST_SUPPORTED_DAY:
         raise ConfigError(f"--as-of {as_of} is outside the supported range {FIRST_SUPPORTED_DAY}..{LAST_SUPPORTED_DAY}")
     return as_of
+
+
+def load_pii_policy(layout: DataLayout, pii_key: bytes | None) -> PiiPolicy:
+    """Card numbers and emails become keyed tokens under ``REVENUE_PII_KEY`` or, when it is unset,
+    under a random secret kept in the data dir (created once, owner-only), so a token means the
+    same value in every run on that data dir and cannot be reversed without the key.
+    Email fields are kept (as keyed hashes) only under ``REVENUE_PII_KEY``."""
+    if pii_key:
+        return PiiPolicy(redaction_key=pii_key, email_key=pii_key)
+    path = layout.redaction_key_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another run created it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(REDACTION_KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+    key = path.read_text().strip()
+    if len(key) != 2 * REDACTION_KEY_BYTES:
+        raise ConfigError(f"{path} is damaged (expected a {2 * REDACTION_KEY_BYTES}-hex-digit key); restore it "
+                          "from a backup: a new key would give every redacted id a new token")  # fmt: skip
+    return PiiPolicy(redaction_key=key.encode(), email_key=None)
 
 
 def env_pii_key() -> bytes | None:

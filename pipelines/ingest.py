@@ -27,6 +27,7 @@ from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
+from transforms.redact import PiiPolicy
 from transforms.sharding import split_by_shard
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def _size(path: str) -> int:
         return 0  # unreadable: the read step dead-letters it
 
 
-def file_checksums(files: list[tuple[int, str, str]]) -> list[dict]:
+def file_checksums(files: list[tuple[int, str, str]], redact_path) -> list[dict]:
+    """Size and SHA-256 of every input file, for the manifest; names pass through ``redact_path``."""
     out = []
     for _, path, rel in files:
         digest = hashlib.sha256()
@@ -83,9 +85,9 @@ def file_checksums(files: list[tuple[int, str, str]]) -> list[dict]:
                 while block := handle.read(1 << 22):
                     digest.update(block)
                     size += len(block)
-            out.append({"path": rel, "bytes": size, "sha256": digest.hexdigest()})
+            out.append({"path": redact_path(rel), "bytes": size, "sha256": digest.hexdigest()})
         except OSError as exc:
-            out.append({"path": rel, "bytes": None, "sha256": None, "error": exc.strerror or str(exc)})
+            out.append({"path": redact_path(rel), "bytes": None, "sha256": None, "error": exc.strerror or str(exc)})
     return out
 
 
@@ -211,12 +213,12 @@ class _WritePartitionsFn(beam.DoFn):
 
 
 def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_id: str, shards: int,
-                   pii_key: bytes | None, chunk_lines: int):  # fmt: skip
+                   pii: PiiPolicy, chunk_lines: int):  # fmt: skip
     parsed = (
         p
         | "ListFiles" >> beam.Create(files, reshuffle=False)
         | "ReadEventFiles" >> ReadEventFiles(chunk_lines)
-        | "ParseEventLines" >> ParseEventLines(pii_key)
+        | "ParseEventLines" >> ParseEventLines(pii)
     )
     _ = parsed.lines | "CountLines" >> beam.CombineGlobally(sum) | "RecordLines" >> beam.ParDo(_LinesFn(str(stage)))
     spilled = [
@@ -242,6 +244,7 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
         raise InputError("no input folder given (--input)")
     files = discover_input(config.input_dir)
     run_id = run_id or new_run_id()
+    config = config.with_pii()
     if config.pii_key is None:
         log.warning("%s is not set: customer emails will not be stored (set it to keep keyed hashes)", PII_KEY_ENV)
     total_bytes = sum(_size(f[1]) * (GZIP_RATIO if f[1].endswith(".gz") else 1) for f in files)
@@ -252,7 +255,7 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
         with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-            build_pipeline(p, files, stage, layout.index_file, run_id, shards, config.pii_key, chunk_lines)
+            build_pipeline(p, files, stage, layout.index_file, run_id, shards, config.pii, chunk_lines)
         lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
         totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
         by_reason: dict[str, int] = {}
@@ -275,12 +278,12 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
         duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,
-        files=file_checksums(files) if checksums else [], seconds=round(time.monotonic() - started, 3),
+        files=file_checksums(files, config.redact_path) if checksums else [], seconds=round(time.monotonic() - started, 3),
         recovered_runs=recovered,
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "ingest", {
-            "input": str(config.input_dir.resolve()), "counts": result.counts(), "input_files": result.files,
+            "config": config.describe(), "counts": result.counts(), "input_files": result.files,
             "seconds": result.seconds, "shards": shards, "recovered_runs": recovered,
         })  # fmt: skip
     return result

@@ -38,6 +38,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     from pipelines.transform import run_transform
 
     run_id = new_run_id()
+    config = config.with_pii()  # paths in the manifest are redacted with the run's key
     layout = config.layout
     result = RunResult(run_id, "running")
     timings: dict[str, float] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -75,6 +76,33 @@ def cfg(data_dir: Path, **options):
     from pipelines.config import build_config
 
     return build_config(data_dir, **options)
+
+
+CARD_LIKE = re.compile(r"\d(?:[\s.\-]*\d)*")
+EMAIL_LIKE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+DECIMAL_NUMBER = re.compile(r"^\d+\.\d+$")  # 11518.000000000 is an amount, not a dotted card
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def pii_in(text: str) -> list[str]:
+    """Card numbers (13-19 Luhn-valid digits inside any digit run, separators allowed) and email
+    addresses in ``text``: the test's own definition, independent of transforms.redact."""
+    found = EMAIL_LIKE.findall(text)
+    for run in CARD_LIKE.findall(text):
+        digits = re.sub(r"\D", "", run)
+        if len(digits) < 13 or DECIMAL_NUMBER.match(run):
+            continue
+        if any(_luhn(digits[i:j]) and digits[i] != "0" for i in range(len(digits))
+               for j in range(i + 13, min(i + 19, len(digits)) + 1)):  # fmt: skip
+            found.append(run)
+    return found
 
 
 def wait_until(condition, timeout: float) -> bool:

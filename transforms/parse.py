@@ -47,7 +47,7 @@ import orjson
 
 from transforms.money import INTERVALS, UnknownCurrency, currency_exponent, monthly_factor
 from transforms.redact import PiiPolicy, as_policy, email_hmac, may_contain_card, unescape_json_text
-from transforms.schemas import EVENT_TYPES, QUANTITY
+from transforms.schemas import EVENT_TYPES, FIRST_SUPPORTED_DAY, LAST_SUPPORTED_DAY, QUANTITY
 
 MAX_LINE_BYTES = 1 << 20  # longer lines are dead-lettered as line_too_long
 RAW_LIMIT = 4096  # characters of raw text kept in a dead letter
@@ -59,8 +59,9 @@ MAX_MRR_MINOR = MAX_MINOR  # a subscription's monthly recurring amount, minor un
 MAX_COUNT = 10**9  # subscription quantity, interval_count, attempt
 MAX_USAGE_QUANTITY = 10**15
 QUANTITY_QUANTUM = Decimal(1).scaleb(-QUANTITY.scale)  # usage quantities: 9 decimals
-TS_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # accepted timestamps: TS_MIN <= t < TS_MAX
-TS_MAX = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+# accepted timestamps: TS_MIN <= t < TS_MAX, the lake's supported days (transforms.schemas)
+TS_MIN = dt.datetime.combine(FIRST_SUPPORTED_DAY, dt.time(), dt.UTC)
+TS_MAX = dt.datetime.combine(LAST_SUPPORTED_DAY + dt.timedelta(days=1), dt.time(), dt.UTC)
 EPOCH = TS_MIN
 ONE_US = dt.timedelta(microseconds=1)
 UTF8_BOM = b"\xef\xbb\xbf"
