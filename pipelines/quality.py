@@ -76,9 +76,7 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None)
     import pandas as pd
     import pyarrow as pa
 
-    table = con.execute(sql, params).to_arrow_table() if params else con.sql(sql).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
+    table = con.sql(sql, params=params).to_arrow_table()
     ints = {pa.int8(), pa.int16(), pa.int32(), pa.int64()}
     return table.to_pandas(types_mapper=lambda t: pd.Int64Dtype() if t in ints else None)
 

@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+# One redaction key for the whole session, so lakes built in different data dirs from the same input
+# compare equal (without it each data dir draws its own secret: tests that need that unset it).
+os.environ["REVENUE_PII_KEY"] = "test-session-pii-key"
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"

@@ -496,27 +496,28 @@ def add_movements(wide: pa.Table) -> pa.Table:
     new_customer = np.ones(n, dtype=bool)
     if n > 1:
         new_customer[1:] = ~pc.equal(customers[1:], customers[:-1]).to_numpy(zero_copy_only=False)
-    # exact integers in millionths (the MONEY scale) for comparisons and cumulative flags
-    mrr_units = pc.cast(pc.multiply(pc.cast(wide["mrr"], pa.decimal128(24, 6)),
-                                    pa.scalar(Decimal(10**6), pa.decimal128(7, 0))), pa.int64()).to_numpy()  # fmt: skip
-    prev_units = np.zeros(n, dtype=np.int64)
-    if n > 1:
-        prev_units[1:] = mrr_units[:-1]
-    prev_units[new_customer] = 0
-    paid = mrr_units > 0
+    # previous month's MRR within each customer, compared as exact decimals (any magnitude)
+    mrr = wide["mrr"].combine_chunks().cast(schemas.MONEY)
+    zero = pa.scalar(ZERO, schemas.MONEY)
+    shifted = pa.concat_arrays([pa.array([ZERO], schemas.MONEY), mrr.slice(0, n - 1)]) if n else mrr
+    previous = pc.if_else(pa.array(new_customer), zero, shifted)
+
+    def flags(values) -> np.ndarray:
+        return values.to_numpy(zero_copy_only=False).astype(bool)
+
+    paid, prev_paid = flags(pc.greater(mrr, zero)), flags(pc.greater(previous, zero))
+    grew, shrank = flags(pc.greater(mrr, previous)), flags(pc.less(mrr, previous))
     # has_paid_before: any earlier month of the same customer with mrr > 0
     group = np.cumsum(new_customer) - 1
     cum = np.cumsum(paid.astype(np.int64))
     start_cum = (cum - paid)[np.flatnonzero(new_customer)]
     paid_before = (cum - paid.astype(np.int64) - start_cum[group]) > 0
     movement = np.full(n, "unchanged", dtype=object)
-    m, p = mrr_units, prev_units
-    movement[(m > 0) & (p == 0) & ~paid_before] = "new"
-    movement[(m > 0) & (p == 0) & paid_before] = "reactivation"
-    movement[(p > 0) & (m > p)] = "expansion"
-    movement[(m > 0) & (m < p)] = "contraction"
-    movement[(p > 0) & (m == 0)] = "churn"
-    previous = pa.array([Decimal(int(x)).scaleb(-6) for x in prev_units], schemas.MONEY)
+    movement[paid & ~prev_paid & ~paid_before] = "new"
+    movement[paid & ~prev_paid & paid_before] = "reactivation"
+    movement[prev_paid & grew] = "expansion"
+    movement[paid & shrank] = "contraction"
+    movement[prev_paid & ~paid] = "churn"
     wide = wide.append_column("previous_mrr", previous)
     wide = wide.append_column("mrr_change", money_sub(wide["mrr"], previous))
     wide = wide.append_column("movement", pa.array(movement.tolist(), pa.string()))

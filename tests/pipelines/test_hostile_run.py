@@ -3,8 +3,10 @@ personal data go through the whole pipeline; every line is accounted for, runs s
 personal is on disk or on the terminal, exports hold no live formula, chart labels no link."""
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -66,7 +68,9 @@ def planted() -> list[str]:
     return [json.dumps(r) for r in rows]
 
 
-def cli(*args, env=None):
+def cli(*args):
+    # the default a user gets: no REVENUE_PII_KEY, so the data dir's own secret keys the tokens
+    env = {k: v for k, v in os.environ.items() if k != "REVENUE_PII_KEY"}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO,
                           env=env)  # fmt: skip
 
@@ -200,6 +204,8 @@ def _leaks(data: Path, outputs: list[str]) -> dict[str, set]:
 
 def test_no_card_number_or_email_anywhere(hostile):
     data, _, first, second = hostile
+    key = data / "secrets" / "redaction.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text()) == 64
     assert _leaks(data, [first.stdout, first.stderr, second.stdout, second.stderr]) == {}
     # and the sensitive ids kept their identity: two cards, two distinct accepted events
     con = duckdb.connect(str(data / "warehouse" / "revenue.duckdb"), read_only=True)

@@ -148,3 +148,18 @@ def test_playbook_reference_periods_reconcile():
         expected = sum(int(r["monthly_amount"]) for r in rows if f"k{r['customer_id']}" == customer
                        and r["start_date"] < boundary and (not r["end_date"] or r["end_date"] >= boundary))
         assert mrr == Decimal(expected), (customer, month)
+
+
+def test_movements_hold_at_the_largest_accepted_mrr():
+    # 10^15 minor units per subscription (the parse bound), several per customer: far past int64 millionths
+    top = 10**15
+    r = mrr_by_month([
+        sub("a", "2024-01-05T00:00:00Z", unit_amount=top), sub("b", "2024-01-05T00:00:00Z", sub_id="s2", unit_amount=top),
+        sub("c", "2024-02-05T00:00:00Z", sub_id="s3", unit_amount=top),
+        sub("d", "2024-03-10T00:00:00Z", "subscription.canceled", sub_id="s3"),
+        sub("e", "2024-04-10T00:00:00Z", "subscription.canceled"),
+        sub("f", "2024-04-10T00:00:00Z", "subscription.canceled", sub_id="s2"),
+    ], "2024-05-31")
+    assert r[("c1", "2024-02")] == (Decimal(3 * top) / 100, "expansion")
+    moves = [r[("c1", m)][1] for m in ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05")]
+    assert moves == ["new", "expansion", "contraction", "churn", "unchanged"]
