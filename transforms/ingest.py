@@ -218,70 +218,22 @@ def dedup_shard(
     known_dead: Callable[[list[str]], set[str]],
 ) -> DedupResult:
     """Resolve duplicates and conflicts among one shard's rows and against the lake."""
+    keys = _id_keys(events, usage)
+    keep, duplicates, conflict_rows = _classify(keys, lake_hashes)
     n_events = events.num_rows
-    keys = pa.table(
-        {
-            "event_id": pa.concat_arrays([events["event_id"].combine_chunks(), usage["event_id"].combine_chunks()]),
-            "sha": pa.concat_arrays([events["payload_sha256"].combine_chunks(), usage["payload_sha256"].combine_chunks()]),
-            "file_index": pa.concat_arrays([events["file_index"].combine_chunks(), usage["file_index"].combine_chunks()]),
-            "line": pa.concat_arrays([events["source_line"].combine_chunks(), usage["source_line"].combine_chunks()]),
-            "row": pa.array(np.arange(n_events + usage.num_rows, dtype=np.int64)),
-        }
-    )
-    keep_events = np.zeros(n_events, dtype=bool)
-    keep_usage = np.zeros(usage.num_rows, dtype=bool)
-    conflict_rows: list[int] = []
-    duplicates = 0
-    if keys.num_rows:
-        order = pc.sort_indices(keys, [("event_id", "ascending"), ("file_index", "ascending"), ("line", "ascending")])
-        keys = keys.take(order)
-        ids = keys["event_id"].combine_chunks()
-        first = np.ones(len(ids), dtype=bool)
-        if len(ids) > 1:
-            first[1:] = ~pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-        group = np.cumsum(first) - 1
-        first_pos = np.flatnonzero(first)
-        unique_ids = ids.take(pa.array(first_pos)).to_pylist()
-        in_lake = lake_hashes(unique_ids)
-        sha = keys["sha"].combine_chunks().to_numpy(zero_copy_only=False)
-        ref = sha[first_pos].copy()
-        lake_mask = np.zeros(len(first_pos), dtype=bool)
-        for g, event_id in enumerate(unique_ids):
-            lake_sha = in_lake.get(event_id)
-            if lake_sha is not None:
-                ref[g] = lake_sha
-                lake_mask[g] = True
-        row_ref = ref[group]
-        row_in_lake = lake_mask[group]
-        keep = first & ~row_in_lake
-        same = sha == row_ref
-        dup = ~keep & same
-        conflict = ~keep & ~same
-        duplicates = int(dup.sum())
-        rows = keys["row"].to_numpy()
-        kept_rows = rows[keep]
-        keep_events[kept_rows[kept_rows < n_events]] = True
-        keep_usage[kept_rows[kept_rows >= n_events] - n_events] = True
-        conflict_rows = rows[conflict].tolist()
-
+    kept_events = np.zeros(n_events, dtype=bool)
+    kept_usage = np.zeros(usage.num_rows, dtype=bool)
+    kept_events[keep[keep < n_events]] = True
+    kept_usage[keep[keep >= n_events] - n_events] = True
     conflicts = _conflict_dead_letters(events, usage, conflict_rows)
-    dead_all = pa.concat_tables([dead, conflicts]) if conflicts.num_rows else dead
-    dead_dups = 0
-    if dead_all.num_rows:
-        seen = known_dead(dead_all["raw_sha256"].to_pylist())
-        if seen:
-            mask = pc.invert(pc.is_in(dead_all["raw_sha256"], value_set=pa.array(sorted(seen))))
-            dead_dups = dead_all.num_rows - pc.sum(mask.cast(pa.int64())).as_py()
-            dead_all = dead_all.filter(mask)
-
-    ev = events.filter(pa.array(keep_events))
-    us = usage.filter(pa.array(keep_usage))
-    index = pa.table(
-        {
-            "event_id": pa.concat_arrays([ev["event_id"].combine_chunks(), us["event_id"].combine_chunks()]),
-            "payload_sha256": pa.concat_arrays([ev["payload_sha256"].combine_chunks(), us["payload_sha256"].combine_chunks()]),
-        }
-    )
+    dead_all, dead_dups = _drop_known_dead(pa.concat_tables([dead, conflicts]) if conflicts.num_rows else dead,
+                                           known_dead)  # fmt: skip
+    ev = events.filter(pa.array(kept_events))
+    us = usage.filter(pa.array(kept_usage))
+    index = pa.table({
+        "event_id": pa.concat_arrays([ev["event_id"].combine_chunks(), us["event_id"].combine_chunks()]),
+        "payload_sha256": pa.concat_arrays([ev["payload_sha256"].combine_chunks(), us["payload_sha256"].combine_chunks()]),
+    })  # fmt: skip
     return DedupResult(
         events=ev.drop_columns(["file_index"]),
         usage=us.drop_columns(["file_index"]),
@@ -290,6 +242,57 @@ def dedup_shard(
         duplicates=duplicates + dead_dups,
         dead_letter_duplicates=dead_dups,
     )
+
+
+def _id_keys(events: pa.Table, usage: pa.Table) -> pa.Table:
+    """One row per accepted row of either table, in input order: ``row`` < n_events are events."""
+
+    def both(column: str) -> pa.Array:
+        return pa.concat_arrays([events[column].combine_chunks(), usage[column].combine_chunks()])
+
+    return pa.table({"event_id": both("event_id"), "sha": both("payload_sha256"), "file_index": both("file_index"),
+                     "line": both("source_line"),
+                     "row": pa.array(np.arange(events.num_rows + usage.num_rows, dtype=np.int64))})  # fmt: skip
+
+
+def _classify(keys: pa.Table, lake_hashes) -> tuple[np.ndarray, int, list[int]]:
+    """Rows to keep, the number of duplicates, and the conflicting rows (CONTRACT section 1).
+
+    Per event_id, the version already in the lake wins, else the first in input order (file
+    path order, then line); a later row with an equal payload is a duplicate, else a conflict.
+    """
+    if not keys.num_rows:
+        return np.zeros(0, dtype=np.int64), 0, []
+    keys = keys.take(pc.sort_indices(keys, [("event_id", "ascending"), ("file_index", "ascending"),
+                                            ("line", "ascending")]))  # fmt: skip
+    ids = keys["event_id"].combine_chunks()
+    first = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first[1:] = ~pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    group = np.cumsum(first) - 1
+    first_pos = np.flatnonzero(first)
+    unique_ids = ids.take(pa.array(first_pos)).to_pylist()
+    in_lake = lake_hashes(unique_ids)
+    sha = keys["sha"].combine_chunks().to_numpy(zero_copy_only=False)
+    reference = sha[first_pos].copy()  # the version that stays: the lake's, else the first row's
+    from_lake = np.array([event_id in in_lake for event_id in unique_ids], dtype=bool)
+    for g in np.flatnonzero(from_lake):
+        reference[g] = in_lake[unique_ids[g]]
+    keep = first & ~from_lake[group]
+    same = sha == reference[group]
+    rows = keys["row"].to_numpy()
+    return rows[keep], int((~keep & same).sum()), rows[~keep & ~same].tolist()
+
+
+def _drop_known_dead(dead: pa.Table, known_dead) -> tuple[pa.Table, int]:
+    """Dead letters already recorded by an earlier run are duplicates, not new dead letters."""
+    if not dead.num_rows:
+        return dead, 0
+    seen = known_dead(dead["raw_sha256"].to_pylist())
+    if not seen:
+        return dead, 0
+    fresh = dead.filter(pc.invert(pc.is_in(dead["raw_sha256"], value_set=pa.array(sorted(seen)))))
+    return fresh, dead.num_rows - fresh.num_rows
 
 
 def _conflict_dead_letters(events: pa.Table, usage: pa.Table, rows: list[int]) -> pa.Table:
