@@ -94,10 +94,10 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def pii_in(text: str) -> list[str]:
-    """Card numbers (13-19 Luhn-valid digits inside any digit run, separators allowed) and email
-    addresses in ``text``: the test's own definition, independent of transforms.redact."""
-    found = EMAIL_LIKE.findall(text)
+def card_runs(text: str) -> list[str]:
+    """Digit runs (spaces, dots or dashes allowed between digits) holding 13-19 Luhn-valid digits that
+    do not start with 0: the tests' own definition of a card number, independent of transforms.redact."""
+    found = []
     for run in CARD_LIKE.findall(text):
         digits = re.sub(r"\D", "", run)
         if len(digits) < 13 or DECIMAL_NUMBER.match(run):
@@ -106,6 +106,11 @@ def pii_in(text: str) -> list[str]:
                for j in range(i + 13, min(i + 19, len(digits)) + 1)):  # fmt: skip
             found.append(run)
     return found
+
+
+def pii_in(text: str) -> list[str]:
+    """Card numbers and email addresses in ``text``."""
+    return EMAIL_LIKE.findall(text) + card_runs(text)
 
 
 def wait_until(condition, timeout: float) -> bool:

@@ -13,6 +13,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import card_runs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,26 +39,6 @@ POLICY = PiiPolicy(redaction_key=KEY, email_key=EMAIL_KEY)
 HEX_COLUMNS = {"payload_sha256", "raw_sha256", "email_hmac"}
 # what a tester would look for
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-DIGIT_RUN_RE = re.compile(r"\d(?:[\s.\-]*\d)*")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
-
-
-def card_runs(text: str) -> list[str]:
-    """Digit runs (separators removed) with a Luhn-valid window of 13..19 digits."""
-    found = []
-    for match in DIGIT_RUN_RE.finditer(text):
-        digits = re.sub(r"\D", "", match.group())
-        if any(_luhn(digits[s : s + n]) and digits[s] != "0" for n in range(13, 20)
-               for s in range(len(digits) - n + 1)):  # fmt: skip
-            found.append(match.group())
-    return found
 
 
 def _base(event_type: str, i: int) -> dict:
