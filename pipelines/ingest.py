@@ -1,8 +1,9 @@
 """`revenue ingest`: JSON Lines -> the lake's events/, usage/ and dead_letter/ tables.
 
     ListFiles -> ReadEventFiles -> ParseEventLines -> SpillToStaging(shard)
-      -> GroupByShard -> DeduplicateShard (lake index lookup, staged partition files)
-    then, in the driver: check conservation, commit atomically, write the manifest.
+      -> GroupByShard -> DeduplicateShard (lookups in the lake's committed tables, pinned versions)
+      -> GroupByTableMonth -> WritePartitions (data files into the Delta tables' folders, uncommitted)
+    then, in the driver: check conservation, one Delta commit per table, write the manifest.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,11 +21,13 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
 from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
+from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SHARD_INPUT_BYTES = 64 << 20  # about 250k events of JSON per dedup shard: bounds memory
 MAX_SHARDS = 64
+INGEST_TABLES = ("events", "usage", "dead_letter")  # committed in this order
 GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the shard count
 
 
@@ -48,7 +53,7 @@ class IngestResult:
     dead_letters_by_reason: dict[str, int]
     files: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    recovered_runs: list[str] = field(default_factory=list)
+    lake_versions: dict[str, int] = field(default_factory=dict)
     emails_not_stored: int = 0
 
     @property
@@ -139,9 +144,48 @@ class _LinesFn(beam.DoFn):
         yield total
 
 
+class LakeKeys:
+    """Lookups of event ids and dead-letter keys in the lake's committed tables, at pinned versions.
+
+    Built from lake tables only (no local index): any worker that can read the lake can use it.
+    """
+
+    def __init__(self, layout: DataLayout, pinned: dict[str, int]):
+        self.layout, self.pinned = layout, pinned
+        self._datasets: dict[str, object] = {}
+
+    def _dataset(self, table: str):
+        if table not in self._datasets:
+            version = self.pinned.get(table)
+            self._datasets[table] = lake.dataset(self.layout, table, version) if version is not None else None
+        return self._datasets[table]
+
+    def event_hashes(self, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if not ids:
+            return found
+        wanted = pc.field("event_id").isin(pa.array(ids, pa.string()))
+        for table in ("events", "usage"):
+            data = self._dataset(table)
+            if data is not None:
+                hits = data.to_table(columns=["event_id", "payload_sha256"], filter=wanted)
+                found.update(zip(hits["event_id"].to_pylist(), hits["payload_sha256"].to_pylist(), strict=True))
+        return found
+
+    def dead_keys(self, keys: list[str]) -> set[str]:
+        data = self._dataset("dead_letter")
+        if data is None or not keys:
+            return set()
+        hits = data.to_table(columns=["raw_sha256"], filter=pc.field("raw_sha256").isin(pa.array(keys, pa.string())))
+        return set(hits["raw_sha256"].to_pylist())
+
+
 class _DedupShardFn(beam.DoFn):
-    def __init__(self, stage: str, index_file: str, run_id: str):
-        self.stage, self.index_file, self.run_id = stage, index_file, run_id
+    def __init__(self, stage: str, data_dir: str, pinned: dict[str, int]):
+        self.stage, self.data_dir, self.pinned = stage, data_dir, pinned
+
+    def setup(self):
+        self.keys = LakeKeys(DataLayout(Path(self.data_dir)), self.pinned)
 
     def process(self, element):
         shard, refs = element
@@ -149,12 +193,8 @@ class _DedupShardFn(beam.DoFn):
         for tag, path in refs:
             parts[tag].append(pq.read_table(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
-        index = lake.EventIndex(Path(self.index_file), readonly=True)
-        try:
-            result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
-                                 index.lookup_events, index.lookup_dead)  # fmt: skip
-        finally:
-            index.close()
+        result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
+                             self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
         # kept rows go aside by (table, month); one writer per table-month then writes one file per
         # partition, so the number of files does not grow with the number of dedup shards
         kept = Path(self.stage) / "kept"
@@ -169,10 +209,6 @@ class _DedupShardFn(beam.DoFn):
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(result.dead_letter, path, compression="lz4")
             yield ("dead_letter", "all"), str(path)
-        keys_dir = Path(self.stage) / "keys"
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(result.index_events, keys_dir / f"events-{shard:03d}.parquet")
-        pq.write_table(result.dead_letter.select(["raw_sha256"]), keys_dir / f"dead-{shard:03d}.parquet")
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -193,15 +229,16 @@ def _split_by_month(table: pa.Table):
 
 
 class _WritePartitionsFn(beam.DoFn):
-    """All kept rows of one table-month (from every shard) -> one sorted file per partition."""
+    """All kept rows of one table-month (from every shard) -> one sorted data file per partition,
+    written into the lake table's folder (uncommitted: the driver commits the run's files at once)."""
 
-    def __init__(self, stage: str, run_id: str):
-        self.stage, self.run_id = stage, run_id
+    def __init__(self, data_dir: str, run_id: str):
+        self.data_dir, self.run_id = data_dir, run_id
 
     def process(self, element):
         (tag, _), paths = element
         table = pa.concat_tables([pq.read_table(p) for p in sorted(paths)])
-        out = Path(self.stage) / "out" / tag
+        out = DataLayout(Path(self.data_dir)).table(tag)
         name = f"part-{self.run_id}.parquet"
         if tag == "dead_letter":
             written = lake.write_partitioned(table, out, "reason", name,
@@ -212,8 +249,8 @@ class _WritePartitionsFn(beam.DoFn):
         yield len(written)
 
 
-def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_id: str, shards: int,
-                   pii: PiiPolicy, chunk_lines: int):  # fmt: skip
+def build_pipeline(p: beam.Pipeline, files, stage: Path, layout: DataLayout, pinned: dict[str, int], run_id: str,
+                   shards: int, pii: PiiPolicy, chunk_lines: int):  # fmt: skip
     parsed = (
         p
         | "ListFiles" >> beam.Create(files, reshuffle=False)
@@ -229,15 +266,15 @@ def build_pipeline(p: beam.Pipeline, files, stage: Path, index_file: Path, run_i
         spilled
         | "MergeShards" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
-        | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(str(stage), str(index_file), run_id))
+        | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(str(stage), str(layout.root), pinned))
         | "GroupByTableMonth" >> beam.GroupByKey()
-        | "WritePartitions" >> beam.ParDo(_WritePartitionsFn(str(stage), run_id))
+        | "WritePartitions" >> beam.ParDo(_WritePartitionsFn(str(layout.root), run_id))
     )
 
 
 def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest: bool = True,
                chunk_lines: int = 50_000, checksums: bool = True) -> IngestResult:  # fmt: skip
-    """Ingest ``config.input_dir`` into the lake under ``config.layout``; one atomic commit."""
+    """Ingest ``config.input_dir`` into the lake under ``config.layout``: one Delta commit per table."""
     started = time.monotonic()
     layout = config.layout
     if config.input_dir is None:
@@ -250,12 +287,11 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
     total_bytes = sum(_size(f[1]) * (GZIP_RATIO if f[1].endswith(".gz") else 1) for f in files)
     shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))
     with lake.lake_lock(layout):
-        recovered = lake.recover(layout)
-        lake.ensure_index(layout)
+        pinned = lake.versions(layout, INGEST_TABLES)  # duplicates are checked against these versions
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
         with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-            build_pipeline(p, files, stage, layout.index_file, run_id, shards, config.pii, chunk_lines)
+            build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines)
         lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
         totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
         by_reason: dict[str, int] = {}
@@ -270,20 +306,20 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
             raise RevenueError(
                 f"conservation check failed: read {lines} lines but accounted for {accounted}; nothing committed"
             )
-        out = stage / "out"
-        moves = [(path, layout.lake / path.relative_to(out)) for path in sorted(out.rglob("*.parquet"))]
-        keys = sorted((stage / "keys").glob("events-*.parquet")) if (stage / "keys").exists() else []
-        dead_keys = sorted((stage / "keys").glob("dead-*.parquet")) if (stage / "keys").exists() else []
-        lake.commit(layout, run_id, moves, keys, dead_keys)
+        # one commit per table; a kill between two commits is made whole by the next run, whose
+        # deduplication sees the committed table's events as duplicates
+        committed = {table: lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id)
+                     for table in INGEST_TABLES}  # fmt: skip
+        shutil.rmtree(stage, ignore_errors=True)
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
         duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,
         files=file_checksums(files, config.redact_path) if checksums else [], seconds=round(time.monotonic() - started, 3),
-        recovered_runs=recovered,
+        lake_versions={t: v for t, v in committed.items() if v is not None},
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "ingest", {
             "config": config.describe(), "counts": result.counts(), "input_files": result.files,
-            "seconds": result.seconds, "shards": shards, "recovered_runs": recovered,
+            "seconds": result.seconds, "shards": shards, "lake_versions": result.lake_versions,
         })  # fmt: skip
     return result

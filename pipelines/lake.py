@@ -1,16 +1,17 @@
-"""The Parquet lake on disk: layout, partitioned writes, the event-id index and atomic commits.
+"""The lake: Delta Lake tables (the open Delta protocol, through ``deltalake`` / delta-rs).
 
-Paths come from ``pipelines.layout.DataLayout``. Tables: ``events`` and ``usage``
-(partitioned by ``event_date``), ``dead_letter`` (by ``reason``), ``customer_months``
-(by ``month``), ``customer_lifetime`` (by ``as_of``), ``late_events`` (streaming). The
-event index (``_index/ingest.sqlite``) holds every accepted event_id with its payload
-digest and every dead-letter key, so duplicate checks cost O(new input).
+Each table lives under ``DATA_DIR/lake/<table>/`` (paths from ``pipelines.layout``): Parquet
+data files, hive-partitioned as ``transforms.schemas.PARTITION_COLUMNS`` says, and the
+``_delta_log/`` that says which files make each version. Writers put new data files into the
+table folder (invisible: no version names them yet) and then make them visible in ONE commit
+per table per run, carrying the run id in the commit metadata. A reader sees one committed
+version, never part of a run; any past version stays readable (time travel) until
+``revenue maintain`` vacuums it. Files of a run killed before its commit are never read and
+are removed by ``maintain``.
 
-A run writes everything under ``_staging``; it commits by writing the journal
-(atomic rename), renaming each staged file into place, inserting the new keys into
-the index, then deleting the journal. Every file appears whole (rename is atomic).
-A run killed before the journal exists leaves only staging garbage, removed by the
-next run; one killed after is rolled forward by the next command that opens the lake.
+There is no multi-table transaction: a run commits its tables one after the other, each commit
+idempotent through the deduplication (an event already committed is a duplicate the next time),
+so a kill between two commits followed by a rerun gives exactly the clean result.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
-from collections.abc import Iterable, Iterator
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,8 @@ from transforms.errors import LakeError
 log = logging.getLogger(__name__)
 
 PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
+DELTA_LOG = "_delta_log"
+APP_ID = "revenue"  # app transactions: "revenue-<table>" -> the number of runs committed to the table
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,10 +61,17 @@ def write_atomic_bytes(path: Path, payload: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def partition_dir(partition: str, value) -> str:
+    return f"{partition}={value.isoformat() if hasattr(value, 'isoformat') else value}"
+
+
 def write_partitioned(
     table: pa.Table, root: Path, partition: str, file_name: str, sort_keys: list[tuple[str, str]]
 ) -> list[Path]:
-    """Write ``table`` as ``root/<partition>=<value>/<file_name>``, one file per value, rows sorted."""
+    """Write ``table`` as ``root/<partition>=<value>/<file_name>``, one file per value, rows sorted.
+
+    Under a lake table's folder these files are uncommitted until ``commit`` names them.
+    """
     if table.num_rows == 0:
         return []
     table = table.sort_by([(partition, "ascending"), *sort_keys])
@@ -78,8 +87,7 @@ def write_partitioned(
     body = table.drop_columns([partition])
     written = []
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        value = values[start].as_py()
-        directory = root / f"{partition}={value.isoformat() if hasattr(value, 'isoformat') else value}"
+        directory = root / partition_dir(partition, values[start].as_py())
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / file_name
         pq.write_table(body.slice(start, end - start), path, **PARQUET_OPTIONS)
@@ -87,140 +95,141 @@ def write_partitioned(
     return written
 
 
-def read_table(layout: DataLayout, table: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a lake table with its partition column typed per ``schemas.PARTITION_COLUMNS``."""
-    import pyarrow.dataset as ds
+# ------------------------------------------------------------------ reading
 
-    root = layout.table(table)
-    full = schemas.with_partition_column(table)
-    name, kind = schemas.PARTITION_COLUMNS[table]
-    files = [str(p) for p in layout.table_files(table)]
-    if not files:
-        empty = full.empty_table()
+
+def is_table(layout: DataLayout, table: str) -> bool:
+    return (layout.table(table) / DELTA_LOG).is_dir()
+
+
+def open_table(layout: DataLayout, table: str, version: int | None = None):
+    """The table at ``version`` (latest when None), or None if the table was never committed."""
+    from deltalake import DeltaTable
+
+    if not is_table(layout, table):
+        return None
+    return DeltaTable(str(layout.table(table)), version=version)
+
+
+def table_version(layout: DataLayout, table: str) -> int | None:
+    delta = open_table(layout, table)
+    return delta.version() if delta is not None else None
+
+
+def versions(layout: DataLayout, tables=None) -> dict[str, int]:
+    """Each existing lake table's current version (what a run pins, what a manifest records)."""
+    out = {}
+    for table in tables or schemas.LAKE_SCHEMAS:
+        version = table_version(layout, table)
+        if version is not None:
+            out[table] = version
+    return out
+
+
+def dataset(layout: DataLayout, table: str, version: int | None = None):
+    """A pyarrow dataset of one committed version (partition column typed), or None."""
+    delta = open_table(layout, table, version)
+    return delta.to_pyarrow_dataset() if delta is not None else None
+
+
+def read_table(layout: DataLayout, table: str, columns: list[str] | None = None, version: int | None = None,
+               filter=None) -> pa.Table:  # fmt: skip
+    """A lake table (one committed version) with its partition column typed; empty if never written."""
+    data = dataset(layout, table, version)
+    if data is None:
+        empty = schemas.with_partition_column(table).empty_table()
         return empty.select(columns) if columns else empty
-    dataset = ds.dataset(files, schema=full, format="parquet",
-                         partitioning=ds.partitioning(pa.schema([pa.field(name, kind)]), flavor="hive"),
-                         partition_base_dir=str(root))  # fmt: skip
-    return dataset.to_table(columns=columns)
+    return data.to_table(columns=columns, filter=filter)
 
 
-# ------------------------------------------------------------------ index
+def last_run_id(layout: DataLayout, table: str) -> str | None:
+    """The run id recorded in the table's latest commit."""
+    delta = open_table(layout, table)
+    if delta is None:
+        return None
+    return (delta.history(1) or [{}])[0].get("run_id")
 
 
-class EventIndex:
-    """SQLite index of accepted event ids and recorded dead-letter keys."""
-
-    def __init__(self, path: Path, readonly: bool = False):
-        self.path = Path(path)
-        if readonly:
-            if not self.path.exists():
-                self.conn = None
-                return
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path)
-            self.conn.execute("pragma journal_mode=wal")
-            self.conn.execute("pragma synchronous=normal")
-            self.conn.execute("pragma cache_size=-262144")  # 256 MiB page cache for bulk inserts
-            self.conn.execute(
-                "create table if not exists event_ids (event_id text primary key, payload_sha256 text not null)"
-                " without rowid"
-            )
-            self.conn.execute("create table if not exists dead_keys (raw_sha256 text primary key) without rowid")
-            self.conn.commit()
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-    def lookup_events(self, ids: list[str]) -> dict[str, str]:
-        if self.conn is None or not ids:
-            return {}
-        return dict(self._lookup("event_ids", "event_id", "payload_sha256", ids))
-
-    def lookup_dead(self, keys: list[str]) -> set[str]:
-        if self.conn is None or not keys:
-            return set()
-        return {k for k, _ in self._lookup("dead_keys", "raw_sha256", "raw_sha256", keys)}
-
-    def _lookup(self, table: str, key: str, value: str, keys: list[str]) -> Iterator[tuple[str, str]]:
-        # Point lookups on the primary key: cost grows with the new input, not the lake.
-        batch = 900
-        for start in range(0, len(keys), batch):
-            part = keys[start : start + batch]
-            marks = ",".join("?" * len(part))
-            yield from self.conn.execute(f"select {key}, {value} from {table} where {key} in ({marks})", part)
-
-    def add(self, events: Iterable[tuple[str, str]], dead_keys: Iterable[str]) -> None:
-        with self.conn:
-            self.conn.executemany("insert or ignore into event_ids values (?, ?)", events)
-            self.conn.executemany("insert or ignore into dead_keys values (?)", ((k,) for k in dead_keys))
-
+def partition_values(layout: DataLayout, table: str, version: int | None = None) -> list:
+    """Distinct values of the table's partition column in a version (from the log: no data read)."""
+    delta = open_table(layout, table, version)
+    if delta is None:
+        return []
+    column = schemas.PARTITION_COLUMNS[table][0]
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    if not actions.num_rows:
+        return []
+    values = actions[f"partition.{column}"]
+    return sorted(v for v in pc.unique(values).to_pylist() if v is not None)
 
 
 def latest_event_day(layout: DataLayout) -> dt.date | None:
-    """The UTC date of the latest event in the lake (from partition names: no data read)."""
-    days = list(layout.day_partitions("events")) + list(layout.day_partitions("usage"))
+    """The UTC date of the latest event in the lake (partition values from the log: no data read)."""
+    days = partition_values(layout, "events") + partition_values(layout, "usage")
     return max(days) if days else None
 
 
-def _index_usable(path: Path) -> bool:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            names = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return False
-    return {"event_ids", "dead_keys"} <= names
+def counts_by(table: pa.Table, column: str) -> dict[str, int]:
+    if table.num_rows == 0:
+        return {}
+    result = pc.value_counts(table[column])
+    return {r["values"]: r["counts"] for r in result.to_pylist()}
 
 
-def ensure_index(layout: DataLayout) -> None:
-    """Rebuild the index from the lake when it is missing or unreadable (deleted, truncated, killed mid-build).
+# ------------------------------------------------------------------ committing
 
-    The rebuild writes a new file aside and renames it into place, so a kill during the rebuild
-    leaves no index (rebuilt again next time), never an empty or partial one.
+
+def _add_action(table_root: Path, path: Path, partition: str):
+    from deltalake.transaction import AddAction
+
+    rel = path.relative_to(table_root).as_posix()
+    value = rel.split("/", 1)[0].split("=", 1)[1]
+    stat = path.stat()
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return AddAction(rel, stat.st_size, {partition: value}, int(stat.st_mtime * 1000), True,
+                     json.dumps({"numRecords": rows}))  # fmt: skip
+
+
+def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append") -> int | None:
+    """Make ``files`` (written under the table's folder) visible in one commit; returns the new version.
+
+    ``mode="overwrite"`` replaces the table's content with exactly these files (derived tables).
+    Every commit records the run id and advances the app transaction ``revenue-<table>``.
+    An append of no files commits nothing.
     """
-    path = layout.index_file
-    tables = [t for t in ("events", "usage", "dead_letter") if layout.has_files(t)]
-    if path.exists():
-        if _index_usable(path):
-            return
-        log.warning("event index %s is unreadable: rebuilding it from the lake", path)
-    if not tables:
-        _remove_index(path)
-        return
-    log.warning("event index missing: rebuilding it from the lake (one-time full read of the key columns)")
-    building = path.with_name(path.name + ".rebuild")
-    _remove_index(building)
-    index = EventIndex(building)
-    try:
-        for table in ("events", "usage"):
-            if table in tables:
-                keys = read_table(layout, table, ["event_id", "payload_sha256"])
-                index.add(zip(keys["event_id"].to_pylist(), keys["payload_sha256"].to_pylist(), strict=True), [])
-        if "dead_letter" in tables:
-            index.add([], read_table(layout, "dead_letter", ["raw_sha256"])["raw_sha256"].to_pylist())
-        index.conn.execute("pragma wal_checkpoint(truncate)")
-    finally:
-        index.close()
-    _remove_index(path)
-    os.replace(building, path)
-    fsync_dir(path.parent)
+    from deltalake import DeltaTable
+    from deltalake.transaction import CommitProperties, Transaction
+
+    root = layout.table(table)
+    schema = schemas.with_partition_column(table)
+    partition = schemas.PARTITION_COLUMNS[table][0]
+    if not files and mode == "append":
+        return table_version(layout, table)
+    root.mkdir(parents=True, exist_ok=True)
+    delta = DeltaTable.create(str(root), schema, partition_by=[partition], mode="ignore")
+    app_id = f"{APP_ID}-{table}"
+    runs = delta.transaction_version(app_id) or 0
+    actions = [_add_action(root, Path(f), partition) for f in sorted(files)]
+    delta.create_write_transaction(
+        actions, mode, schema, partition_by=[partition],
+        commit_properties=CommitProperties(custom_metadata={"run_id": run_id},
+                                           app_transactions=[Transaction(app_id, runs + 1)]),
+    )  # fmt: skip
+    return DeltaTable(str(root)).version()
 
 
-def _remove_index(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:
+    """The data files a run wrote under a table's folder (``part-<run_id>*.parquet``)."""
+    root = layout.table(table)
+    return sorted(root.glob(f"*/part-{run_id}*.parquet")) if root.is_dir() else []
 
 
-# ------------------------------------------------------------------ commit protocol
+# ------------------------------------------------------------------ one writer, leftovers, upgrade
 
 
 @contextlib.contextmanager
 def lake_lock(layout: DataLayout):
+    """One writing run per data dir (a second one exits 1 with one line)."""
     root = layout.lake
     root.mkdir(parents=True, exist_ok=True)
     with open(layout.lock_file, "w") as handle:
@@ -229,87 +238,61 @@ def lake_lock(layout: DataLayout):
         except BlockingIOError:
             raise LakeError(f"another run is writing to {root} (lock held); wait for it to finish") from None
         try:
+            upgrade(layout)
+            clean_staging(layout)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def commit(layout: DataLayout, run_id: str, moves: list[tuple[Path, Path]], index_files: list[Path],
-           dead_key_files: list[Path], replace_dirs: list[tuple[Path, Path]] = ()) -> None:  # fmt: skip
-    """Make a run's staged files visible: journal first, then renames, then the index."""
-    root = layout.lake
-    journal = {
-        "run_id": run_id,
-        "moves": [[str(a.relative_to(root)), str(b.relative_to(root))] for a, b in moves],
-        "index_files": [str(p.relative_to(root)) for p in index_files],
-        "dead_key_files": [str(p.relative_to(root)) for p in dead_key_files],
-        "replace_dirs": [[str(a.relative_to(root)), str(b.relative_to(root))] for a, b in replace_dirs],
-    }
-    path = layout.journal(run_id)
-    write_atomic_bytes(path, json.dumps(journal, indent=1).encode())
-    _apply(layout, journal)
-    path.unlink()
-    shutil.rmtree(layout.staging(run_id), ignore_errors=True)
-
-
-def _apply(layout: DataLayout, journal: dict) -> None:
-    root = layout.lake
-    touched = set()
-    for staged, final in journal["moves"]:
-        src, dst = root / staged, root / final
-        if src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-            touched.add(dst.parent)
-    for staged, final in journal.get("replace_dirs", []):
-        src, dst = root / staged, root / final
-        if src.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            if dst.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(dst, old)
-            os.replace(src, dst)
-            shutil.rmtree(old, ignore_errors=True)
-            touched.add(dst.parent)
-    for directory in touched:
-        fsync_dir(directory)
-    if journal["index_files"] or journal["dead_key_files"]:
-        index = EventIndex(layout.index_file)
-        try:
-            # each file's keys go in sorted order (B-tree appends rather than random page splits),
-            # a file at a time and in batches, so memory stays flat whatever the run's size
-            for rel in journal["index_files"]:
-                keys = pq.read_table(root / rel).sort_by([("event_id", "ascending")])
-                for batch in keys.to_batches(max_chunksize=100_000):
-                    index.add(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True), [])
-            for rel in journal["dead_key_files"]:
-                dead = pq.read_table(root / rel).sort_by([("raw_sha256", "ascending")])
-                for batch in dead.to_batches(max_chunksize=100_000):
-                    index.add([], batch.column(0).to_pylist())
-        finally:
-            index.close()
-
-
-def recover(layout: DataLayout) -> list[str]:
-    """Roll forward committed-but-unfinished runs and remove uncommitted staging. Returns run ids."""
-    recovered = []
-    if layout.journal_dir.is_dir():
-        for path in sorted(layout.journal_dir.glob("*.json")):
-            journal = json.loads(path.read_text())
-            log.warning("completing the commit of interrupted run %s", journal["run_id"])
-            _apply(layout, journal)
-            path.unlink()
-            shutil.rmtree(layout.staging(journal["run_id"]), ignore_errors=True)
-            recovered.append(journal["run_id"])
+def clean_staging(layout: DataLayout) -> list[str]:
+    """Remove the scratch files of interrupted runs (never part of any table version)."""
+    removed = []
     if layout.staging_root.is_dir():
         for leftover in layout.staging_root.iterdir():
-            log.warning("removing uncommitted files of interrupted run %s", leftover.name)
+            log.warning("removing scratch files of interrupted run %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
-    return recovered
+            removed.append(leftover.name)
+    return removed
 
 
-def counts_by(table: pa.Table, column: str) -> dict[str, int]:
-    if table.num_rows == 0:
-        return {}
-    result = pc.value_counts(table[column])
-    return {r["values"]: r["counts"] for r in result.to_pylist()}
+def _old_format_tables(layout: DataLayout) -> list[str]:
+    return [t for t in schemas.LAKE_SCHEMAS if layout.table(t).is_dir() and not is_table(layout, t)
+            and any(layout.table(t).glob("*=*/*.parquet"))]  # fmt: skip
+
+
+def upgrade(layout: DataLayout) -> list[str]:
+    """Convert a lake written by the pre-Delta release (hive Parquet, journal, SQLite index) in place.
+
+    Each table becomes a Delta table in one commit over its existing files; row counts are
+    checked before and after; the old event index and journal folder go.
+    """
+    import pyarrow.dataset as ds
+    from deltalake import convert_to_deltalake
+
+    tables = _old_format_tables(layout)
+    if not tables:
+        return []
+    journal = layout.lake / "_journal"
+    if journal.is_dir() and any(journal.iterdir()):
+        raise LakeError(f"{journal} holds an unfinished commit of the previous release: finish it with that "
+                        "release (rerun it once), then upgrade")  # fmt: skip
+    started = time.monotonic()
+    counts = {}
+    for table in tables:
+        name, kind = schemas.PARTITION_COLUMNS[table]
+        partitioning = pa.schema([pa.field(name, kind)])
+        root = layout.table(table)
+        before = ds.dataset(str(root), format="parquet", partitioning=ds.partitioning(partitioning, flavor="hive"),
+                            ignore_prefixes=["_", "."]).count_rows()  # fmt: skip
+        convert_to_deltalake(str(root), partition_by=partitioning, partition_strategy="hive")
+        after = open_table(layout, table).to_pyarrow_dataset().count_rows()
+        if before != after:
+            raise LakeError(f"upgrading {table}: {before} rows before, {after} after; the lake is left as it was "
+                            f"except {root / DELTA_LOG}, which you can delete to retry")  # fmt: skip
+        counts[table] = after
+    shutil.rmtree(layout.lake / "_index", ignore_errors=True)
+    shutil.rmtree(journal, ignore_errors=True)
+    log.warning("upgraded the lake to Delta tables in %.1fs: %s", time.monotonic() - started,
+                ", ".join(f"{t} {n:,} rows" for t, n in counts.items()))  # fmt: skip
+    return tables

@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
@@ -26,7 +27,7 @@ from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.calendar import month_start
+from transforms.calendar import month_start, next_month
 from transforms.errors import ConfigError, InputError
 from transforms.metrics import (
     CalendarMonthAggregate,
@@ -38,7 +39,7 @@ from transforms.metrics import (
 
 log = logging.getLogger(__name__)
 
-DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced whole by each run
+DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced whole by each run, together
 
 
 @dataclass
@@ -52,33 +53,43 @@ class MetricsResult:
     mrr_at_as_of: object
     active_customers_at_as_of: int
     seconds: float
-
-
-def _read_month(parts: list, schema: pa.Schema) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    files = [f for _, day_files in parts for f in day_files]
-    if not files:
-        return schema.empty_table()
-    return ds.dataset(files, schema=schema, format="parquet").to_table()  # one multi-threaded scan per month
+    lake_versions: dict = field(default_factory=dict)  # what it read (events, usage) and committed
 
 
 class _ReadMonthFn(beam.DoFn):
+    """``(month, last day, pinned versions)`` -> the month's events and usage, read from the Delta
+    tables at those versions (partition pruning on ``event_date``: only the month's files are read)."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+
     def process(self, element):
-        month, event_parts, usage_parts = element
-        yield MonthSlice(month, _read_month(event_parts, schemas.EVENTS), _read_month(usage_parts, schemas.USAGE))
+        month, last_day, pinned = element
+        layout = DataLayout(Path(self.data_dir))
+        in_month = (pc.field("event_date") >= pa.scalar(month, pa.date32())) & (
+            pc.field("event_date") <= pa.scalar(last_day, pa.date32()))
+        tables = {}
+        for table, schema in (("events", schemas.EVENTS), ("usage", schemas.USAGE)):
+            version = pinned.get(table)
+            data = lake.read_table(layout, table, version=version, filter=in_month) if version is not None else None
+            tables[table] = data.select(schema.names).cast(schema) if data is not None else schema.empty_table()
+        yield MonthSlice(month, tables["events"], tables["usage"])
 
 
-class _WriteStagedFn(beam.DoFn):
-    def __init__(self, out_dir: str, table: str, partition: str, sort_key: str):
-        self.out_dir, self.table, self.partition, self.sort_key = out_dir, table, partition, sort_key
+class _WriteDerivedFn(beam.DoFn):
+    """Rows of a derived table -> data files in its Delta folder (uncommitted until the driver commits)."""
+
+    def __init__(self, data_dir: str, table: str, sort_key: str, run_id: str):
+        self.data_dir, self.table, self.sort_key, self.run_id = data_dir, table, sort_key, run_id
 
     def process(self, element):
         shard, table = element
-        if self.partition == "as_of":
+        partition = schemas.PARTITION_COLUMNS[self.table][0]
+        if partition == "as_of":
             table = table.drop_columns(["as_of"]).append_column("as_of", table["as_of"])
-        paths = lake.write_partitioned(table, Path(self.out_dir) / self.table, self.partition,
-                                       f"part-{shard:03d}.parquet", [(self.sort_key, "ascending")])  # fmt: skip
+        root = DataLayout(Path(self.data_dir)).table(self.table)
+        paths = lake.write_partitioned(table, root, partition, f"part-{self.run_id}-{shard:03d}.parquet",
+                                       [(self.sort_key, "ascending")])  # fmt: skip
         yield len(paths)
 
 
@@ -98,23 +109,18 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
     layout, currency = config.layout, config.reporting_currency
     run_id = run_id or new_run_id()
     with lake.lake_lock(layout):
-        lake.recover(layout)
         config = config.resolve_as_of()
         as_of = config.as_of
-        events_by_day = {d: f for d, f in layout.day_partitions("events").items() if d <= as_of}
-        usage_by_day = {d: f for d, f in layout.day_partitions("usage").items() if d <= as_of}
-        if not events_by_day and not usage_by_day:
+        pinned = lake.versions(layout, ("events", "usage"))  # this run reads exactly these versions
+        days = [d for t in ("events", "usage") for d in lake.partition_values(layout, t, pinned.get(t)) if d <= as_of]
+        if not days:
             raise InputError(f"no events on or before the as-of date {as_of}")
-        months: dict[dt.date, tuple[list, list]] = {}
-        for d, files in sorted(events_by_day.items()):
-            months.setdefault(month_start(d), ([], []))[0].append((d, [str(f) for f in files]))
-        for d, files in sorted(usage_by_day.items()):
-            months.setdefault(month_start(d), ([], []))[1].append((d, [str(f) for f in files]))
+        elements = [(m, min(next_month(m) - dt.timedelta(days=1), as_of), pinned)
+                    for m in sorted({month_start(d) for d in days})]  # fmt: skip
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
-        elements = [(m, ev, us) for m, (ev, us) in sorted(months.items())]
         with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-            slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn())
+            slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(layout.root)))
             pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
             replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
                 ReplaySubscriptions(config.fx, as_of, currency)  # fmt: skip
@@ -126,11 +132,11 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             )
             facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
             _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
-                _WriteStagedFn(str(stage), "customer_months", "month", "customer_id"))
+                _WriteDerivedFn(str(layout.root), "customer_months", "customer_id", run_id))
             _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
-                _WriteStagedFn(str(stage), "customer_lifetime", "as_of", "customer_id"))
+                _WriteDerivedFn(str(layout.root), "customer_lifetime", "customer_id", run_id))
             _ = (pre.revenue_daily | "KeyRevenueDaily" >> beam.Map(lambda table: (0, table))
-                 | "WriteRevenueDaily" >> beam.ParDo(_WriteStagedFn(str(stage), "revenue_daily", "month", "date")))
+                 | "WriteRevenueDaily" >> beam.ParDo(_WriteDerivedFn(str(layout.root), "revenue_daily", "date", run_id)))
             _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
                  | "CollectFxMissing" >> beam.combiners.ToList()
                  | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
@@ -140,24 +146,25 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
             raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
                               "add it to the FX file (--fx-rates)")  # fmt: skip
-        replace = []
-        for table in DERIVED_TABLES:
-            staged = stage / table
-            staged.mkdir(parents=True, exist_ok=True)
-            replace.append((staged, layout.table(table)))
-        lake.commit(layout, run_id, [], [], [], replace_dirs=replace)
-    cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"])
+        # each derived table is replaced whole, one commit each; a kill between them is made whole by
+        # the next metrics run (it recomputes all three from the pinned events and usage)
+        committed = {table: lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id, mode="overwrite")
+                     for table in DERIVED_TABLES}  # fmt: skip
+        shutil.rmtree(stage, ignore_errors=True)
+    cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"],
+                         version=committed["customer_months"])
     at = cm.filter(pc.equal(cm["month"], pa.scalar(month_start(as_of), pa.date32())))
     positive = at.filter(pc.greater(at["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
     result = MetricsResult(
         run_id=run_id, as_of=as_of, reporting_currency=currency, customer_months=cm.num_rows,
         customers=len(pc.unique(cm["customer_id"])), months=len(pc.unique(cm["month"])),
         mrr_at_as_of=pc.sum(at["mrr"]).as_py() if at.num_rows else 0, active_customers_at_as_of=positive.num_rows,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(time.monotonic() - started, 3), lake_versions={**pinned, **committed},
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "metrics", {
-            "config": config.describe(), "customer_months": result.customer_months,
+            "config": config.describe(), "lake_versions": result.lake_versions,
+            "customer_months": result.customer_months,
             "customers": result.customers, "months": result.months, "mrr_at_as_of": str(result.mrr_at_as_of),
             "seconds": result.seconds,
         })  # fmt: skip
@@ -165,8 +172,8 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
 
 
 class _WriteLateFn(beam.DoFn):
-    def __init__(self, table_dir: str):
-        self.table_dir = table_dir
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
         self.written = beam.metrics.Metrics.counter("metrics", "too_late_rows_written")
 
     def process(self, table: pa.Table, timestamp=beam.DoFn.TimestampParam):
@@ -179,18 +186,22 @@ class _WriteLateFn(beam.DoFn):
             "event_time": pa.array([timestamp.micros] * rows, pa.int64()).cast(schemas.TS),
             "month": table["month"],
         })  # fmt: skip
-        written = lake.write_partitioned(late, Path(self.table_dir), "month",
-                                         f"late-{uuid.uuid4().hex}.parquet", [("customer_id", "ascending")])  # fmt: skip
+        layout = DataLayout(Path(self.data_dir))
+        name = f"late-{uuid.uuid4().hex}"
+        written = lake.write_partitioned(late, layout.table("late_events"), "month", f"part-{name}.parquet",
+                                         [("customer_id", "ascending")])  # fmt: skip
+        lake.commit(layout, "late_events", written, name)  # one append per element: visible whole, or not at all
         self.written.inc(rows)
         yield from (str(p) for p in written)
 
 
 class WriteLateEvents(beam.PTransform):
-    """Sink for ``RouteLateEvents``' ``too_late`` output: the lake's ``late_events/`` table (one file per element)."""
+    """Sink for ``RouteLateEvents``' ``too_late`` output: the lake's ``late_events`` Delta table
+    (one append commit per element)."""
 
     def __init__(self, layout: DataLayout):
         super().__init__()
-        self.table_dir = str(layout.table("late_events"))
+        self.data_dir = str(layout.root)
 
     def expand(self, too_late):
-        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.table_dir))
+        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.data_dir))

@@ -81,50 +81,61 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None)
     return table.to_pandas(types_mapper=lambda t: pd.Int64Dtype() if t in ints else None)
 
 
-def lake_frames(layout: DataLayout) -> dict[str, object]:
-    """DataFrames the lake suites validate; an absent ingest table is an empty frame, an absent
-    derived table is left out (and ``validate`` fails on it)."""
+def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.DuckDBPyConnection, set[str]]:
+    """A connection where ``lake_<table>`` names each lake table: the snapshot a warehouse build
+    loaded (its ``lake`` schema) when given, else the Delta tables' current versions. Returns the
+    tables that exist; an absent one is an empty stand-in."""
+    from pipelines import lake
+    from transforms import schemas
+
     con = duckdb.connect()
-    frames = {}
+    present = set()
+    if snapshot is not None:
+        quoted = str(snapshot).replace("'", "''")
+        con.execute(f"attach '{quoted}' as wh (read_only)")
+    for table in schemas.LAKE_SCHEMAS:
+        if snapshot is not None:
+            exists = con.execute("select count(*) from information_schema.tables where table_catalog = 'wh' "
+                                 "and table_schema = 'lake' and table_name = ?", [table]).fetchall()[0][0]  # fmt: skip
+            if exists:
+                con.execute(f'create view "lake_{table}" as select * from wh.lake."{table}"')
+                present.add(table)
+                continue
+            data = None
+        else:
+            data = lake.dataset(layout, table)
+            if data is not None:
+                present.add(table)
+        con.register(f"lake_{table}", data if data is not None else schemas.with_partition_column(table).empty_table())
+    return con, present
 
-    def src(table, columns):
-        if layout.has_files(table):
-            return f"select {columns} from read_parquet('{layout.table_glob(table)}', hive_partitioning = true)"
-        return f"select {columns} from (select {_null_columns(table)}) where false"
 
-    frames["lake_events"] = _frame(con, src("events", "event_id, event_type, occurred_at, customer_id, currency, "
-                                                      "amount, unit_amount, tax"))  # fmt: skip
-    frames["lake_usage"] = _frame(con, src("usage", "event_id, occurred_at, customer_id, meter, quantity"))
-    frames["lake_dead_letter"] = _frame(con, src("dead_letter", "reason, message"))
-    dead = len(frames["lake_dead_letter"])
-    accepted = len(frames["lake_events"]) + len(frames["lake_usage"])
+def lake_frames(layout: DataLayout, snapshot: Path | None = None) -> dict[str, object]:
+    """DataFrames the lake suites validate; an absent ingest table is an empty frame, an absent
+    (or, with events, empty) customer_months is left out, and ``validate`` fails on it."""
     import pandas as pd
 
+    con, present = _lake_connection(layout, snapshot)
+    frames = {}
+    frames["lake_events"] = _frame(con, "select event_id, event_type, occurred_at, customer_id, currency, "
+                                        "amount, unit_amount, tax from lake_events")  # fmt: skip
+    frames["lake_usage"] = _frame(con, "select event_id, occurred_at, customer_id, meter, quantity from lake_usage")
+    frames["lake_dead_letter"] = _frame(con, "select reason, message from lake_dead_letter")
+    dead = len(frames["lake_dead_letter"])
+    accepted = len(frames["lake_events"]) + len(frames["lake_usage"])
     ratio = dead / (accepted + dead) if accepted + dead else 0.0  # a ratio of counts, not money
     frames["lake_ingest_summary"] = pd.DataFrame({"dead_letter_ratio": [ratio], "dead_letters": [dead],
                                                   "accepted": [accepted]})  # fmt: skip
-    if layout.has_files("customer_months"):
-        frames["lake_customer_months"] = _frame(con, f"""
-            select customer_id, "month", mrr, movement,
-                   coalesce(datediff('month', lag("month") over (partition by customer_id order by "month"), "month"), 1)
-                       as months_since_previous_row
-            from read_parquet('{layout.table_glob("customer_months")}', hive_partitioning = true)
-        """)
+    months = _frame(con, """
+        select customer_id, "month", mrr, movement,
+               coalesce(datediff('month', lag("month") over (partition by customer_id order by "month"), "month"), 1)
+                   as months_since_previous_row
+        from lake_customer_months
+    """)
+    if "customer_months" in present and (len(months) or not accepted):
+        frames["lake_customer_months"] = months
     con.close()
     return frames
-
-
-def _null_columns(table: str) -> str:
-    """``cast(null as <type>) as <column>, ...`` for a lake table's columns (an empty stand-in)."""
-    from transforms import schemas
-
-    schema = schemas.with_partition_column(table)
-    con = duckdb.connect()
-    try:
-        rel = con.from_arrow(schema.empty_table())
-        return ", ".join(f'cast(null as {t}) as "{c}"' for c, t in zip(rel.columns, rel.types, strict=True))
-    finally:
-        con.close()
 
 
 def warehouse_frames_or_missing(warehouse: Path, half_minor_unit) -> tuple[dict, dict]:
@@ -198,18 +209,19 @@ def _load_suite(gx, name: str):
 
 
 def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str, ...] | None = None,
-             run_id: str | None = None, lake_checks: bool = True) -> GateResult:  # fmt: skip
+             run_id: str | None = None, lake_checks: bool = True, lake_from_warehouse: bool = False) -> GateResult:  # fmt: skip
     """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
 
     A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
-    never passes on what it could not see.
+    never passes on what it could not see. ``lake_from_warehouse``: check the lake snapshot the
+    warehouse build loaded (the gate of a build) instead of the lake's current versions.
     """
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     layout = config.layout
     frames, missing = {}, {}
     if lake_checks:
-        frames = lake_frames(layout)
+        frames = lake_frames(layout, snapshot=warehouse if lake_from_warehouse else None)
         missing = {s: f"lake table {t} is missing: run `revenue metrics`"
                    for s, t in REQUIRED_LAKE_TABLES.items() if s not in frames}  # fmt: skip
     if warehouse is not None:
@@ -286,7 +298,7 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
     """
 
     def gate(build_file: Path) -> dict:
-        result = validate(config, warehouse=build_file, run_id=run_id)
+        result = validate(config, warehouse=build_file, run_id=run_id, lake_from_warehouse=True)
         if on_result is not None:
             on_result(result)
         raise_on_failure(result)

@@ -73,10 +73,12 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
                            paying_customers_at_as_of=metrics.active_customers_at_as_of)  # fmt: skip
             gate = warehouse_gate(config, run_id=run_id, on_result=on_gate)
             transform = stage("transform", "dbt build, quality gate, atomic publish",
-                              lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False))
+                              lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,
+                                                    pinned={**ingest.lake_versions, **metrics.lake_versions}))
             timings["dbt_build"] = transform.dbt_seconds
             summary["quality"] = {"passed": transform.gate["passed"], "docs": transform.gate["docs"]}
             summary["dbt_nodes"] = transform.nodes
+            summary["lake_versions"] = transform.lake_versions  # the version of each table this run published
             month = dt.date(config.as_of.year, config.as_of.month, 1)
             report = stage("report", f"report: {month:%Y-%m} finance report",
                            lambda: build_report(config, month, run_id, run_counts=ingest.counts()))

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipelines import lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
@@ -40,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
+DERIVED = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced together by each metrics run
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
@@ -55,17 +54,22 @@ class TransformResult:
     seconds: float
     nodes: dict = field(default_factory=dict)
     gate: dict | None = None
+    lake_versions: dict = field(default_factory=dict)
 
 
 def check_lake_matches(config: RunConfig) -> None:
     """The lake's customer_months must be the metrics stage's output for this as-of date and currency."""
     layout = config.layout
-    computed = sorted(layout.partitions("customer_lifetime"))
+    computed = [d.isoformat() for d in lake.partition_values(layout, "customer_lifetime")]
     if not computed:
         raise InputError(f"no customer_lifetime in {layout.lake}: run `revenue metrics` first")
     if computed != [config.as_of.isoformat()]:
         raise ConfigError(f"the lake's customer_months were computed as of {computed[-1]}, not {config.as_of}: "
                           f"run `revenue metrics --as-of {config.as_of}` or pass --as-of {computed[-1]}")  # fmt: skip
+    runs = {table: lake.last_run_id(layout, table) for table in DERIVED}
+    if len(set(runs.values())) != 1:
+        raise InputError("the lake's derived tables come from different metrics runs (an interrupted run?): "
+                         + ", ".join(f"{t} {r}" for t, r in runs.items()) + "; run `revenue metrics` again")  # fmt: skip
     currencies = set(lake.read_table(layout, "customer_lifetime", ["reporting_currency"])["reporting_currency"]
                      .unique().to_pylist())  # fmt: skip
     if currencies - {config.reporting_currency}:
@@ -74,15 +78,24 @@ def check_lake_matches(config: RunConfig) -> None:
                           f"{config.reporting_currency}` or pass the same --reporting-currency")  # fmt: skip
 
 
-def _source_location(layout: DataLayout, table: str, empty_dir: Path) -> str:
-    if layout.has_files(table):
-        return "'" + layout.table_glob(table).replace("'", "''") + "'"
-    # dbt's read_parquet needs a file: an empty one with the table's columns stands in
-    schema = schemas.with_partition_column(table)
-    path = empty_dir / f"{table}.parquet"
-    empty_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(schema.empty_table(), path)
-    return "'" + str(path).replace("'", "''") + "'"
+def load_lake_snapshot(build_file: Path, layout: DataLayout, pinned: dict[str, int]) -> None:
+    """Copy each lake table, at its pinned version, into the build's ``lake`` schema (dbt's sources).
+
+    The warehouse is then built from one consistent snapshot, whatever commits meanwhile, and
+    the published file needs nothing outside itself. A table never written is an empty table.
+    """
+    import duckdb
+
+    con = duckdb.connect(str(build_file))
+    try:
+        con.execute("create schema if not exists lake")
+        for table in LAKE_SOURCES:
+            data = lake.dataset(layout, table, pinned[table]) if table in pinned else None
+            con.register("lake_source", data if data is not None else schemas.with_partition_column(table).empty_table())
+            con.execute(f'create or replace table lake."{table}" as select * from lake_source')
+            con.unregister("lake_source")
+    finally:
+        con.close()
 
 
 def _write_fx_seed(project: Path, config: RunConfig) -> None:
@@ -143,14 +156,15 @@ def _dbt_env(config: RunConfig, build_root: Path, build_file: Path) -> dict[str,
         "REVENUE_REPORTING_CURRENCY": config.reporting_currency,
         "REVENUE_REPORTING_EXPONENT": str(config.reporting_exponent),
     })  # fmt: skip
-    for table in LAKE_SOURCES:
-        env[f"REVENUE_SRC_{table.upper()}"] = _source_location(config.layout, table, build_root / "empty")
     return env
 
 
-def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path) -> tuple[float, dict]:
-    """Copy the project, run ``dbt build`` into ``build_file``; raise BuildFailed with the failing nodes."""
+def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path,
+               pinned: dict[str, int]) -> tuple[float, dict]:  # fmt: skip
+    """Copy the project, load the pinned lake snapshot, run ``dbt build`` into ``build_file``;
+    raise BuildFailed with the failing nodes."""
     project, target = build_root / "project", build_root / "target"
+    load_lake_snapshot(build_file, config.layout, pinned)
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
     _write_fx_seed(project, config)
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
@@ -169,21 +183,23 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
 
 
 def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None, run_id: str | None = None,
-                  write_run_manifest: bool = True) -> TransformResult:  # fmt: skip
+                  write_run_manifest: bool = True, pinned: dict[str, int] | None = None) -> TransformResult:  # fmt: skip
     """Build, test, optionally gate, then publish. ``gate(build_file)`` raises QualityGateFailed to stop."""
     started = time.monotonic()
     layout = config.layout
     run_id = run_id or new_run_id()
     with lake.lake_lock(layout):
-        lake.recover(layout)
         config = config.resolve_as_of()
         check_lake_matches(config)
+        # the versions this build reads: the caller's (the run's own metrics), else the current ones
+        pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
     published = layout.warehouse
     with warehouse_lock(layout):
         build_root = layout.build_dir(run_id)
         build_file = build_root / published.name
         try:
-            dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file)
+            build_root.mkdir(parents=True)
+            dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
@@ -191,10 +207,11 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             shutil.rmtree(build_root, ignore_errors=True)
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
-                             seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result)  # fmt: skip
+                             seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
+                             lake_versions=pinned)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
-            "warehouse": str(published), "config": config.describe(),
+            "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
             "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes,
         })  # fmt: skip
     return result
