@@ -218,6 +218,21 @@ def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates:
 
 
 @cli.command()
+@data_dir_option
+@click.option("--retention-hours", type=click.IntRange(0), default=7 * 24, show_default=True,
+              help="Keep every table version younger than this readable (time travel); vacuum the rest.")
+def maintain(data_dir: Path, retention_hours: int) -> None:
+    """Compact small files, checkpoint and vacuum every lake table (files of killed runs included)."""
+    from pipelines.maintain import run_maintain
+
+    result = run_maintain(build_config(data_dir), retention_hours)
+    for table, stats in result.tables.items():
+        click.echo(f"{table}: version {stats['version']}, {stats['files_compacted']} small files compacted into "
+                   f"{stats['files_written']}, {stats['files_vacuumed']} files vacuumed")  # fmt: skip
+    click.echo(f"maintained {len(result.tables)} tables in {result.seconds:.1f}s")
+
+
+@cli.command()
 @click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--months", type=click.IntRange(1, 600), default=24, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

@@ -3,11 +3,10 @@
 ::
 
     DATA_DIR/
-      lake/<table>/<partition>=<value>/*.parquet   lake tables (CONTRACT section 3)
-      lake/_index/ingest.sqlite                    accepted event ids and dead-letter keys
-      lake/_staging/<run_id>/                      files a run in progress writes aside
-      lake/_journal/<run_id>.json                  a commit in progress
-      lake/.lock                                   one writer at a time
+      lake/<table>/_delta_log/                     a Delta table's versions (CONTRACT section 3)
+      lake/<table>/<partition>=<value>/*.parquet   its data files (only those a version names count)
+      lake/_staging/<run_id>/                      scratch files of a run in progress (never read as data)
+      lake/.lock                                   one writing run at a time
       warehouse/revenue.duckdb                     the published warehouse
       warehouse/.build-<run_id>/                   a build in progress (removed by the next run if killed)
       runs/<run_id>-<command>.json                 one manifest per command run
@@ -24,8 +23,6 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from transforms import schemas
 
 WAREHOUSE_NAME = "revenue.duckdb"
 BUILD_PREFIX = ".build-"
@@ -46,49 +43,9 @@ class DataLayout:
     def table(self, name: str) -> Path:
         return self.lake / name
 
-    def table_glob(self, name: str) -> str:
-        """Absolute glob for DuckDB/pyarrow readers: ``.../lake/<table>/*/*.parquet``."""
-        return str(self.table(name).resolve() / "*" / "*.parquet")
-
-    def table_files(self, name: str) -> list[Path]:
-        root = self.table(name)
-        return sorted(root.glob("*/*.parquet")) if root.is_dir() else []
-
-    def has_files(self, name: str) -> bool:
-        root = self.table(name)
-        return root.is_dir() and any(root.glob("*/*.parquet"))
-
-    def partitions(self, name: str) -> dict[str, list[Path]]:
-        """``{partition value: its data files}`` of a hive-partitioned lake table (non-empty partitions only)."""
-        column = schemas.PARTITION_COLUMNS[name][0]
-        root = self.table(name)
-        out: dict[str, list[Path]] = {}
-        if not root.is_dir():
-            return out
-        for part in sorted(root.iterdir()):
-            if part.is_dir() and part.name.startswith(f"{column}="):
-                files = sorted(part.glob("*.parquet"))
-                if files:
-                    out[part.name.split("=", 1)[1]] = files
-        return out
-
-    def day_partitions(self, name: str) -> dict[dt.date, list[Path]]:
-        return {dt.date.fromisoformat(k): v for k, v in self.partitions(name).items()}
-
-    @property
-    def index_file(self) -> Path:
-        return self.lake / "_index" / "ingest.sqlite"
-
     @property
     def lock_file(self) -> Path:
         return self.lake / ".lock"
-
-    @property
-    def journal_dir(self) -> Path:
-        return self.lake / "_journal"
-
-    def journal(self, run_id: str) -> Path:
-        return self.journal_dir / f"{run_id}.json"
 
     @property
     def staging_root(self) -> Path:

@@ -54,6 +54,20 @@ def published(ingested) -> Path:
     return data_dir
 
 
+def commit_rows(data_dir: Path, table: str, rows: pa.Table, run_id: str | None = None) -> None:
+    """Append ``rows`` (the table's columns, partition column included) to a lake table in one
+    Delta commit, as a buggy writer would: for tests that damage a lake on purpose. ``run_id``
+    defaults to the table's last run (a damaged output of that run)."""
+    from pipelines import lake
+    from pipelines.layout import DataLayout
+
+    layout = DataLayout(data_dir)
+    run_id = run_id or lake.last_run_id(layout, table) or "test-damage"
+    partition = __import__("transforms.schemas", fromlist=["x"]).PARTITION_COLUMNS[table][0]
+    files = lake.write_partitioned(rows, layout.table(table), partition, f"part-{run_id}-damage.parquet", [])
+    lake.commit(layout, table, files, run_id)
+
+
 def truth(path: Path) -> dict:
     return json.loads((path / "ground_truth.json").read_text())
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, cfg, write_lines
+from conftest import REPO, cfg, commit_rows, write_lines
 
+from pipelines import lake
 from pipelines.ingest import run_ingest
 from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
@@ -25,26 +25,26 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def corrupt_negative_amount(lake):
-    path = next((lake / "events").glob("event_date=*/*.parquet"))
-    t = pq.read_table(path)
+def corrupt_negative_amount(data):
+    t = lake.read_table(DataLayout(data), "events")
     i = [j for j, v in enumerate(t["amount"].to_pylist()) if v is not None]
     row = t.slice(i[0] if i else 0, 1)
     row = row.set_column(row.schema.get_field_index("amount"), row.schema.field("amount"), pa.array([-500], pa.int64()))
     row = row.set_column(0, row.schema.field("event_id"), pa.array(["evt_corrupt_negative"]))
-    pq.write_table(row.cast(t.schema), path.parent / "part-corrupt.parquet")
+    commit_rows(data, "events", row.cast(t.schema))
     return "expect_column_values_to_be_between(amount)"
 
 
-def corrupt_duplicate_event_id(lake):
-    path = next((lake / "usage").glob("event_date=*/*.parquet"))
-    shutil.copyfile(path, path.parent / "part-copy.parquet")
+def corrupt_duplicate_event_id(data):
+    usage = lake.read_table(DataLayout(data), "usage")
+    commit_rows(data, "usage", usage.slice(0, 5))
     return "expect_column_values_to_be_unique(event_id)"
 
 
-def corrupt_missing_month(lake):
-    months = sorted((lake / "customer_months").glob("month=*"))
-    shutil.rmtree(months[len(months) // 2])
+def corrupt_missing_month(data):
+    layout = DataLayout(data)
+    months = lake.partition_values(layout, "customer_months")
+    lake.open_table(layout, "customer_months").delete(f"month = '{months[len(months) // 2].isoformat()}'")
     return "expect_column_values_to_be_between(months_since_previous_row)"
 
 
@@ -55,7 +55,7 @@ def test_corrupted_lake_fails_the_gate_and_keeps_the_warehouse(published, tmp_pa
     shutil.copytree(published / "lake", data / "lake")
     shutil.copytree(published / "warehouse", data / "warehouse")
     digest = sha(DataLayout(data).warehouse)
-    expectation = corrupt(data / "lake")
+    expectation = corrupt(data)
     proc = cli("validate", "--data-dir", str(data))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expectation in proc.stdout

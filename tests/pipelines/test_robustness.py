@@ -33,25 +33,72 @@ def copy_data(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("damage", ["deleted", "zero_bytes", "garbage", "killed_mid_rebuild"])
-def test_a_damaged_event_index_is_rebuilt_and_nothing_is_accepted_twice(generated, ingested, tmp_path, damage):
+def test_files_of_an_uncommitted_run_are_invisible_and_maintain_removes_them(ingested, tmp_path):
     clean, _ = ingested
     data = copy_data(clean, tmp_path / "data")
-    index = DataLayout(data).index_file
-    if damage == "deleted":
-        index.unlink()
-    elif damage == "zero_bytes":
-        index.write_bytes(b"")
-    elif damage == "garbage":
-        index.write_bytes(b"not a database" * 100)
-    else:  # a kill -9 during a rebuild: no index, a half-written rebuild beside it
-        index.unlink()
-        index.with_name(index.name + ".rebuild").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
-    again = run_ingest(cfg(data, input_dir=generated / "events"), checksums=False)
-    assert again.rows_written == 0  # every event is already in the lake
-    assert again.lines_read == again.duplicates + again.dead_letters
+    layout = DataLayout(data)
+    partition = next(layout.table("events").glob("event_date=*"))
+    stray = partition / "part-20990101T000000Z-killed.parquet"
+    shutil.copyfile(next(partition.glob("part-*.parquet")), stray)  # what a run killed before its commit leaves
     assert lake_snapshot(data) == lake_snapshot(clean)
-    assert not index.with_name(index.name + ".rebuild").exists()
+    proc = cli("maintain", "--data-dir", str(data), "--retention-hours", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert not stray.exists()
+    assert lake_snapshot(data) == lake_snapshot(clean)
+
+
+def test_a_reader_only_ever_sees_whole_committed_versions(generated, ingested, tmp_path):
+    import threading
+
+    from pipelines import lake
+
+    clean, first = ingested
+    data = copy_data(clean, tmp_path / "data")
+    layout = DataLayout(data)
+    more = tmp_path / "more"
+    shutil.copytree(generated / "events", more / "a")
+    for path in (more / "a").rglob("*.jsonl*"):  # the same events under new ids: all new rows
+        if path.suffix == ".jsonl":
+            path.write_text(path.read_text().replace('"evt_', '"again_evt_'))
+        else:
+            path.unlink()
+    before = lake.read_table(layout, "usage", ["event_id"]).num_rows
+    seen, done = set(), threading.Event()
+
+    def poll():
+        while not done.is_set():
+            seen.add(lake.read_table(layout, "usage", ["event_id"]).num_rows)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    result = run_ingest(cfg(data, input_dir=more))
+    done.set()
+    reader.join()
+    after = lake.read_table(layout, "usage", ["event_id"]).num_rows
+    assert after == before + result.usage_written > before
+    assert seen <= {before, after}
+    # and the previous version is still there to read (time travel)
+    assert lake.read_table(layout, "usage", ["event_id"], version=lake.table_version(layout, "usage") - 1).num_rows == before
+
+
+def test_a_lake_written_by_the_previous_release_is_upgraded_on_first_use(tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "lake_v1"
+    data = tmp_path / "data"
+    shutil.copytree(fixture / "lake", data / "lake")
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(fixture / "input.jsonl", tmp_path / "in" / "input.jsonl")
+    proc = cli("ingest", "--input", str(tmp_path / "in"), "--data-dir", str(data), env={"REVENUE_PII_KEY": "fixture-key"})
+    assert proc.returncode == 0, proc.stderr
+    upgraded = [line for line in proc.stderr.splitlines() if "upgraded the lake to Delta tables" in line]
+    assert len(upgraded) == 1 and "events 65 rows" in upgraded[0] and "usage 7 rows" in upgraded[0]
+    assert "read 75 = written 0 + duplicates 75 + dead letters 0" in proc.stdout  # nothing new: the old lake counted
+    layout = DataLayout(data)
+    assert not (layout.lake / "_index").exists()
+    from pipelines import lake
+
+    assert {t: lake.read_table(layout, t).num_rows for t in ("events", "usage", "dead_letter")} == {
+        "events": 65, "usage": 7, "dead_letter": 3}
+    assert cli("run", "--input", str(tmp_path / "in"), "--data-dir", str(data), "--quiet").returncode == 0
 
 
 def test_validate_fails_when_a_derived_table_is_missing(published, tmp_path):
