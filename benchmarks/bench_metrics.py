@@ -145,11 +145,13 @@ def main() -> None:
     if not (data / "lake" / "events").exists():
         print("ingesting the input first (bench_ingest.py not run yet)")
         shutil.rmtree(data, ignore_errors=True)
-        measure(f"from pipelines.ingest import run_ingest\nrun_ingest({str(src / 'events')!r}, {str(data)!r}, checksums=False)")
+        measure(f"from pipelines.config import build_config\nfrom pipelines.ingest import run_ingest\n"
+                f"run_ingest(build_config({str(data)!r}, input_dir={str(src / 'events')!r}), checksums=False)")
     ours = measure(f"""
+        from pipelines.config import build_config
         from pipelines.metrics import run_metrics
         import duckdb
-        r = run_metrics({str(data)!r}, write_run_manifest=False)
+        r = run_metrics(build_config({str(data)!r}), write_run_manifest=False)
         result["rows"] = r.customer_months
         result["mismatches"] = duckdb.connect().execute('''
           select count(*) from read_csv('{src / 'expected_mrr.csv'}', all_varchar=true) t
