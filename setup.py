@@ -12,6 +12,7 @@ setup(
         "apache-beam",
         "pyarrow",
         "duckdb",
+        "deltalake",
         "dbt-core>=1.11,<1.12",
         "dbt-duckdb",
         "great-expectations",

@@ -32,8 +32,9 @@ con = duckdb.connect()
 con.execute("create table fx(valid_from date, currency varchar, rate decimal(28,10))")
 con.executemany("insert into fx values (?, ?, ?)", [(d, c, r) for d, c, r in fx.rows()])
 lake = LAKE
-con.execute(f"create view ev as select * from read_parquet('{lake}/events/*/*.parquet', hive_partitioning=true)")
-con.execute(f"create view us as select * from read_parquet('{lake}/usage/*/*.parquet', hive_partitioning=true)")
+from deltalake import DeltaTable
+con.register("ev", DeltaTable(lake + "/events").to_pyarrow_dataset())  # the committed version, offline
+con.register("us", DeltaTable(lake + "/usage").to_pyarrow_dataset())
 as_of = con.execute("select max(cast(occurred_at as date)) from (select occurred_at from ev union all select occurred_at from us)").fetchone()[0]
 con.execute(f"create table params as select date '{as_of}' as as_of, cast(date '{as_of}' + interval 1 day as timestamptz) as as_of_end")
 con.execute('''
@@ -152,10 +153,14 @@ def main() -> None:
         from pipelines.metrics import run_metrics
         import duckdb
         r = run_metrics(build_config({str(data)!r}), write_run_manifest=False)
+        from pipelines import lake
+        from pipelines.layout import DataLayout
+        con = duckdb.connect()
+        con.register("cm", lake.dataset(DataLayout({str(data)!r}), "customer_months"))
         result["rows"] = r.customer_months
-        result["mismatches"] = duckdb.connect().execute('''
+        result["mismatches"] = con.execute('''
           select count(*) from read_csv('{src / 'expected_mrr.csv'}', all_varchar=true) t
-          full join read_parquet('{data}/lake/customer_months/*/*.parquet', hive_partitioning=true) c
+          full join cm c
             on c.customer_id = t.customer_id and c."month" = cast(t."month" as date)
           where c.mrr is distinct from cast(t.mrr as decimal(38,6))''').fetchone()[0]
     """)

@@ -290,26 +290,29 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
         pinned = lake.versions(layout, INGEST_TABLES)  # duplicates are checked against these versions
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
-        with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-            build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines)
-        lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
-        totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
-        by_reason: dict[str, int] = {}
-        for path in sorted((stage / "stats").glob("shard-*.json")):
-            stats = json.loads(path.read_text())
-            for k in totals:
-                totals[k] += stats[k]
-            for reason, n in stats["dead_by_reason"].items():
-                by_reason[reason] = by_reason.get(reason, 0) + n
-        accounted = totals["events"] + totals["usage"] + totals["duplicates"] + totals["dead_letters"]
-        if accounted != lines:
-            raise RevenueError(
-                f"conservation check failed: read {lines} lines but accounted for {accounted}; nothing committed"
-            )
-        # one commit per table; a kill between two commits is made whole by the next run, whose
-        # deduplication sees the committed table's events as duplicates
-        committed = {table: lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id)
-                     for table in INGEST_TABLES}  # fmt: skip
+        with lake.run_writes(layout, run_id, INGEST_TABLES) as committed_tables:
+            with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
+                build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines)
+            lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
+            totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
+            by_reason: dict[str, int] = {}
+            for path in sorted((stage / "stats").glob("shard-*.json")):
+                stats = json.loads(path.read_text())
+                for k in totals:
+                    totals[k] += stats[k]
+                for reason, n in stats["dead_by_reason"].items():
+                    by_reason[reason] = by_reason.get(reason, 0) + n
+            accounted = totals["events"] + totals["usage"] + totals["duplicates"] + totals["dead_letters"]
+            if accounted != lines:
+                raise RevenueError(
+                    f"conservation check failed: read {lines} lines but accounted for {accounted}; nothing committed"
+                )
+            # one commit per table; a kill between two commits is made whole by the next run, whose
+            # deduplication sees the committed table's events as duplicates
+            committed = {}
+            for table in INGEST_TABLES:
+                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id)
+                committed_tables.add(table)
         shutil.rmtree(stage, ignore_errors=True)
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],

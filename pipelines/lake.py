@@ -224,6 +224,21 @@ def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:
     return sorted(root.glob(f"*/part-{run_id}*.parquet")) if root.is_dir() else []
 
 
+@contextlib.contextmanager
+def run_writes(layout: DataLayout, run_id: str, tables):
+    """Around a run's writes: if it fails (an error, not a kill), the data files it wrote to tables
+    it did not commit are deleted at once; yields the set to add each committed table to."""
+    committed: set[str] = set()
+    try:
+        yield committed
+    except BaseException:
+        for table in tables:
+            if table not in committed:
+                for path in run_files(layout, table, run_id):
+                    path.unlink(missing_ok=True)
+        raise
+
+
 # ------------------------------------------------------------------ one writer, leftovers, upgrade
 
 
@@ -257,6 +272,12 @@ def clean_staging(layout: DataLayout) -> list[str]:
 
 
 def _old_format_tables(layout: DataLayout) -> list[str]:
+    """Tables of a lake the previous release wrote: it always kept its event index in ``_index/``.
+
+    (Parquet files under a table with no log and no such index are a killed run's uncommitted
+    files, never data.)"""
+    if not (layout.lake / "_index").is_dir():
+        return []
     return [t for t in schemas.LAKE_SCHEMAS if layout.table(t).is_dir() and not is_table(layout, t)
             and any(layout.table(t).glob("*=*/*.parquet"))]  # fmt: skip
 
@@ -268,7 +289,7 @@ def upgrade(layout: DataLayout) -> list[str]:
     checked before and after; the old event index and journal folder go.
     """
     import pyarrow.dataset as ds
-    from deltalake import convert_to_deltalake
+    from deltalake import Schema, convert_to_deltalake
 
     tables = _old_format_tables(layout)
     if not tables:
@@ -285,7 +306,7 @@ def upgrade(layout: DataLayout) -> list[str]:
         root = layout.table(table)
         before = ds.dataset(str(root), format="parquet", partitioning=ds.partitioning(partitioning, flavor="hive"),
                             ignore_prefixes=["_", "."]).count_rows()  # fmt: skip
-        convert_to_deltalake(str(root), partition_by=partitioning, partition_strategy="hive")
+        convert_to_deltalake(str(root), partition_by=Schema.from_arrow(partitioning), partition_strategy="hive")
         after = open_table(layout, table).to_pyarrow_dataset().count_rows()
         if before != after:
             raise LakeError(f"upgrading {table}: {before} rows before, {after} after; the lake is left as it was "

@@ -119,37 +119,41 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                     for m in sorted({month_start(d) for d in days})]  # fmt: skip
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
-        with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-            slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(layout.root)))
-            pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
-            replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
-                ReplaySubscriptions(config.fx, as_of, currency)  # fmt: skip
-            monthly = (
-                (pre.partials, replayed.partials)
-                | "AllPartials" >> beam.Flatten()
-                | "CalendarMonthAggregate" >> CalendarMonthAggregate()
-                | "DropPane" >> beam.Map(lambda kmtp: (kmtp[0], kmtp[1], kmtp[2])).with_output_types(object)
-            )
-            facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
-            _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
-                _WriteDerivedFn(str(layout.root), "customer_months", "customer_id", run_id))
-            _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
-                _WriteDerivedFn(str(layout.root), "customer_lifetime", "customer_id", run_id))
-            _ = (pre.revenue_daily | "KeyRevenueDaily" >> beam.Map(lambda table: (0, table))
-                 | "WriteRevenueDaily" >> beam.ParDo(_WriteDerivedFn(str(layout.root), "revenue_daily", "date", run_id)))
-            _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
-                 | "CollectFxMissing" >> beam.combiners.ToList()
-                 | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
-        missing = json.loads((stage / "fx_missing.json").read_text())
-        if missing:
-            missing_currency, day = missing[0]
-            more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
-            raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
-                              "add it to the FX file (--fx-rates)")  # fmt: skip
-        # each derived table is replaced whole, one commit each; a kill between them is made whole by
-        # the next metrics run (it recomputes all three from the pinned events and usage)
-        committed = {table: lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id, mode="overwrite")
-                     for table in DERIVED_TABLES}  # fmt: skip
+        with lake.run_writes(layout, run_id, DERIVED_TABLES) as committed_tables:
+            with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
+                slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(layout.root)))
+                pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
+                replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
+                    ReplaySubscriptions(config.fx, as_of, currency)  # fmt: skip
+                monthly = (
+                    (pre.partials, replayed.partials)
+                    | "AllPartials" >> beam.Flatten()
+                    | "CalendarMonthAggregate" >> CalendarMonthAggregate()
+                    | "DropPane" >> beam.Map(lambda kmtp: (kmtp[0], kmtp[1], kmtp[2])).with_output_types(object)
+                )
+                facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
+                _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
+                    _WriteDerivedFn(str(layout.root), "customer_months", "customer_id", run_id))
+                _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
+                    _WriteDerivedFn(str(layout.root), "customer_lifetime", "customer_id", run_id))
+                _ = (pre.revenue_daily | "KeyRevenueDaily" >> beam.Map(lambda table: (0, table))
+                     | "WriteRevenueDaily" >> beam.ParDo(_WriteDerivedFn(str(layout.root), "revenue_daily", "date", run_id)))
+                _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
+                     | "CollectFxMissing" >> beam.combiners.ToList()
+                     | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
+            missing = json.loads((stage / "fx_missing.json").read_text())
+            if missing:
+                missing_currency, day = missing[0]
+                more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
+                raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
+                                  "add it to the FX file (--fx-rates)")  # fmt: skip
+            # each derived table is replaced whole, one commit each; a kill between them is made whole by
+            # the next metrics run (it recomputes all three from the pinned events and usage)
+            committed = {}
+            for table in DERIVED_TABLES:
+                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                                               mode="overwrite")  # fmt: skip
+                committed_tables.add(table)
         shutil.rmtree(stage, ignore_errors=True)
     cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"],
                          version=committed["customer_months"])

@@ -147,8 +147,8 @@ def _stored_strings(path: Path) -> list[str] | None:
         con = duckdb.connect(str(path), read_only=True)
         try:
             out = []
-            for (table,) in con.execute("select table_name from information_schema.tables").fetchall():
-                out += [table] + _strings(con.execute(f'select * from "{table}"').fetchall())
+            for schema, table in con.execute("select table_schema, table_name from information_schema.tables").fetchall():
+                out += [table] + _strings(con.execute(f'select * from "{schema}"."{table}"').fetchall())
             return out
         finally:
             con.close()

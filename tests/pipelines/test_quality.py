@@ -44,7 +44,11 @@ def corrupt_duplicate_event_id(data):
 def corrupt_missing_month(data):
     layout = DataLayout(data)
     months = lake.partition_values(layout, "customer_months")
-    lake.open_table(layout, "customer_months").delete(f"month = '{months[len(months) // 2].isoformat()}'")
+    from deltalake import CommitProperties
+
+    run_id = lake.last_run_id(layout, "customer_months")  # damage inside the metrics run's own output
+    lake.open_table(layout, "customer_months").delete(f"month = '{months[len(months) // 2].isoformat()}'",
+                                                      commit_properties=CommitProperties(custom_metadata={"run_id": run_id}))
     return "expect_column_values_to_be_between(months_since_previous_row)"
 
 
