@@ -94,8 +94,9 @@ def main() -> None:
     ours_dir = args.workdir / f"ours-{args.events}"
     shutil.rmtree(ours_dir, ignore_errors=True)
     ours = measure(f"""
+        from pipelines.config import build_config
         from pipelines.ingest import run_ingest
-        r = run_ingest({str(src / 'events')!r}, {str(ours_dir)!r}, checksums=False)
+        r = run_ingest(build_config({str(ours_dir)!r}, input_dir={str(src / 'events')!r}), checksums=False)
         result.update(r.counts())
     """)
     ok = ours["lines_read"] == lines and ours["rows_written"] == truth["counts"]["accepted"]
