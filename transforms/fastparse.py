@@ -126,7 +126,6 @@ create or replace macro is_str(t) as starts_with(t, '"');
 create or replace macro sval(t) as case when starts_with(t, '"') then substr(t, 2, length(t) - 2) end;
 create or replace macro ival(t) as case when regexp_full_match(t, '0|[1-9][0-9]*') then try_cast(t as bigint) end;
 create or replace macro str_ok(t, lim) as t is null or (is_str(t) and length(t) - 2 between 1 and lim);
-create or replace macro int_ok(t, lo, hi) as t is null or coalesce(ival(t) between lo and hi, false);
 create or replace macro civil_days(y, m, d) as (
     ((y - (m <= 2)::int) // 400) * 146097
     + ((y - (m <= 2)::int) % 400) * 365 + ((y - (m <= 2)::int) % 400) // 4 - ((y - (m <= 2)::int) % 400) // 100
@@ -185,30 +184,37 @@ def _type_rule(event_type: str) -> str:
             conds.append(f"coalesce(try_cast({t} as decimal(38, {QUANTITY.scale})) <= {MAX_USAGE_QUANTITY}, false)")
         elif name in INT_BOUNDS:
             lo, hi = INT_BOUNDS[name]
-            conds.append(f"int_ok({t}, {lo}, {hi})")
+            conds.append(f"({t} is null or coalesce(i_{name} between {lo} and {hi}, false))")
         elif name in LENGTH_LIMITS:
             conds.append(f"str_ok({t}, {LENGTH_LIMITS[name]})")
         else:
             raise AssertionError(f"no fast rule for {event_type}.{name}: add one, or defer it to the per-line path")
     if event_type in SUBSCRIPTION_STATE:
         conds.append(
-            f"ival({_tok('unit_amount')})::hugeint * coalesce(ival({_tok('quantity')}), {DEFAULT_QUANTITY})"
+            f"i_unit_amount::hugeint * coalesce(i_quantity, {DEFAULT_QUANTITY})"
             f" * {_interval_case(0)} <= {MAX_MRR_MINOR}::hugeint * {_interval_case(1)}"
-            f" * coalesce(ival({_tok('interval_count')}), {DEFAULT_INTERVAL_COUNT})"
+            f" * coalesce(i_interval_count, {DEFAULT_INTERVAL_COUNT})"
         )
     if event_type == "invoice.paid":
-        conds.append(f"coalesce(ival({_tok('tax')}), {DEFAULT_TAX}) <= ival({_tok('amount')})")
+        conds.append(f"coalesce(i_tax, {DEFAULT_TAX}) <= i_amount")
     return " and ".join(f"({c})" for c in conds)
 
 
 _FACTORS = _interval_factors()
-_PAIR_SQL = r'"([^"]*)" *: *("[^"]*"|[0-9a-z.]+)'
 
 
 def _known_rule() -> str:
-    """SQL: the line's event type is known, its keys are that type's fields, and its own rules hold."""
+    """SQL: the line's event type is known, its keys are that type's fields, and its own rules hold.
+
+    The line's keys are that type's fields, each once, exactly when their number equals the number of
+    the type's fields present (a duplicate or an unknown key makes ``len(keys)`` larger).
+    """
+
+    def present(event_type: str) -> str:
+        return " + ".join(f"({_tok(name)} is not null)::int" for name in sorted(KNOWN[event_type]))
+
     cases = " ".join(
-        f"when {_sql_str(t)} then list_has_all({_sql_list(sorted(KNOWN[t]))}, keys) and {_type_rule(t)}"
+        f"when {_sql_str(t)} then len(keys) = {present(t)} and {_type_rule(t)}"
         for t in FIELDS
     )
     return f"case event_type {cases} else false end"
@@ -218,52 +224,50 @@ def _column_exprs() -> dict[str, str]:
     """SQL for each output column of an accepted line (events and usage share the common ones)."""
     subs = ", ".join(map(_sql_str, SUBSCRIPTION_STATE))
     cols = {name: f"sval({_tok(name)})" for name in (*LENGTH_LIMITS, "reason")}
-    cols.update({name: f"ival({_tok(name)})" for name in ("unit_amount", "amount", "attempt")})
+    cols.update({name: f"i_{name}" for name in ("unit_amount", "amount", "attempt")})
     cols.update({name: _us(name) for name in ("trial_end", "period_start", "period_end")})
     cols.update({
         "event_type": "event_type",
         "occurred_at": _us("occurred_at"),
         "currency": "cur.code",
         "currency_exponent": "cur.exponent",
-        "quantity": f"case when event_type in ({subs}) then coalesce(ival({_tok('quantity')}), {DEFAULT_QUANTITY}) end",
+        "quantity": f"case when event_type in ({subs}) then coalesce(i_quantity, {DEFAULT_QUANTITY}) end",
         "interval": f"case when event_type in ({subs}) then coalesce(sval({_tok('interval')}), {_sql_str(DEFAULT_INTERVAL)}) end",
-        "interval_count": f"case when event_type in ({subs}) then coalesce(ival({_tok('interval_count')}), "
+        "interval_count": f"case when event_type in ({subs}) then coalesce(i_interval_count, "
                           f"{DEFAULT_INTERVAL_COUNT}) end",
         "effective_at": f"case when event_type in ({subs}, 'subscription.canceled') "
                         f"then coalesce({_us('effective_at')}, {_us('occurred_at')}) end",
-        "tax": f"case when event_type = 'invoice.paid' then coalesce(ival({_tok('tax')}), {DEFAULT_TAX}) end",
+        "tax": f"case when event_type = 'invoice.paid' then coalesce(i_tax, {DEFAULT_TAX}) end",
         "country": f"upper(sval({_tok('country')}))",
         "usage_quantity": f"try_cast({_tok('quantity')} as decimal(38, {QUANTITY.scale}))",
-        # canonical JSON: '"key":value' pairs sorted by key (keys are known field names: [a-z_])
-        "payload_sha256": "sha256('{' || array_to_string(list_sort(list_transform(pairs, "
-                          "lambda x: regexp_replace(x, ' *: *', ':'))), ',') || '}')",
+        # canonical JSON (orjson, sorted keys, no spaces): the line's keys are known field names, so
+        # it is their '"key":token' pairs in sorted order (yyjson writes these tokens back as read)
+        "payload_sha256": "sha256('{' || concat_ws(',', " + ", ".join(
+            f"case when {_tok(name)} is not null then '\"{name}\":' || {_tok(name)} end" for name in _ALL_FIELDS
+        ) + ") || '}')",
     })  # fmt: skip
     return cols
 
 
 def _query() -> str:
     cols = _column_exprs()
-    common = (f"len(list_distinct(keys)) = len(keys) and str_ok({_tok('event_id')}, {LENGTH_LIMITS['event_id']})"
+    common = (f"str_ok({_tok('event_id')}, {LENGTH_LIMITS['event_id']})"
               f" and {_tok('event_id')} is not null and {_tok('customer_id')} is not null"
               f" and str_ok({_tok('customer_id')}, {LENGTH_LIMITS['customer_id']}) and {_us('occurred_at')} is not null")  # fmt: skip
     select = ",\n  ".join(f"{expr} as {name}" for name, expr in cols.items())
-    tokens = ", ".join(f"vals[list_position(keys, {_sql_str(name)})] as {_tok(name)}" for name in _ALL_FIELDS)
+    tokens = ", ".join(f"toks[{k}] as {_tok(name)}" for k, name in enumerate(_ALL_FIELDS, start=1))
+    ints = ", ".join(f"ival({_tok(name)}) as i_{name}" for name in INT_BOUNDS)
     parts = ", ".join(f"ts_parts({_tok(name)}) as p_{name}" for name in TIMESTAMP_FIELDS)
     micros = ", ".join(f"ts_of(p_{name}) as c_{name}" for name in TIMESTAMP_FIELDS)
     ranged = ", ".join(f"ts_range(c_{name}) as {_us(name)}" for name in TIMESTAMP_FIELDS)
     return f"""
 with t as (
-  select i,
-    regexp_extract_all(line, '{_PAIR_SQL}', 1) as keys,
-    regexp_extract_all(line, '{_PAIR_SQL}', 2) as vals,
-    regexp_extract_all(line, '{_PAIR_SQL}', 0) as pairs
+  select i, json_keys(line) as keys, json_extract(line, {_sql_list('$.' + name for name in _ALL_FIELDS)}) as toks
   from lines
 ), u as (
-  select i, keys, pairs, sval(vals[list_position(keys, 'event_type')]) as event_type,
-    {tokens}
-  from t
+  select i, keys, {tokens} from t
 ), p as (
-  select *, {parts} from u
+  select *, sval({_tok('event_type')}) as event_type, {ints}, {parts} from u
 ), c as (
   select *, {micros} from p
 ), v as (
@@ -272,7 +276,6 @@ with t as (
 select i, coalesce({common} and {_known_rule()}, false) as ok,
   {select}
 from v left join currencies as cur on cur.code = upper(sval({_tok('currency')}))
-order by i
 """
 
 
@@ -325,6 +328,7 @@ def parse_chunk_lines(lines, source_file: str, file_index: int, first_line_no: i
         finally:
             con.unregister("lines")
         fast = result.filter(result["ok"])
+        fast = fast.take(pc.sort_indices(fast["i"]))  # line order (the join need not keep it)
         accepted[fast["i"].to_numpy()] = True
     slow_pos = np.flatnonzero(~accepted)
     parse_lines([lines[k] for k in slow_pos], source_file, file_index, first_line_no, policy, out,
