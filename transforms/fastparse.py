@@ -181,7 +181,8 @@ def _type_rule(event_type: str) -> str:
         elif name == "reason":
             conds.append(f"({t} is null or is_str({t}))")
         elif name == "quantity" and event_type in USAGE_EVENT_TYPES:
-            conds.append(f"coalesce(try_cast({t} as decimal(38, {QUANTITY.scale})) <= {MAX_USAGE_QUANTITY}, false)")
+            conds.append(f"regexp_full_match({t}, '{_NUM}')"
+                         f" and coalesce(try_cast({t} as decimal(38, {QUANTITY.scale})) <= {MAX_USAGE_QUANTITY}, false)")
         elif name in INT_BOUNDS:
             lo, hi = INT_BOUNDS[name]
             conds.append(f"({t} is null or coalesce(i_{name} between {lo} and {hi}, false))")
