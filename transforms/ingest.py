@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import schemas
+from transforms.fastparse import connection, parse_chunk_lines
 from transforms.parse import (
     DEAD_COLUMNS,
     ParsedChunk,
@@ -42,7 +43,6 @@ from transforms.parse import (
     parse_lines,
     truncate_raw,
 )
-from transforms.fastparse import connection, parse_chunk_lines
 from transforms.redact import PiiPolicy, as_policy
 
 log = logging.getLogger(__name__)
