@@ -124,7 +124,9 @@ def _interval_factors() -> dict[str, tuple[int, int]]:
 _MACROS = rf"""
 create or replace macro is_str(t) as starts_with(t, '"');
 create or replace macro sval(t) as case when starts_with(t, '"') then substr(t, 2, length(t) - 2) end;
-create or replace macro ival(t) as case when regexp_full_match(t, '0|[1-9][0-9]*') then try_cast(t as bigint) end;
+-- tokens are strings, canonical non-negative integers, short decimals or true/false (FLAT_LINE)
+create or replace macro is_num(t) as t[1] between '0' and '9';
+create or replace macro ival(t) as case when is_num(t) and not contains(t, '.') then t::bigint end;
 create or replace macro str_ok(t, lim) as t is null or (is_str(t) and length(t) - 2 between 1 and lim);
 create or replace macro civil_days(y, m, d) as (
     ((y - (m <= 2)::int) // 400) * 146097
@@ -181,8 +183,7 @@ def _type_rule(event_type: str) -> str:
         elif name == "reason":
             conds.append(f"({t} is null or is_str({t}))")
         elif name == "quantity" and event_type in USAGE_EVENT_TYPES:
-            conds.append(f"regexp_full_match({t}, '{_NUM}')"
-                         f" and coalesce(try_cast({t} as decimal(38, {QUANTITY.scale})) <= {MAX_USAGE_QUANTITY}, false)")
+            conds.append(f"is_num({t}) and try_cast({t} as decimal(38, {QUANTITY.scale})) <= {MAX_USAGE_QUANTITY}")
         elif name in INT_BOUNDS:
             lo, hi = INT_BOUNDS[name]
             conds.append(f"({t} is null or coalesce(i_{name} between {lo} and {hi}, false))")
@@ -240,7 +241,7 @@ def _column_exprs() -> dict[str, str]:
                         f"then coalesce({_us('effective_at')}, {_us('occurred_at')}) end",
         "tax": f"case when event_type = 'invoice.paid' then coalesce(i_tax, {DEFAULT_TAX}) end",
         "country": f"upper(sval({_tok('country')}))",
-        "usage_quantity": f"try_cast({_tok('quantity')} as decimal(38, {QUANTITY.scale}))",
+        "usage_quantity": f"case when is_num({_tok('quantity')}) then try_cast({_tok('quantity')} as decimal(38, {QUANTITY.scale})) end",
         # canonical JSON (orjson, sorted keys, no spaces): the line's keys are known field names, so
         # it is their '"key":token' pairs in sorted order (yyjson writes these tokens back as read)
         "payload_sha256": "sha256('{' || concat_ws(',', " + ", ".join(
