@@ -257,7 +257,8 @@ def _query() -> str:
               f" and {_tok('event_id')} is not null and {_tok('customer_id')} is not null"
               f" and str_ok({_tok('customer_id')}, {LENGTH_LIMITS['customer_id']}) and {_us('occurred_at')} is not null")  # fmt: skip
     select = ",\n  ".join(f"{expr} as {name}" for name, expr in cols.items())
-    tokens = ", ".join(f"toks[{k}] as {_tok(name)}" for k, name in enumerate(_ALL_FIELDS, start=1))
+    # as VARCHAR: on the JSON type, t[1] would be an array index, not the first character
+    tokens = ", ".join(f"toks[{k}]::varchar as {_tok(name)}" for k, name in enumerate(_ALL_FIELDS, start=1))
     ints = ", ".join(f"ival({_tok(name)}) as i_{name}" for name in INT_BOUNDS)
     parts = ", ".join(f"ts_parts({_tok(name)}) as p_{name}" for name in TIMESTAMP_FIELDS)
     micros = ", ".join(f"ts_of(p_{name}) as c_{name}" for name in TIMESTAMP_FIELDS)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tests.transforms.test_hostile_input import CORPUS, CUSTOMER, FAILED, INVOICE, SUB, USAGE, ev, nested
 from tests.transforms.test_parse_properties import lines as property_lines
 from tests.transforms.test_parse_properties import timestamps
-from transforms.fastparse import CARD_CANDIDATE, FLAT_LINE, eligible
-from transforms.ingest import LineChunk, parse_chunk
+from transforms.fastparse import CARD_CANDIDATE, FLAT_LINE, eligible, parse_chunk_lines
+from transforms.ingest import EVENTS_STAGING, USAGE_STAGING, LineChunk, parse_chunk
 from transforms.parse import FIELDS, MAX_ID, MAX_MINOR, MAX_NAME
 from transforms.redact import PiiPolicy
 
@@ -154,6 +154,11 @@ def test_the_fast_path_takes_the_clean_lines():
                  ev(INVOICE) + b"\r", ev(INVOICE, extra={"a": 1}), ev(INVOICE, event_id="e\\u0031")]  # fmt: skip
     positions = eligible(pa.array(clean + held_back, pa.binary())).tolist()
     assert positions == list(range(len(clean)))
+    # and the fast path accepts them (a fast path that defers everything would pass every comparison)
+    fast_events, fast_usage, slow = parse_chunk_lines(clean + held_back, "f.jsonl", 0, 1, POLICIES["keys"],
+                                                      EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    assert fast_events.num_rows + fast_usage.num_rows == len(clean)
+    assert len(slow.events["event_id"]) + len(slow.dead["reason"]) == len(held_back)
     assert FLAT_LINE.startswith("^") and CARD_CANDIDATE.endswith("{13}")
 
 
