@@ -8,7 +8,9 @@
     those file-level dead letters (as ``LineChunk`` with ``file_error`` set).
 ``ParseEventLines``
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
-    staging schemas: lake columns plus ``event_date`` and ``file_index``).
+    staging schemas: lake columns plus ``event_date`` and ``file_index``). Each chunk is
+    validated vectorised (``transforms.fastparse``, DuckDB connection per worker thread,
+    opened in ``setup()``); lines it cannot prove valid and clean go through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``

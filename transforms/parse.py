@@ -1,8 +1,10 @@
 """Parse and validate event lines against the contract (CONTRACT section 1).
 
 ``parse_lines`` turns a chunk of raw lines into three column-oriented results:
-accepted payment events, accepted usage events and dead letters. It is the only
-per-line Python on the ingest hot path; everything after it works on Arrow tables.
+accepted payment events, accepted usage events and dead letters. It is the reference
+definition of every rule; on the ingest hot path ``transforms.fastparse`` accepts the lines it
+can prove clean and valid a chunk at a time (with these constants) and hands every other line
+to ``parse_lines``, which alone writes dead letters and redacts.
 
 Every line ends in exactly one of the three outputs, whatever its bytes: parsing never
 raises on input. Dead-letter reason codes:
