@@ -245,7 +245,7 @@ def _column_exprs() -> dict[str, str]:
         # canonical JSON (orjson, sorted keys, no spaces): the line's keys are known field names, so
         # it is their '"key":token' pairs in sorted order (yyjson writes these tokens back as read)
         "payload_sha256": "sha256('{' || concat_ws(',', " + ", ".join(
-            f"case when {_tok(name)} is not null then '\"{name}\":' || {_tok(name)} end" for name in _ALL_FIELDS
+            f"'\"{name}\":' || {_tok(name)}" for name in _ALL_FIELDS  # NULL for an absent field: skipped
         ) + ") || '}')",
     })  # fmt: skip
     return cols
