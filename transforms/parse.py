@@ -1,8 +1,10 @@
 """Parse and validate event lines against the contract (CONTRACT section 1).
 
 ``parse_lines`` turns a chunk of raw lines into three column-oriented results:
-accepted payment events, accepted usage events and dead letters. It is the only
-per-line Python on the ingest hot path; everything after it works on Arrow tables.
+accepted payment events, accepted usage events and dead letters. It is the reference
+definition of every rule; on the ingest hot path ``transforms.fastparse`` accepts the lines it
+can prove clean and valid a chunk at a time (with these constants) and hands every other line
+to ``parse_lines``, which alone writes dead letters and redacts.
 
 Every line ends in exactly one of the three outputs, whatever its bytes: parsing never
 raises on input. Dead-letter reason codes:
@@ -38,6 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -100,6 +103,11 @@ FIELDS = {
     "usage.recorded": (("meter", "quantity"), ("subscription_id",)),
 }
 assert set(FIELDS) == set(EVENT_TYPES)
+# defaults of optional fields (CONTRACT section 1), shared with the vectorised path (transforms.fastparse)
+DEFAULT_QUANTITY, DEFAULT_INTERVAL, DEFAULT_INTERVAL_COUNT, DEFAULT_TAX = 1, "month", 1, 0
+# integer fields: (minimum, maximum); the usage quantity is a decimal (``_quantity``)
+INT_BOUNDS = {**dict.fromkeys(("unit_amount", "amount", "tax"), (0, MAX_MINOR)),
+              **dict.fromkeys(("quantity", "interval_count", "attempt"), (1, MAX_COUNT))}  # fmt: skip
 KNOWN = {t: frozenset(COMMON) | frozenset(req) | frozenset(opt) for t, (req, opt) in FIELDS.items()}
 # string fields with a length limit, checked as sent (before redaction may change their length)
 IDENTIFIERS = ("event_id", "customer_id", "subscription_id", "plan_id", "invoice_id", "meter")
@@ -313,12 +321,14 @@ def parse_lines(
     first_line_no: int,
     pii: PiiPolicy | bytes | None,
     out: ParsedChunk | None = None,
+    line_numbers: Sequence[int] | None = None,
 ) -> ParsedChunk:
     """Parse raw lines (without their newline) numbered from ``first_line_no``.
 
     ``pii`` is a ``PiiPolicy``; the legacy ``pii_key`` (bytes or None) is still accepted
     (``transforms.redact.as_policy``). ``source_file`` is redacted (``redact_path``) before
-    it is stored. Never raises on line content.
+    it is stored. Never raises on line content. ``line_numbers``, if given, numbers each line
+    (the vectorised path hands over only the lines it did not accept) instead of ``first_line_no``.
     """
     policy = as_policy(pii)
     out = out or ParsedChunk()
@@ -327,9 +337,8 @@ def parse_lines(
     def dead(line_no: int, raw: bytes, text: str, reason: str, message: str, event_id=None) -> None:
         out.add_dead(source_file, file_index, line_no, text, raw, reason, message, event_id, policy)
 
-    line_no = first_line_no - 1
-    for raw in lines:
-        line_no += 1
+    numbers = range(first_line_no, first_line_no + len(lines)) if line_numbers is None else line_numbers
+    for line_no, raw in zip(numbers, lines, strict=True):
         out.lines += 1
         if raw.endswith(b"\r"):
             raw = raw[:-1]
@@ -474,13 +483,13 @@ def _subscription_state(obj: dict, v: dict) -> None:
     v["subscription_id"] = _string(obj, "subscription_id", True)
     v["plan_id"] = _string(obj, "plan_id", True)
     v["currency"], v["currency_exponent"] = _currency(obj)
-    v["unit_amount"] = unit_amount = _int(obj, "unit_amount", True, 0, MAX_MINOR, money=True)
-    v["quantity"] = quantity = _int(obj, "quantity", False, 1, MAX_COUNT) or 1
-    interval = obj.get("interval", "month")
+    v["unit_amount"] = unit_amount = _int(obj, "unit_amount", True, *INT_BOUNDS["unit_amount"], money=True)
+    v["quantity"] = quantity = _int(obj, "quantity", False, *INT_BOUNDS["quantity"]) or DEFAULT_QUANTITY
+    interval = obj.get("interval", DEFAULT_INTERVAL)
     if not isinstance(interval, str) or interval not in INTERVALS:
         raise Reject("invalid_field", f"interval must be one of {', '.join(INTERVALS)}")
     v["interval"] = interval
-    v["interval_count"] = _int(obj, "interval_count", False, 1, MAX_COUNT) or 1
+    v["interval_count"] = _int(obj, "interval_count", False, *INT_BOUNDS["interval_count"]) or DEFAULT_INTERVAL_COUNT
     factor = _monthly_factor(interval, v["interval_count"])
     if unit_amount * quantity * factor.numerator > MAX_MRR_MINOR * factor.denominator:
         raise Reject("out_of_range", f"MRR of unit_amount {unit_amount} x quantity {quantity} per "
@@ -498,13 +507,13 @@ def _subscription_canceled(obj: dict, v: dict) -> None:
 def _invoice(obj: dict, v: dict) -> None:
     v["invoice_id"] = _string(obj, "invoice_id", True)
     v["currency"], v["currency_exponent"] = _currency(obj)
-    v["amount"] = _int(obj, "amount", True, 0, MAX_MINOR, money=True)
+    v["amount"] = _int(obj, "amount", True, *INT_BOUNDS["amount"], money=True)
 
 
 def _invoice_paid(obj: dict, v: dict) -> None:
     _invoice(obj, v)
     v["subscription_id"] = _string(obj, "subscription_id", False)
-    v["tax"] = _int(obj, "tax", False, 0, MAX_MINOR, money=True) or 0
+    v["tax"] = _int(obj, "tax", False, *INT_BOUNDS["tax"], money=True) or DEFAULT_TAX
     if v["tax"] > v["amount"]:
         raise Reject("invalid_field", f"tax {v['tax']} exceeds the invoice amount {v['amount']}")
     for name in ("period_start", "period_end"):
@@ -515,7 +524,7 @@ def _invoice_paid(obj: dict, v: dict) -> None:
 def _payment_failed(obj: dict, v: dict) -> None:
     _invoice(obj, v)
     v["subscription_id"] = _string(obj, "subscription_id", False)
-    v["attempt"] = _int(obj, "attempt", False, 1, MAX_COUNT)
+    v["attempt"] = _int(obj, "attempt", False, *INT_BOUNDS["attempt"])
 
 
 def _charge_refunded(obj: dict, v: dict) -> None:

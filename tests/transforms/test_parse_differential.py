@@ -1,0 +1,205 @@
+"""Differential test: the vectorised parse (``transforms.fastparse``) against the per-line parser.
+
+``parse_chunk(..., vectorised=False)`` runs ``parse_lines`` on every line: the reference. The
+vectorised path must give the same staging tables (events, usage, dead_letter), row by row and
+column by column, and the same line and email counts, on the hostile corpus, on hand-picked
+edge cases around every fast-path rule, and on hypothesis-generated lines.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.transforms.test_hostile_input import CORPUS, CUSTOMER, FAILED, INVOICE, SUB, USAGE, ev, nested
+from tests.transforms.test_parse_properties import lines as property_lines
+from tests.transforms.test_parse_properties import timestamps
+from transforms.fastparse import CARD_CANDIDATE, FLAT_LINE, eligible, parse_chunk_lines
+from transforms.ingest import EVENTS_STAGING, USAGE_STAGING, LineChunk, parse_chunk
+from transforms.parse import FIELDS, MAX_ID, MAX_MINOR, MAX_NAME
+from transforms.redact import PiiPolicy
+
+POLICIES = {
+    "keys": PiiPolicy(redaction_key=b"diff-redaction-key", email_key=b"diff-email-key"),
+    "no_email_key": PiiPolicy(redaction_key=b"diff-redaction-key", email_key=None),
+    "legacy_masks": None,
+}
+CARD = "4111111111111111"
+CANCELED = {"event_id": "x1", "event_type": "subscription.canceled", "occurred_at": "2024-03-01T10:00:00Z",
+            "customer_id": "c1", "subscription_id": "sub1"}  # fmt: skip
+REFUND = {"event_id": "r1", "event_type": "charge.refunded", "occurred_at": "2024-03-01T10:00:00Z",
+          "customer_id": "c1", "invoice_id": "in1", "currency": "usd", "amount": 100}  # fmt: skip
+BASES = [INVOICE, SUB, FAILED, CUSTOMER, USAGE, CANCELED, REFUND]
+
+
+def assert_same(raw_lines, pii=POLICIES["keys"], first_line=1):
+    chunk = LineChunk("in/batch-07/diff.jsonl", 5, first_line, tuple(raw_lines))
+    expected, expected_counts = parse_chunk(chunk, pii, vectorised=False)
+    got, got_counts = parse_chunk(chunk, pii, vectorised=True)
+    assert (got_counts.lines, got_counts.emails_dropped) == (expected_counts.lines, expected_counts.emails_dropped)
+    for tag, table in expected.items():
+        assert got[tag].schema == table.schema, tag
+        want, have = table.to_pylist(), got[tag].to_pylist()
+        for row_want, row_have in zip(want, have, strict=False):
+            assert row_have == row_want, (tag, row_want.get("source_line"))
+        assert len(have) == len(want), tag
+        assert got[tag].equals(table), tag
+
+
+# ------------------------------------------------------------------ hostile corpus
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), ids=list(POLICIES))
+def test_hostile_corpus_in_one_chunk(policy):
+    assert_same([raw for _, raw, _ in CORPUS], POLICIES[policy], first_line=40)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+def test_each_hostile_line(raw, expected):
+    assert_same([raw])
+
+
+# ------------------------------------------------------------------ edge cases around each fast rule
+
+
+def _spaced(row: dict) -> bytes:
+    return json.dumps(row, separators=(" , ", " : ")).encode()
+
+
+EDGES = [
+    # eligible shapes: key order, spacing, CRLF, BOM
+    ev(INVOICE), json.dumps(INVOICE, separators=(",", ":")).encode(), _spaced(SUB),
+    json.dumps(dict(reversed(list(USAGE.items())))).encode(), ev(INVOICE) + b"\r", b"\xef\xbb\xbf" + ev(INVOICE),
+    b" " + ev(INVOICE), ev(INVOICE) + b" ", b"{}", b'{"event_id":"e"}', b"",
+    # personal data: cards in values, keys, nested objects; emails; escapes
+    ev(INVOICE, note=CARD), ev(INVOICE, **{CARD: 1}), ev(INVOICE, x={"y": {"z": CARD}}), ev(INVOICE, x=[int(CARD)]),
+    ev(INVOICE, event_id=f"evt_{CARD}"), ev(INVOICE, customer_id="4111 1111 1111 1111"),
+    ev(INVOICE, invoice_id="in-1234-5678-9012-3456"), ev(CUSTOMER, email="Ann@Example.com"),
+    ev(CUSTOMER, email=""), ev(CUSTOMER, email=5), ev(CUSTOMER, name="a@b.c"), ev(INVOICE, note="mail a@b.com"),
+    ev(INVOICE, event_id="e\\u0031"), b'{"event_id": "e\\u0031", ' + ev(INVOICE)[1:], ev(INVOICE, event_id="\u00e9"),
+    # NUL, control characters, lone surrogates, invalid UTF-8
+    ev(INVOICE, event_id="a\x00b"), ev(REFUND, reason="x\x00y"), ev(INVOICE, event_id="a\tb"),
+    b'{"event_id": "\\ud800", ' + ev(INVOICE)[1:], ev(INVOICE)[:-1] + b', "s": "\xed\xa0\x80"}', b"\xff" + ev(INVOICE),
+    # numbers: 1e400, -0, floats, big ints, leading zeros, booleans
+    ev(INVOICE)[:-1] + b', "x": 1e400}', ev(INVOICE)[:-1].replace(b'"amount": 1200', b'"amount": -0') + b"}",
+    ev(INVOICE)[:-1].replace(b'"amount": 1200', b'"amount": 01200') + b"}", ev(INVOICE, amount=1200.0),
+    ev(INVOICE, amount=True), ev(INVOICE, amount=None), ev(INVOICE, amount=MAX_MINOR), ev(INVOICE, amount=MAX_MINOR + 1),
+    ev(INVOICE, amount=2**63), ev(INVOICE, amount=2**64 + 1), ev(INVOICE, tax=1200), ev(INVOICE, tax=1201),
+    ev(INVOICE, tax=0), ev(INVOICE, tax=...), ev(INVOICE, amount=0, tax=0), ev(INVOICE, amount=-1),
+    ev(USAGE, quantity=0), ev(USAGE, quantity=0.5), ev(USAGE, quantity=497.16), ev(USAGE, quantity=0.001),
+    ev(USAGE, quantity=0.0001), ev(USAGE, quantity=1.0), ev(USAGE, quantity=1.1234567891),
+    ev(USAGE, quantity=10**15), ev(USAGE, quantity=10**15 + 1), ev(USAGE, quantity=123456789.125),
+    ev(USAGE)[:-1].replace(b'"quantity": 1', b'"quantity": 1.10') + b"}",
+    ev(USAGE)[:-1].replace(b'"quantity": 1', b'"quantity": 2.50E1') + b"}", ev(USAGE, quantity="1"),
+    # duplicate keys (orjson keeps the last), unknown fields, nesting
+    ev(INVOICE)[:-1] + b', "amount": 5}', ev(INVOICE)[:-1] + b', "event_id": "e2"}', ev(INVOICE)[:-1] + b', "note": 1, "note": 2}',
+    ev(INVOICE, extra="x"), ev(INVOICE, extra={"a": [1, {"b": None}]}), ev(INVOICE, x=nested(63)), ev(INVOICE, x=nested(64)),
+    ev(INVOICE, subscription_id=None), ev(INVOICE, period_start=None), ev(SUB, quantity=None),
+    # identifiers and strings: 255/256 characters, empty, wrong types
+    ev(INVOICE, event_id="x" * MAX_ID), ev(INVOICE, event_id="x" * (MAX_ID + 1)), ev(INVOICE, event_id=""),
+    ev(INVOICE, customer_id="c" * MAX_ID), ev(INVOICE, customer_id="c" * (MAX_ID + 1)), ev(INVOICE, invoice_id=7),
+    ev(USAGE, meter="m" * (MAX_ID + 1)), ev(USAGE, meter=""), ev(CUSTOMER, name="n" * MAX_NAME),
+    ev(CUSTOMER, name="n" * (MAX_NAME + 1)), ev(CUSTOMER, name="Ann", country="de", segment="smb"),
+    ev(CUSTOMER, country="DEU"), ev(CUSTOMER, country="d1"), ev(CUSTOMER, segment="s" * (MAX_ID + 1)),
+    ev(REFUND, reason=""), ev(REFUND, reason="duplicate"), ev(REFUND, reason=3),
+    # event types, currencies, intervals, MRR bound
+    ev(INVOICE, event_type="Invoice.paid"), ev(INVOICE, event_type=None), ev(INVOICE, event_type=3),
+    ev(INVOICE, currency="jpy"), ev(INVOICE, currency="KWD"), ev(INVOICE, currency="XYZ"), ev(INVOICE, currency="XAU"),
+    ev(INVOICE, currency="US"), ev(INVOICE, currency=840),
+    ev(SUB, interval="year", interval_count=2, quantity=3), ev(SUB, interval="week"), ev(SUB, interval="day", interval_count=7),
+    ev(SUB, interval="Month"), ev(SUB, interval_count=0), ev(SUB, quantity=0), ev(SUB, quantity=10**9), ev(SUB, quantity=10**9 + 1),
+    ev(SUB, unit_amount=MAX_MINOR, quantity=1), ev(SUB, unit_amount=MAX_MINOR, quantity=2),
+    ev(SUB, unit_amount=MAX_MINOR, quantity=12, interval="year"), ev(SUB, unit_amount=MAX_MINOR, quantity=13, interval="year"),
+    ev(SUB, unit_amount=3 * 10**14, quantity=1, interval="week"), ev(SUB, unit_amount=2 * 10**14, quantity=1, interval="week"),
+    ev(SUB, unit_amount=10**13, interval="day"), ev(SUB, unit_amount=10**14, interval="day", interval_count=3),
+    ev(FAILED, attempt=0), ev(FAILED, attempt=1), ev(FAILED, attempt=10**9 + 1),
+    ev(CANCELED, effective_at="2024-04-01T00:00:00Z"), ev(SUB, trial_end="2024-04-01T00:00:00+14:00"),
+    ev(INVOICE, period_start="2024-03-01T00:00:00Z", period_end="2024-04-01T00:00:00Z"),
+    # timestamps: offsets at month and year boundaries, leap days, fractions, range ends, other spellings
+    ev(INVOICE, occurred_at="2024-03-01T00:30:00+14:00"), ev(INVOICE, occurred_at="2024-02-29T23:30:00-14:00"),
+    ev(INVOICE, occurred_at="2024-12-31T23:59:59-00:01"), ev(INVOICE, occurred_at="2024-01-01T00:00:00+23:59"),
+    ev(INVOICE, occurred_at="2023-02-29T00:00:00Z"), ev(INVOICE, occurred_at="2000-02-29T00:00:00Z"),
+    ev(INVOICE, occurred_at="2100-02-29T00:00:00Z"), ev(INVOICE, occurred_at="2024-04-31T00:00:00Z"),
+    ev(INVOICE, occurred_at="2024-03-01T10:00:00.5Z"), ev(INVOICE, occurred_at="2024-03-01T10:00:00.123456Z"),
+    ev(INVOICE, occurred_at="2024-03-01T10:00:00.1234567Z"), ev(INVOICE, occurred_at="2024-03-01t10:00:00z"),
+    ev(INVOICE, occurred_at="2024-03-01 10:00:00Z"), ev(INVOICE, occurred_at="2024-03-01T10:00:00"),
+    ev(INVOICE, occurred_at="2024-03-01T24:00:00Z"), ev(INVOICE, occurred_at="2024-03-01T10:00:60Z"),
+    ev(INVOICE, occurred_at="2024-03-01T10:00:00+24:00"), ev(INVOICE, occurred_at="2024-13-01T10:00:00Z"),
+    ev(INVOICE, occurred_at="1970-01-01T00:00:00Z"), ev(INVOICE, occurred_at="1970-01-01T00:30:00+01:00"),
+    ev(INVOICE, occurred_at="1969-12-31T23:30:00-01:00"), ev(INVOICE, occurred_at="2199-12-31T23:59:59.999999Z"),
+    ev(INVOICE, occurred_at="2199-12-31T23:30:00-01:00"), ev(INVOICE, occurred_at="2200-01-01T00:00:00Z"),
+    ev(INVOICE, occurred_at="2199-12-31T23:30:00+01:00"), ev(INVOICE, occurred_at="+2024-03-01T10:00:00Z"),
+    ev(INVOICE, occurred_at=""), ev(INVOICE, occurred_at=1709287200), ev(SUB, effective_at="2024-03-01"),
+]
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), ids=list(POLICIES))
+def test_edge_cases_in_one_chunk(policy):
+    assert_same(EDGES, POLICIES[policy])
+
+
+@pytest.mark.parametrize("raw", EDGES, ids=range(len(EDGES)))
+def test_each_edge_case(raw):
+    assert_same([raw], first_line=1000)
+
+
+def test_the_fast_path_takes_the_clean_lines():
+    """The differential tests prove something only if clean lines really take the fast path."""
+    clean = [ev(INVOICE), _spaced(SUB), ev(USAGE, quantity=497.16), ev(CUSTOMER, name="Ann", country="de")]
+    held_back = [ev(INVOICE, note=CARD), ev(CUSTOMER, email="a@b.c"), b"\xef\xbb\xbf" + ev(INVOICE),
+                 ev(INVOICE) + b"\r", ev(INVOICE, extra={"a": 1}), ev(INVOICE, event_id="e\\u0031")]  # fmt: skip
+    positions = eligible(pa.array(clean + held_back, pa.binary())).tolist()
+    assert positions == list(range(len(clean)))
+    # and the fast path accepts them (a fast path that defers everything would pass every comparison)
+    fast_events, fast_usage, slow = parse_chunk_lines(clean + held_back, "f.jsonl", 0, 1, POLICIES["keys"],
+                                                      EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    assert fast_events.num_rows + fast_usage.num_rows == len(clean)
+    assert len(slow.events["event_id"]) + len(slow.dead["reason"]) == len(held_back)
+    assert FLAT_LINE.startswith("^") and CARD_CANDIDATE.endswith("{13}")
+
+
+# ------------------------------------------------------------------ generated lines
+
+ts_values = st.one_of(timestamps(), st.sampled_from(["2024-02-29T23:59:59.999999-14:00", "2199-12-31T23:59:59Z"]))
+ids = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=0, max_size=300) | st.sampled_from(
+    ["x" * MAX_ID, "x" * (MAX_ID + 1), "e", f"evt_{CARD}", "a@b.com"])  # fmt: skip
+ints = st.integers(0, 2 * MAX_MINOR) | st.integers(-5, 20) | st.sampled_from([MAX_MINOR, 10**9, 10**9 + 1])
+field_values = {
+    "occurred_at": ts_values, "effective_at": ts_values, "trial_end": ts_values, "period_start": ts_values,
+    "period_end": ts_values, "currency": st.sampled_from(["usd", "USD", "jpy", "KWD", "XYZ", "XAU", "eur"]),
+    "interval": st.sampled_from(["day", "week", "month", "year", "Month"]), "unit_amount": ints, "amount": ints,
+    "tax": ints, "quantity": ints | st.decimals(0, 10**6, places=3).map(float), "interval_count": ints, "attempt": ints,
+    "country": st.sampled_from(["de", "US", "DEU", "1a"]), "name": ids, "segment": ids, "reason": ids,
+}  # fmt: skip
+
+
+@st.composite
+def near_valid_lines(draw) -> bytes:
+    """Mostly fast-path-eligible lines that sit on or near each rule's boundary."""
+    base = dict(draw(st.sampled_from(BASES)))
+    event_type = base["event_type"]
+    required, optional = FIELDS[event_type]
+    for name in draw(st.lists(st.sampled_from(("event_id", "customer_id", *required, *optional)), max_size=4)):
+        if draw(st.integers(0, 9)) == 0:
+            base.pop(name, None)
+        else:
+            base[name] = draw(field_values.get(name, ids))
+    items = draw(st.permutations(list(base.items())))
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" , ", " : ")]))
+    return json.dumps(dict(items), separators=sep).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(near_valid_lines(), min_size=1, max_size=12))
+def test_generated_near_valid_lines(raw_lines):
+    assert_same(raw_lines)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(property_lines() | near_valid_lines(), min_size=1, max_size=8), st.sampled_from(list(POLICIES)))
+def test_generated_hostile_lines(raw_lines, policy):
+    assert_same(raw_lines, POLICIES[policy])
