@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import datetime as dt
 import fcntl
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -142,10 +139,21 @@ def warehouse_lock(layout: DataLayout):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _die_with_parent() -> None:
-    """In the dbt child: get SIGKILL when the parent dies (even by kill -9), so no build outlives its run."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+# Runs first in the child, then becomes dbt: asks the kernel for SIGKILL when the parent dies (even
+# by kill -9), so no build outlives its run. A fresh interpreter does it rather than a preexec_fn,
+# which is unsafe in a process with threads (Beam, DuckDB and Arrow all start threads).
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the run that started this build has ended')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that it is killed when this process dies."""
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 def _dbt_env(config: RunConfig, build_root: Path, build_file: Path) -> dict[str, str]:
@@ -170,8 +178,8 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
            "--target-path", str(target), "--log-path", str(build_root / "logs"), "--no-use-colors"]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=_dbt_env(config, build_root, build_file), capture_output=True, text=True,
-                          preexec_fn=_die_with_parent)  # fmt: skip
+    proc = subprocess.run(die_with_parent(cmd), env=_dbt_env(config, build_root, build_file), capture_output=True,
+                          text=True)  # fmt: skip
     seconds = round(time.monotonic() - started, 3)
     if proc.returncode != 0:
         failures = _failures(target)
