@@ -39,7 +39,6 @@ from transforms.metrics import (
 
 log = logging.getLogger(__name__)
 
-DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced whole by each run, together
 
 
 @dataclass
@@ -119,7 +118,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                     for m in sorted({month_start(d) for d in days})]  # fmt: skip
         stage = layout.staging(run_id)
         stage.mkdir(parents=True)
-        with lake.run_writes(layout, run_id, DERIVED_TABLES) as committed_tables:
+        with lake.run_writes(layout, run_id, schemas.DERIVED_TABLES) as committed_tables:
             with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
                 slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(layout.root)))
                 pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
@@ -150,7 +149,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             # each derived table is replaced whole, one commit each; a kill between them is made whole by
             # the next metrics run (it recomputes all three from the pinned events and usage)
             committed = {}
-            for table in DERIVED_TABLES:
+            for table in schemas.DERIVED_TABLES:
                 committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
                                                mode="overwrite")  # fmt: skip
                 committed_tables.add(table)

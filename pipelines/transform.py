@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-DERIVED = ("customer_months", "customer_lifetime", "revenue_daily")  # replaced together by each metrics run
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
@@ -63,7 +62,7 @@ def check_lake_matches(config: RunConfig) -> None:
     if computed != [config.as_of.isoformat()]:
         raise ConfigError(f"the lake's customer_months were computed as of {computed[-1]}, not {config.as_of}: "
                           f"run `revenue metrics --as-of {config.as_of}` or pass --as-of {computed[-1]}")  # fmt: skip
-    runs = {table: lake.last_run_id(layout, table) for table in DERIVED}
+    runs = {table: lake.last_run_id(layout, table) for table in schemas.DERIVED_TABLES}
     if len(set(runs.values())) != 1:
         raise InputError("the lake's derived tables come from different metrics runs (an interrupted run?): "
                          + ", ".join(f"{t} {r}" for t, r in runs.items()) + "; run `revenue metrics` again")  # fmt: skip

@@ -235,9 +235,7 @@ class DedupResult:
     events: pa.Table  # lake schema + event_date
     usage: pa.Table
     dead_letter: pa.Table  # lake schema + reason
-    index_events: pa.Table  # (event_id, payload_sha256) newly accepted
-    duplicates: int
-    dead_letter_duplicates: int  # dead letters already recorded by an earlier run
+    duplicates: int  # rows already seen (in this input or the lake), dead letters already recorded included
 
 
 def dedup_shard(
@@ -260,17 +258,11 @@ def dedup_shard(
                                            known_dead)  # fmt: skip
     ev = events.filter(pa.array(kept_events))
     us = usage.filter(pa.array(kept_usage))
-    index = pa.table({
-        "event_id": pa.concat_arrays([ev["event_id"].combine_chunks(), us["event_id"].combine_chunks()]),
-        "payload_sha256": pa.concat_arrays([ev["payload_sha256"].combine_chunks(), us["payload_sha256"].combine_chunks()]),
-    })  # fmt: skip
     return DedupResult(
         events=ev.drop_columns(["file_index"]),
         usage=us.drop_columns(["file_index"]),
         dead_letter=dead_all.drop_columns(["file_index"]),
-        index_events=index,
         duplicates=duplicates + dead_dups,
-        dead_letter_duplicates=dead_dups,
     )
 
 

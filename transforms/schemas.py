@@ -179,6 +179,9 @@ PARTITION_COLUMNS = {
     "late_events": ("month", pa.date32()),
 }
 
+# the metrics stage's outputs: each run replaces all three, from the same pinned events and usage
+DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")
+
 # every lake table's schema, by table name (the partition column may live only in the directory names)
 LAKE_SCHEMAS = {
     "events": EVENTS, "usage": USAGE, "dead_letter": DEAD_LETTER, "customer_months": CUSTOMER_MONTHS,

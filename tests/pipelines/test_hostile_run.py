@@ -138,8 +138,6 @@ def _strings(rows) -> list[str]:
 
 def _stored_strings(path: Path) -> list[str] | None:
     """Every string a reader of ``path`` gets back, for the binary formats; None for text files."""
-    import sqlite3
-
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         return table.column_names + _strings(table.to_pylist())
@@ -150,12 +148,6 @@ def _stored_strings(path: Path) -> list[str] | None:
             for schema, table in con.execute("select table_schema, table_name from information_schema.tables").fetchall():
                 out += [table] + _strings(con.execute(f'select * from "{schema}"."{table}"').fetchall())
             return out
-        finally:
-            con.close()
-    if path.suffix == ".sqlite":
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return _strings(con.execute("select * from event_ids").fetchall())
         finally:
             con.close()
     if path.suffix == ".xlsx":
