@@ -138,13 +138,16 @@ def ingest(ctx, input_dir: Path, data_dir: Path, shards: int | None) -> None:
 @cli.command(context_settings=BEAM_ARGS)
 @data_dir_option
 @currency_options
+@click.option("--full-refresh", is_flag=True,
+              help="Rebuild every derived table from the lake instead of only what new events change.")
 @click.pass_context
-def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None) -> None:
+def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, full_refresh: bool) -> None:
     """Compute customer_months and customer_lifetime (calendar-month windows) from the lake."""
     from pipelines.metrics import run_metrics
     from pipelines.summary import print_metrics
 
-    config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates)
+    config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
+                     full_refresh=full_refresh)  # fmt: skip
     print_metrics(run_metrics(config))
 
 
@@ -153,16 +156,18 @@ def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path 
 @currency_options
 @threshold_options
 @click.option("--no-gate", is_flag=True, help="Publish without running the data-quality gate.")
+@click.option("--full-refresh", is_flag=True,
+              help="Rebuild every derived table from the lake instead of only what new events change.")
 @click.pass_context
 def transform(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, no_gate: bool,
-              **thresholds) -> None:  # fmt: skip
+              full_refresh: bool, **thresholds) -> None:  # fmt: skip
     """dbt build into a fresh warehouse copy; publish it atomically if tests (and the gate) pass."""
     from pipelines.quality import warehouse_gate
     from pipelines.summary import print_gate, print_transform
     from pipelines.transform import run_transform
 
     config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
-                     **thresholds)  # fmt: skip
+                     full_refresh=full_refresh, **thresholds)  # fmt: skip
     gate = None if no_gate else warehouse_gate(config.resolve_as_of(), on_result=print_gate)
     print_transform(run_transform(config, gate=gate))
 
@@ -192,15 +197,17 @@ def validate(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path
 @currency_options
 @threshold_options
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--full-refresh", is_flag=True,
+              help="Rebuild every derived table from the lake instead of only what new events change.")
 @click.pass_context
 def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, quiet: bool,
-        **thresholds) -> None:  # fmt: skip
+        full_refresh: bool, **thresholds) -> None:  # fmt: skip
     """Ingest, metrics, dbt build, quality gate, publish and report. Exit 0 ok, 1 error, 2 quality gate failed."""
     from pipelines.run import run_all
     from pipelines.summary import print_gate, print_run
 
     config = _config(ctx, input_dir=input_dir, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency,
-                     fx_rates=fx_rates, **thresholds)  # fmt: skip
+                     fx_rates=fx_rates, full_refresh=full_refresh, **thresholds)  # fmt: skip
     run_all(config, show_progress=not quiet, on_gate=print_gate, on_finish=print_run)
 
 

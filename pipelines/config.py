@@ -59,6 +59,7 @@ class RunConfig:
     thresholds: GateThresholds = GateThresholds()
     shards: int | None = None
     pii: PiiPolicy | None = field(default=None, repr=False)  # set by with_pii(), once a run starts writing
+    full_refresh: bool = False  # rebuild every derived table (lake and warehouse) from the lake's events
 
     @property
     def reporting_exponent(self) -> int:
@@ -102,6 +103,7 @@ class RunConfig:
             "beam_args": list(self.beam_args),
             "pii_key_set": self.pii_key is not None,
             "gate_thresholds": self.thresholds.as_parameters(),
+            "full_refresh": self.full_refresh,
         }
 
 
@@ -159,7 +161,8 @@ def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
 def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency: str = DEFAULT_REPORTING_CURRENCY,
                  fx_rates: Path | str | None = None, input_dir: Path | str | None = None,
                  as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
-                 shards: int | None = None, pii_key: bytes | None = None) -> RunConfig:  # fmt: skip
+                 shards: int | None = None, pii_key: bytes | None = None,
+                 full_refresh: bool = False) -> RunConfig:  # fmt: skip
     """Validate every setting (nothing is written) and load the FX table once."""
     currency = (reporting_currency or "").strip().upper()
     try:
@@ -180,5 +183,5 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
         input_dir=Path(input_dir) if input_dir is not None else None,
         as_of=check_as_of(as_of) if as_of else None, beam_args=tuple(beam_args),
         pii_key=pii_key if pii_key is not None else env_pii_key(),
-        thresholds=thresholds or GateThresholds(), shards=shards,
+        thresholds=thresholds or GateThresholds(), shards=shards, full_refresh=full_refresh,
     )  # fmt: skip
