@@ -45,11 +45,13 @@ from transforms.calendar import (
 )
 from transforms.fx import FxTable, MissingFxRate
 from transforms.revenue import (
+    SUB_COLUMNS,
     add_movements,
     customer_lifetime,
     empty_partial,
     first_months,
     merge_partials,
+    next_changes,
     pivot_customer_months,
     preaggregate_transactions,
     replay_subscriptions,
@@ -63,6 +65,57 @@ class MonthSlice:
     month: dt.date
     events: pa.Table
     usage: pa.Table
+    daily_events: pa.Table | None = None  # set: revenue_daily comes from these (every customer's events of some days)
+
+
+@dataclass
+class StagedMonth:
+    """What one month slice contributes: partials and subscription events by customer shard, the
+    month's revenue_daily rows and the (currency, day) pairs with no FX rate."""
+
+    partials: list
+    subscriptions: list
+    daily: pa.Table
+    missing: list
+
+
+def stage_month(element: MonthSlice, fx: FxTable, reporting_currency: str, as_of: dt.date,
+                shards: int) -> StagedMonth:  # fmt: skip
+    partial, missing, daily = preaggregate_transactions(element.events, element.usage, fx, reporting_currency, as_of)
+    missing = list(missing)
+    if element.daily_events is not None:
+        empty_usage = element.usage.schema.empty_table()
+        _, more, daily = preaggregate_transactions(element.daily_events, empty_usage, fx, reporting_currency, as_of)
+        missing += [pair for pair in more if pair not in missing]
+    subs = subscription_events(element.events) if element.events.num_rows else None
+    return StagedMonth(
+        partials=list(split_by_customer_shard(partial, shards)) if partial.num_rows else [],
+        subscriptions=list(split_by_customer_shard(subs, shards)) if subs is not None and subs.num_rows else [],
+        daily=daily, missing=missing,
+    )
+
+
+def shard_facts(partials: list[pa.Table], subscriptions: list[pa.Table], fx: FxTable, as_of: dt.date,
+                reporting_currency: str) -> tuple[pa.Table, pa.Table] | None:  # fmt: skip
+    """All months of one customer shard -> (customer_months rows, customer_lifetime rows).
+
+    Each customer is replayed from its first month (its earliest event) through the as-of month.
+    Raises ``MissingFxRate`` when a subscription state cannot be converted.
+    """
+    partial = merge_partials(partials)
+    if partial.num_rows == 0:
+        return None
+    spans = partial.filter(pc.equal(partial["measure"], "span"))
+    g = spans.group_by("customer_id", use_threads=False).aggregate([("month", "min")])
+    firsts = pa.table({"customer_id": g["customer_id"], "first_month": g["month_min"]})
+    subs = [t for t in subscriptions if t.num_rows]
+    if subs:
+        sub_table = pa.concat_tables(subs)
+    else:
+        sub_table = pa.table({c: pa.array([], pa.string()) for c in SUB_COLUMNS})
+    replayed = replay_subscriptions(sub_table, firsts, as_of, fx, reporting_currency)
+    months = add_movements(pivot_customer_months(merge_partials([partial, replayed]), reporting_currency))
+    return months, customer_lifetime(months, as_of, next_changes(replayed))
 
 
 def split_by_customer_shard(table: pa.Table, shards: int):
@@ -279,4 +332,5 @@ class ComputeCustomerMonths(beam.PTransform):
 
 
 __all__ = ["CalendarMonthAggregate", "ComputeCustomerMonths", "MergePartials", "MonthSlice", "PreAggregateMonths",
-           "ReplaySubscriptions", "RouteLateEvents", "month_window", "month_timestamp"]
+           "ReplaySubscriptions", "RouteLateEvents", "StagedMonth", "month_of_timestamp", "month_timestamp",
+           "month_window", "shard_facts", "stage_month"]
