@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 
 SHARD_ROWS = 400_000  # lake rows (events + usage) per customer shard of a full rebuild: bounds ShardFacts' memory
 STATE_KEY = "metrics_state"  # commit metadata: what the derived tables were computed from
-MAX_INCREMENTAL_SHARE = 0.25  # more changed customers than this share of all: a full rebuild is cheaper
+# more changed customers than this share of all (in a lake of at least SHARE_RULE_CUSTOMERS): a full
+# rebuild is cheaper than reading most histories customer by customer
+MAX_INCREMENTAL_SHARE = 0.25
+SHARE_RULE_CUSTOMERS = 1000
 
 
 @dataclass
@@ -72,7 +75,8 @@ class MetricsResult:
     mode: str = "full"  # full, incremental or unchanged
     reason: str = ""
     customers_recomputed: int = 0
-    rows_read: int = 0  # events and usage rows the run read from the lake
+    rows_read: int = 0  # events and usage rows read from the lake: the recomputed customers' history
+    day_rows_read: int = 0  # events read for the revenue_daily days an incremental run recomputes
     months_rewritten: list = field(default_factory=list)
 
 
@@ -202,7 +206,7 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
     if not customers and as_of == old_as_of:
         return MetricsPlan("unchanged", "no new events or usage since the last metrics run")
     known = lake.read_table(layout, "customer_lifetime", ["customer_id"]).num_rows
-    if known and len(customers) > MAX_INCREMENTAL_SHARE * known:
+    if known >= SHARE_RULE_CUSTOMERS and len(customers) > MAX_INCREMENTAL_SHARE * known:
         return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed")
     first = min((month_start(f) for _, _, f in changed), default=month_start(as_of))
     return MetricsPlan("incremental", f"{len(customers):,} customers changed", tuple(customers), first,
@@ -238,6 +242,7 @@ class _ReadMonthFn(beam.DoFn):
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
         self.rows_read = beam.metrics.Metrics.counter("metrics", "lake_rows_read")
+        self.day_rows_read = beam.metrics.Metrics.counter("metrics", "lake_day_rows_read")
 
     def process(self, element):
         month, last_day, pinned, customers, days = element
@@ -262,7 +267,7 @@ class _ReadMonthFn(beam.DoFn):
                 wanted = pc.field("event_date").isin(pa.array(days, pa.date32()))
                 daily = lake.read_table(layout, "events", version=pinned["events"], filter=wanted)
                 daily = daily.select(schemas.EVENTS.names).cast(schemas.EVENTS)
-                self.rows_read.inc(daily.num_rows)
+                self.day_rows_read.inc(daily.num_rows)
         yield MonthSlice(month, tables["events"], tables["usage"], daily)
 
 
@@ -362,8 +367,9 @@ def _shards(layout: DataLayout, pinned: dict, requested: int | None) -> int:
 
 
 def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage: Path,
-             roots: dict[str, Path]) -> tuple[list, int]:  # fmt: skip
-    """Run the Beam pipeline; returns the (currency, day) pairs with no FX rate and the lake rows read."""
+             roots: dict[str, Path]) -> tuple[list, int, int]:  # fmt: skip
+    """Run the Beam pipeline; returns the (currency, day) pairs with no FX rate, the lake rows read for
+    the customers recomputed, and those read for the revenue_daily days recomputed."""
     p = beam.Pipeline(options=pipeline_options(config.beam_args))
     slices = (p | "ListMonths" >> beam.Create(elements, reshuffle=False)
               | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(config.layout.root))))  # fmt: skip
@@ -387,10 +393,13 @@ def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage:
          | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
     result = p.run()
     result.wait_until_finish()
-    read = result.metrics().query(beam.metrics.MetricsFilter().with_name("lake_rows_read"))["counters"]
-    rows_read = sum(c.committed or c.attempted or 0 for c in read)
+
+    def counter(name: str) -> int:
+        found = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
+        return sum(c.committed or c.attempted or 0 for c in found)
+
     missing = json.loads((stage / "fx_missing.json").read_text())
-    return missing, rows_read
+    return missing, counter("lake_rows_read"), counter("lake_day_rows_read")
 
 
 # ------------------------------------------------------------------ the driver
@@ -496,7 +505,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
         plan = plan_run(config, pinned)
         log.info("metrics: %s (%s)", plan.mode, plan.reason)
         meta = {STATE_KEY: json.dumps(_state(config, pinned), sort_keys=True)}
-        committed, rewritten, rows_read = {}, [], 0
+        committed, rewritten, rows_read, day_rows_read = {}, [], 0, 0
         if plan.mode == "unchanged":
             committed = lake.versions(layout, schemas.DERIVED_TABLES)
         else:
@@ -508,7 +517,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                    else {t: layout.table(t) for t in schemas.DERIVED_TABLES})  # fmt: skip
             n_shards = 1 if incremental else _shards(layout, pinned, shards or config.shards)
             with lake.run_writes(layout, run_id, schemas.DERIVED_TABLES) as committed_tables:
-                missing, rows_read = _compute(config, run_id, elements, n_shards, stage, out)
+                missing, rows_read, day_rows_read = _compute(config, run_id, elements, n_shards, stage, out)
                 if missing:
                     missing_currency, day = missing[0]
                     more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
@@ -542,13 +551,14 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
         mode=plan.mode, reason=plan.reason,
         customers_recomputed=len(plan.customers) if plan.mode == "incremental" else
         (life.num_rows if plan.mode == "full" else 0),
-        rows_read=rows_read, months_rewritten=[m.isoformat() for m in rewritten],
+        rows_read=rows_read, day_rows_read=day_rows_read, months_rewritten=[m.isoformat() for m in rewritten],
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "metrics", {
             "config": config.describe(), "lake_versions": result.lake_versions, "mode": result.mode,
             "reason": result.reason, "customers_recomputed": result.customers_recomputed,
-            "rows_read": result.rows_read, "months_rewritten": result.months_rewritten,
+            "rows_read": result.rows_read, "day_rows_read": result.day_rows_read,
+            "months_rewritten": result.months_rewritten,
             "customer_months": result.customer_months,
             "customers": result.customers, "months": result.months, "mrr_at_as_of": str(result.mrr_at_as_of),
             "seconds": result.seconds,
