@@ -216,58 +216,47 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
 # ------------------------------------------------------------------ Beam stages
 
 
-def _read_customers(layout: DataLayout, table: str, version: int, first: dt.date, last: dt.date,
-                    customers: tuple[str, ...]) -> pa.Table:  # fmt: skip
-    """One month of a table, only the rows of ``customers`` (DuckDB pushes the filter into the scan)."""
-    parts = lake.files_by_partition(layout, table, version)
-    files = [f for day, fs in parts.items() if first <= day <= last for f in fs]
-    schema = schemas.with_partition_column(table)
+def _read_files(files: list[str], schema: pa.Schema, customers: tuple[str, ...] | None = None) -> pa.Table:
+    """Rows of some data files of one committed version (listed from its log), typed by ``schema``;
+    with ``customers``, only their rows (DuckDB pushes the filter into the scan)."""
+    import pyarrow.dataset as ds
+
     if not files:
         return schema.empty_table()
+    if customers is None:
+        return ds.dataset(files, schema=schema, format="parquet").to_table()
     con = _duck()
     con.execute("set TimeZone = 'UTC'")
     con.register("wanted", pa.table({"customer_id": pa.array(customers, pa.string())}))
-    data = con.sql(f"select * from read_parquet({_uri_list(files)}, hive_partitioning = true) "
+    data = con.sql(f"select * from read_parquet({_uri_list(files)}, union_by_name = true) "
                    "where customer_id in (select customer_id from wanted)").to_arrow_table()  # fmt: skip
     con.close()
+    for name in schema.names:
+        if name not in data.column_names:
+            data = data.append_column(name, pa.nulls(data.num_rows, schema.field(name).type))
     return data.select(schema.names).cast(schema)
 
 
 class _ReadMonthFn(beam.DoFn):
-    """``(month, last day, pinned versions, customers or None, days)`` -> a ``MonthSlice`` read from the
-    Delta tables at those versions (partition pruning on ``event_date``: only the month's files).
-    With customers (an incremental run), only their rows, plus every event of ``days`` for
-    revenue_daily."""
+    """``(month, data files of events and usage, customers or None, event files of some days)`` ->
+    a ``MonthSlice``. The files come from the pinned versions' logs (only the month's partitions).
+    With customers (an incremental run), only their rows, plus every event of the listed days'
+    files for revenue_daily."""
 
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
+    def __init__(self):
         self.rows_read = beam.metrics.Metrics.counter("metrics", "lake_rows_read")
         self.day_rows_read = beam.metrics.Metrics.counter("metrics", "lake_day_rows_read")
 
     def process(self, element):
-        month, last_day, pinned, customers, days = element
-        layout = DataLayout(Path(self.data_dir))
-        in_month = (pc.field("event_date") >= pa.scalar(month, pa.date32())) & (
-            pc.field("event_date") <= pa.scalar(last_day, pa.date32()))
+        month, files, customers, day_files = element
         tables = {}
         for table, schema in (("events", schemas.EVENTS), ("usage", schemas.USAGE)):
-            version = pinned.get(table)
-            if version is None:
-                data = schema.empty_table()
-            elif customers is None:
-                data = lake.read_table(layout, table, version=version, filter=in_month)
-            else:
-                data = _read_customers(layout, table, version, month, last_day, customers)
-            tables[table] = data.select(schema.names).cast(schema)
-            self.rows_read.inc(data.num_rows)
+            tables[table] = _read_files(files[table], schema, customers)
+            self.rows_read.inc(tables[table].num_rows)
         daily = None
         if customers is not None:
-            daily = schemas.EVENTS.empty_table()
-            if days and pinned.get("events") is not None:
-                wanted = pc.field("event_date").isin(pa.array(days, pa.date32()))
-                daily = lake.read_table(layout, "events", version=pinned["events"], filter=wanted)
-                daily = daily.select(schemas.EVENTS.names).cast(schemas.EVENTS)
-                self.day_rows_read.inc(daily.num_rows)
+            daily = _read_files(day_files, schemas.EVENTS)
+            self.day_rows_read.inc(daily.num_rows)
         yield MonthSlice(month, tables["events"], tables["usage"], daily)
 
 
@@ -372,7 +361,7 @@ def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage:
     the customers recomputed, and those read for the revenue_daily days recomputed."""
     p = beam.Pipeline(options=pipeline_options(config.beam_args))
     slices = (p | "ListMonths" >> beam.Create(elements, reshuffle=False)
-              | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(config.layout.root))))  # fmt: skip
+              | "ReadMonth" >> beam.ParDo(_ReadMonthFn()))  # fmt: skip
     staged = slices | "StageMonth" >> beam.ParDo(
         _StageMonthFn(str(stage), run_id, config, shards, str(roots["revenue_daily"]))
     ).with_outputs("subscriptions", "fx_missing", main="partials")
@@ -406,17 +395,21 @@ def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage:
 
 
 def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: MetricsPlan) -> list:
-    days = [d for t in ("events", "usage") for d in lake.partition_values(layout, t, pinned.get(t)) if d <= as_of]
+    """One element per calendar month with data on or before the as-of date: its data files."""
+    parts = {t: lake.files_by_partition(layout, t, pinned[t]) if pinned.get(t) is not None else {}
+             for t in ("events", "usage")}  # fmt: skip
+    days = [d for t in parts for d in parts[t] if d <= as_of]
     if not days:
         raise InputError(f"no events on or before the as-of date {as_of}")
     customers = plan.customers if plan.mode == "incremental" else None
     elements = []
     for month in sorted({month_start(d) for d in days}):
         last = min(next_month(month) - dt.timedelta(days=1), as_of)
-        in_month = tuple(d for d in plan.daily_days if month <= d <= last)
-        if customers is not None and not customers and not in_month:
+        files = {t: [f for d, fs in sorted(parts[t].items()) if month <= d <= last for f in fs] for t in parts}
+        day_files = [f for d in plan.daily_days if month <= d <= last for f in parts["events"].get(d, [])]
+        if customers is not None and not customers and not day_files:
             continue
-        elements.append((month, last, pinned, customers, in_month))
+        elements.append((month, files, customers, day_files))
     return elements
 
 

@@ -337,13 +337,25 @@ def _subscription_timelines(subs: pa.Table, as_of_end: int, fx: FxTable,
         if cols["trial_end"][i] is not None:
             trial_end = cols["trial_end"][i]
         currency = cols["currency"][i]
+        day = (EPOCH + dt.timedelta(microseconds=eff)).date()
+        # the valuation depends on the day only through its rate: cache by rate, not by day
+        rate_key = None if currency == reporting_currency else _rate_or_day(fx, currency, day)
         params = (currency, cols["unit_amount"][i], cols["quantity"][i], cols["interval"][i],
-                  cols["interval_count"][i], (EPOCH + dt.timedelta(microseconds=eff)).date())  # fmt: skip
+                  cols["interval_count"][i], rate_key)  # fmt: skip
         if params not in valuations:
-            valuations[params] = _state_mrr(*params, fx, reporting_currency)
+            valuations[params] = _state_mrr(*params[:5], day, fx, reporting_currency)
         mrr, orig = valuations[params]
         timeline.append(_State(eff, mrr, orig, currency, trial_end, False))
     return by_customer
+
+
+def _rate_or_day(fx: FxTable, currency: str, day: dt.date):
+    """The rate a state on ``day`` converts at, or the day itself when there is none (``_state_mrr``
+    then raises ``MissingFxRate`` naming it)."""
+    try:
+        return fx.rate(currency, day)
+    except MissingFxRate:
+        return day
 
 
 def _state_mrr(currency: str, unit_amount: int, quantity: int, interval: str, interval_count: int, day: dt.date,
