@@ -80,7 +80,7 @@ def run_once(root: Path, batches: list[list[str]]) -> Path:
 
 
 @pytest.mark.slow
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16), batches=st.integers(2, 3), share=st.sampled_from([0.05, 0.15, 1.0]),
        recent_last=st.booleans())  # fmt: skip
 def test_incremental_runs_equal_one_full_run(lines, tmp_path_factory, seed, batches, share, recent_last):
