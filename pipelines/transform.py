@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import lake
+from pipelines import closes, lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
+LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily",
+                *schemas.PERIOD_TABLES)  # fmt: skip
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
 
@@ -51,6 +52,7 @@ class TransformResult:
     nodes: dict = field(default_factory=dict)
     gate: dict | None = None
     lake_versions: dict = field(default_factory=dict)
+    restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
 
 
 def check_lake_matches(config: RunConfig) -> None:
@@ -200,6 +202,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         check_lake_matches(config)
         # the versions this build reads: the caller's (the run's own metrics), else the current ones
         pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
+        pinned = {**pinned, **lake.versions(layout, schemas.PERIOD_TABLES)}  # closes: always the latest
     published = layout.warehouse
     with warehouse_lock(layout):
         build_root = layout.build_dir(run_id)
@@ -208,6 +211,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             build_root.mkdir(parents=True)
             dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
+            restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
         finally:
@@ -215,11 +219,11 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
-                             lake_versions=pinned)  # fmt: skip
+                             lake_versions=pinned, restatements=restatements)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
-            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes,
+            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "restatements": restatements,
         })  # fmt: skip
     return result
 
