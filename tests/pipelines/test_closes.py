@@ -78,7 +78,7 @@ def query(data_dir, sql, params=()):
         con.close()
 
 
-def cli(*args) -> tuple[int, str]:
+def cli(*args) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
     return exit_info.value.code
@@ -192,9 +192,6 @@ def test_the_reported_bridge_holds_with_the_adjustment_in_the_first_open_month(r
                             + r["expansion_mrr"] - r["contraction_mrr"] - r["churned_mrr"]), r["month"]
         previous = r["mrr"]
     assert rows[2]["mrr"] == Decimal("200")
-    # a second run on the same lake restates nothing new
-    again = run_transform(cfg(data))
-    assert again.restatements["rows"] == 0 and len(query(data, "select * from restatements")) == 4
 
 
 def test_a_closed_months_report_keeps_its_kpis_and_lists_restatements(restated):
