@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import duckdb
 import pytest
-from conftest import cfg, write_lines
+from conftest import REPO, cfg, write_lines
 
 from pipelines import lake
 from pipelines.cli import main
@@ -192,6 +192,19 @@ def test_the_reported_bridge_holds_with_the_adjustment_in_the_first_open_month(r
                             + r["expansion_mrr"] - r["contraction_mrr"] - r["churned_mrr"]), r["month"]
         previous = r["mrr"]
     assert rows[2]["mrr"] == Decimal("200")
+
+
+def test_the_dbt_bridge_test_catches_a_broken_reported_view(restated, tmp_path):
+    data, _, _ = restated
+    sql = (REPO / "dbt_project" / "tests" / "assert_mrr_monthly_reported_bridge.sql").read_text()
+    sql = "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
+    sql = sql.replace("{{ ref('mrr_monthly_reported') }}", "mrr_monthly_reported")
+    copy = tmp_path / "revenue.duckdb"  # the same file name: the views name their catalog after it
+    shutil.copyfile(DataLayout(data).warehouse, copy)
+    con = duckdb.connect(str(copy))
+    assert con.execute(sql).fetchall() == []
+    con.execute("update lake.closed_figures set mrr = mrr + 1 where \"month\" = ?", [FEB])  # a frozen figure drifts
+    assert [r[0] for r in con.execute(sql).fetchall()] == [FEB]  # March absorbs it in its adjustment
 
 
 def test_a_closed_months_report_keeps_its_kpis_and_lists_restatements(restated):
