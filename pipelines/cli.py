@@ -242,9 +242,12 @@ def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
     from pipelines.closes import close_month, parse_month
 
     result = close_month(build_config(data_dir).layout, parse_month(month), acted_by, note)
-    f = result.frozen
-    click.echo(f"closed {month} at {result.acted_at:%Y-%m-%d %H:%M:%S} UTC by {acted_by}: MRR {f['mrr']}, "
-               f"{f['active_customers']} active customers, net revenue {f['net_revenue']} (frozen as reported)")
+    from transforms.money import format_money
+
+    f, currency = result.frozen, result.reporting_currency
+    click.echo(f"closed {month} at {result.acted_at:%Y-%m-%d %H:%M:%S} UTC by {acted_by}; frozen as reported: "
+               f"MRR {format_money(f['mrr'], currency)}, {f['active_customers']:,} active customers, "
+               f"net revenue {format_money(f['net_revenue'], currency)}")  # fmt: skip
 
 
 @cli.command()

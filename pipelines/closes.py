@@ -69,6 +69,7 @@ class ActionResult:
     acted_at: dt.datetime
     action_id: str
     frozen: dict = field(default_factory=dict)
+    reporting_currency: str | None = None
 
 
 def parse_month(value: str) -> dt.date:
@@ -231,7 +232,7 @@ def close_month(layout: DataLayout, month: dt.date, by: str, note: str | None = 
     write_manifest(layout, action_id, "close", {"month": f"{month:%Y-%m}", "acted_at": acted_at.isoformat(),
                                                 "acted_by": by, "note": note, "lake_versions": current,
                                                 "frozen": frozen})  # fmt: skip
-    return ActionResult("close", [month], acted_at, action_id, frozen)
+    return ActionResult("close", [month], acted_at, action_id, frozen, info["reporting_currency"])
 
 
 def reopen_month(layout: DataLayout, month: dt.date, by: str, reason: str) -> ActionResult:
@@ -289,9 +290,11 @@ class RestatementCheck:
     event_rows: list[dict] = field(default_factory=list)  # restatement_events: which events each month counted
     closed_months: list[str] = field(default_factory=list)
     booked_in_month: str | None = None
+    reporting_currency: str | None = None
 
     def summary(self) -> dict:
         return {
+            "reporting_currency": self.reporting_currency,
             "closed_months": self.closed_months,
             "rows": len(self.rows),
             "material": [_describe(r) for r in self.rows if r["material"]],
@@ -355,7 +358,7 @@ def record_restatements(config: RunConfig, run_id: str, build_file: Path, pinned
 def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dict[str, int]) -> RestatementCheck:
     closed = closed_months(layout)
     live = {r[0]: r for r in _select(con, 'select * from mrr_monthly order by "month"')}
-    check = RestatementCheck(closed_months=[f"{m:%Y-%m}" for m in closed])
+    check = RestatementCheck(closed_months=[f"{m:%Y-%m}" for m in closed], reporting_currency=config.reporting_currency)
     open_months = [m for m in live if m not in closed]
     booked = open_months[0] if open_months else None
     check.booked_in_month = f"{booked:%Y-%m}" if booked else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -53,9 +54,19 @@ def restatement_lines(restatements: dict | None) -> list[str]:
         return []
     lines = [f"restatements of closed months: {len(rows)} rows ({len(restatements['material'])} material), booked in "
              f"{restatements['booked_in_month']}"]
+    currency = restatements.get("reporting_currency")
+
+    def show(value: str, metric: str) -> str:
+        if metric == "active_customers" or not currency:  # a count, stored as a decimal
+            return f"{Decimal(value).normalize():,f}"
+        return format_money(value, currency)
+
     for r in rows:
-        lines.append(f"{'MATERIAL ' if r['material'] else ''}restatement: {r['month']} {r['metric']} reported "
-                     f"{r['reported']} restated {r['restated']} difference {r['difference']} ({r['events']} events)")
+        m = r["metric"]
+        lines.append(f"{'MATERIAL ' if r['material'] else ''}restatement: {r['month']} {m} reported "
+                     f"{show(r['reported'], m)}, restated {show(r['restated'], m)}, difference "
+                     f"{show(r['difference'], m)} ({r['events'] if r['events'] is not None else 'n/a'} events "
+                     "since the close)")
     return [escape(line) for line in lines]
 
 

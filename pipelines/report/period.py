@@ -27,6 +27,9 @@ CASH_SQL = """
     order by currency
 """
 
+METRIC_ORDER = ("mrr", "active_customers", "new_mrr", "expansion_mrr", "reactivation_mrr", "contraction_mrr",
+                "churned_mrr", "net_revenue")  # fmt: skip
+
 
 @dataclass
 class PeriodFigures:
@@ -101,6 +104,8 @@ def read_period(con, month: dt.date) -> PeriodFigures:
         period.frozen_cash = frozen[0] if frozen else None
         sql = ('select * from restatements where "month" = ? and close_acted_at = ? '
                'order by detected_at, run_id, metric')
-        period.restatements = _rows(con, sql, [month, closed_at])
+        order = {m: i for i, m in enumerate(METRIC_ORDER)}
+        period.restatements = sorted(_rows(con, sql, [month, closed_at]),
+                                     key=lambda r: (r["detected_at"], r["run_id"], order.get(r["metric"], 99)))
         period.tables["restatements"] = _exportable(con.execute(sql, [month, closed_at]).to_arrow_table())
     return period
