@@ -247,3 +247,18 @@ def test_a_full_refresh_keeps_every_close(restated, tmp_path):
     assert query(data, "select * from period_closes order by acted_at, \"month\"") == closes_before
     assert query(data, 'select * from mrr_monthly_reported order by "month"') == reported_before
     assert len(query(data, "select * from restatements")) == 4 and result.restatements["rows"] == 0
+
+
+def test_maintain_keeps_the_lake_versions_a_close_saw(restated, tmp_path):
+    from pipelines.maintain import run_maintain
+
+    data, _, _ = restated
+    data = copy_of(data, tmp_path / "data")
+    layout = DataLayout(data)
+    seen = json.loads(closed_months(layout)[FEB]["lake_versions"])
+    assert seen["customer_months"] < lake.table_version(layout, "customer_months")  # overwritten by the late run
+    result = run_maintain(cfg(data), retention_hours=0)
+    assert result.tables["customer_months"]["versions_kept_for_closes"] == [seen["customer_months"]]
+    assert lake.read_table(layout, "events", version=seen["events"]).num_rows == len(BASE)
+    old = lake.read_table(layout, "customer_months", ["customer_id", "month"], version=seen["customer_months"])
+    assert old.num_rows > 0
