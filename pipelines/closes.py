@@ -191,7 +191,7 @@ def close_month(layout: DataLayout, month: dt.date, by: str, note: str | None = 
     figures) and record the action with the lake versions it saw."""
     by = _required(by, "--by")
     with _locks(layout):
-        history = [r for r in close_history(layout)]
+        history = close_history(layout)
         closed = closed_months(layout)
         con = _published(layout)
         try:
@@ -357,14 +357,14 @@ def record_restatements(config: RunConfig, run_id: str, build_file: Path, pinned
 
 def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dict[str, int]) -> RestatementCheck:
     closed = closed_months(layout)
-    live = {r[0]: r for r in _select(con, 'select * from mrr_monthly order by "month"')}
+    live = {r["month"]: r for r in _select(con, 'select * from mrr_monthly order by "month"')}
     check = RestatementCheck(closed_months=[f"{m:%Y-%m}" for m in closed], reporting_currency=config.reporting_currency)
     open_months = [m for m in live if m not in closed]
     booked = open_months[0] if open_months else None
     check.booked_in_month = f"{booked:%Y-%m}" if booked else None
     frozen = {(r["month"], r["closed_at"]): r for r in lake.read_table(layout, "closed_figures").to_pylist()}
     last: dict[tuple, Decimal] = {}
-    for r in sorted(lake.read_table(layout, "restatements").to_pylist(), key=lambda r: (r["detected_at"], r["run_id"])):
+    for r in sorted(lake.read_table(layout, "restatements").to_pylist(), key=lambda r: r["run_id"]):  # time order
         last[(r["month"], r["close_acted_at"], r["metric"])] = r["restated_value"]
     limits: Materiality = config.materiality
     for month, close in closed.items():
@@ -373,7 +373,7 @@ def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dic
         reported = frozen.get((month, close["acted_at"]))
         if reported is None:
             continue
-        restated = {**live[month][1], **monthly_cash(con, month)}
+        restated = {**live[month], **monthly_cash(con, month)}
         changed = []
         for metric in METRICS:
             value = Decimal(restated[metric])
@@ -397,10 +397,10 @@ def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dic
     return check
 
 
-def _select(con, sql: str, params=()) -> list[tuple]:
+def _select(con, sql: str, params=()) -> list[dict]:
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description]
-    return [(row[0], dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, config: RunConfig,
@@ -415,8 +415,10 @@ def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, co
         log.warning("events version %s of the close of %s is not readable (%s): event counts left null",
                     at_close, f"{month:%Y-%m}", exc)  # fmt: skip
         return None, []
-    con.register("events_at_close", before if before is not None else
-                 schemas.with_partition_column("events").empty_table().select(["event_id", "event_date"]))
+    empty = schemas.with_partition_column("events").empty_table()
+    now = lake.dataset(layout, "events", pinned.get("events")) if "events" in pinned else None
+    con.register("events_at_close", before if before is not None else empty)
+    con.register("events_now", now if now is not None else empty)  # the versions this build read
     start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
     end = dt.datetime.combine(_next_month(month), dt.time(), tzinfo=dt.UTC)
     subs, pays = list(SUBSCRIPTION_EVENTS), list(PAYMENT_EVENTS)
@@ -424,8 +426,8 @@ def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, co
         rows = _select(con, """
             select case when event_type in (select unnest(?)) then 'mrr' else 'net_revenue' end as affects,
                    event_id, event_type, customer_id, occurred_at, effective_at
-            from lake.events
-            where cast(occurred_at as date) <= ?
+            from events_now
+            where event_date <= ?
               and ((event_type in (select unnest(?))
                     and least(occurred_at, coalesce(effective_at, occurred_at)) < ?)
                 or (event_type in (select unnest(?)) and occurred_at >= ? and occurred_at < ?))
@@ -434,7 +436,8 @@ def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, co
                        [subs, config.as_of, subs, end, pays, start, end, config.as_of])  # fmt: skip
     finally:
         con.unregister("events_at_close")
-    events = [r for _, r in rows]
+        con.unregister("events_now")
+    events = rows
     counts = {"mrr": 0, "net_revenue": 0}
     for e in events:
         counts[e["affects"]] += 1

@@ -152,8 +152,25 @@ def restated(base, tmp_path_factory):
     return data, before, result
 
 
+CONTRACT_COLUMNS = {  # CONTRACT section 4
+    "period_closes": ["month", "action", "acted_at", "acted_by", "note", "lake_versions"],
+    "mrr_monthly_reported": ["month", "mrr", "arr", "active_customers", "new_mrr", "expansion_mrr",
+                             "reactivation_mrr", "contraction_mrr", "churned_mrr", "net_new_mrr", "new_customers",
+                             "reactivated_customers", "churned_customers", "customer_churn_rate",
+                             "gross_mrr_churn_rate", "net_mrr_churn_rate", "arpa", "quick_ratio", "ltv",
+                             "restatement_adjustment_mrr"],
+    "restatements": ["month", "metric", "reported_value", "restated_value", "difference", "events", "run_id",
+                     "detected_at", "booked_in_month"],
+}  # fmt: skip
+
+
 def test_late_events_leave_reported_figures_and_write_exact_restatements(restated):
     data, before, result = restated
+    for table, columns in CONTRACT_COLUMNS.items():
+        present = {r["column_name"]: r["data_type"] for r in query(
+            data, "select column_name, data_type from information_schema.columns where table_name = ?", [table])}
+        assert set(columns) <= set(present), (table, set(columns) - set(present))
+        assert not [c for c, t in present.items() if t in ("DOUBLE", "FLOAT", "REAL")], (table, present)
     reported = {r["month"]: r for r in query(data, 'select * from mrr_monthly_reported order by "month"')}
     live = {r["month"]: r for r in query(data, 'select * from mrr_monthly order by "month"')}
     old = {r["month"]: r for r in before["reported"]}
