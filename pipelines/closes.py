@@ -367,6 +367,7 @@ def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dic
     for r in sorted(lake.read_table(layout, "restatements").to_pylist(), key=lambda r: r["run_id"]):  # time order
         last[(r["month"], r["close_acted_at"], r["metric"])] = r["restated_value"]
     limits: Materiality = config.materiality
+    arrived: dict = {}  # events version at a close -> the events that reached the lake since
     for month, close in closed.items():
         if month not in live:
             continue  # outside this build's months (an earlier --as-of)
@@ -382,7 +383,7 @@ def _detect(con, layout: DataLayout, config: RunConfig, run_id: str, pinned: dic
                 changed.append((metric, Decimal(reported[metric]), value))
         if not changed:
             continue
-        counts, events = _events_since_close(con, layout, month, close, config, pinned)
+        counts, events = _events_since_close(con, layout, month, close, config, pinned, arrived)
         for metric, was, now in changed:
             group = "net_revenue" if metric in REVENUE_METRICS else "mrr"
             check.rows.append({
@@ -404,41 +405,51 @@ def _select(con, sql: str, params=()) -> list[dict]:
 
 
 def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, config: RunConfig,
-                        pinned: dict[str, int]) -> tuple[dict | None, list[dict]]:  # fmt: skip
+                        pinned: dict[str, int], cache: dict) -> tuple[dict | None, list[dict]]:  # fmt: skip
     """Payment events in the build's lake snapshot that were not in the lake at the close and can move
     the month: subscription events effective or occurring by its end (MRR metrics), invoices paid and
     refunds dated in it (net revenue). None when the close's version is no longer readable."""
     at_close = json.loads(close["lake_versions"]).get("events")
-    try:
-        before = lake.dataset(layout, "events", at_close) if at_close is not None else None
-    except Exception as exc:  # noqa: BLE001 - vacuumed past the retention: counts unknown, said so
-        log.warning("events version %s of the close of %s is not readable (%s): event counts left null",
-                    at_close, f"{month:%Y-%m}", exc)  # fmt: skip
+    if at_close not in cache:  # closes made in one sitting share a version: one lake diff for all
+        cache[at_close] = _arrived_since(con, layout, at_close, config, pinned)
+    arrived = cache[at_close]
+    if arrived is None:
         return None, []
-    empty = schemas.with_partition_column("events").empty_table()
-    now = lake.dataset(layout, "events", pinned.get("events")) if "events" in pinned else None
-    con.register("events_at_close", before if before is not None else empty)
-    con.register("events_now", now if now is not None else empty)  # the versions this build read
     start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
     end = dt.datetime.combine(_next_month(month), dt.time(), tzinfo=dt.UTC)
-    subs, pays = list(SUBSCRIPTION_EVENTS), list(PAYMENT_EVENTS)
-    try:
-        rows = _select(con, """
-            select case when event_type in (select unnest(?)) then 'mrr' else 'net_revenue' end as affects,
-                   event_id, event_type, customer_id, occurred_at, effective_at
-            from events_now
-            where event_date <= ?
-              and ((event_type in (select unnest(?))
-                    and least(occurred_at, coalesce(effective_at, occurred_at)) < ?)
-                or (event_type in (select unnest(?)) and occurred_at >= ? and occurred_at < ?))
-              and event_id not in (select event_id from events_at_close where event_date <= ?)
-            order by affects, occurred_at, event_id""",
-                       [subs, config.as_of, subs, end, pays, start, end, config.as_of])  # fmt: skip
-    finally:
-        con.unregister("events_at_close")
-        con.unregister("events_now")
-    events = rows
+    events = []
+    for e in arrived:
+        if e["event_type"] in SUBSCRIPTION_EVENTS and min(e["occurred_at"], e["effective_at"] or e["occurred_at"]) < end:
+            events.append({"affects": "mrr", **e})
+        elif e["event_type"] in PAYMENT_EVENTS and start <= e["occurred_at"] < end:
+            events.append({"affects": "net_revenue", **e})
     counts = {"mrr": 0, "net_revenue": 0}
     for e in events:
         counts[e["affects"]] += 1
     return counts, events
+
+
+def _arrived_since(con, layout: DataLayout, at_close: int | None, config: RunConfig,
+                   pinned: dict[str, int]) -> list[dict] | None:  # fmt: skip
+    """Subscription and payment events up to the as-of day in the build's events version but not in
+    ``at_close`` (None: that version is no longer readable)."""
+    try:
+        before = lake.dataset(layout, "events", at_close) if at_close is not None else None
+    except Exception as exc:  # noqa: BLE001 - vacuumed past the retention: counts unknown, said so
+        log.warning("events version %s of a close is not readable (%s): event counts left null", at_close, exc)
+        return None
+    empty = schemas.with_partition_column("events").empty_table()
+    now = lake.dataset(layout, "events", pinned.get("events")) if "events" in pinned else None
+    con.register("events_at_close", before if before is not None else empty)
+    con.register("events_now", now if now is not None else empty)  # the version this build read
+    try:
+        return _select(con, """
+            select event_id, event_type, customer_id, occurred_at, effective_at
+            from events_now
+            where event_date <= ? and event_type in (select unnest(?))
+              and event_id not in (select event_id from events_at_close where event_date <= ?)
+            order by occurred_at, event_id""",
+                       [config.as_of, list(SUBSCRIPTION_EVENTS + PAYMENT_EVENTS), config.as_of])  # fmt: skip
+    finally:
+        con.unregister("events_at_close")
+        con.unregister("events_now")
