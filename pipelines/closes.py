@@ -4,7 +4,8 @@ check every warehouse build makes against the closed months.
 The close history (``period_closes``), the figures frozen at each close (``closed_figures``) and
 the restatements found since (``restatements``, with the events behind each in
 ``restatement_events``) are Delta tables in the lake: no event rebuilds them, so a
-``--full-refresh`` keeps them. The warehouse loads them into its ``lake`` schema and shows them
+``--full-refresh`` keeps them. Each build loads them whole into its ``periods`` schema (before dbt
+runs, ``prepare_build``; again after the gate, with this run's restatements) and shows them
 through dbt views (``period_closes``, ``mrr_monthly_reported``, ``restatements``,
 ``restatement_events``); because they are views, a close or reopen is visible in the published
 warehouse at once: the action reloads those lake tables into a copy of the published file and
@@ -60,6 +61,7 @@ BUILD_SOURCES = ("events", "usage", "customer_months", "customer_lifetime", "rev
 FROZEN_COLUMNS = [f.name for f in schemas.CLOSED_FIGURES if f.name not in ("closed_at",)]
 CASH_COLUMNS = ("gross_revenue", "tax", "refunds", "net_revenue")
 LOCK_WAIT_SECONDS = 120
+SCHEMA = "periods"  # the warehouse schema holding the closed-period tables (owned by this module)
 
 
 @dataclass
@@ -139,22 +141,34 @@ def _published(layout: DataLayout):
 def _build_info(con) -> dict:
     try:
         run_id, as_of, currency, versions = con.execute(
-            "select run_id, as_of, reporting_currency, lake_versions from lake.build_info").fetchall()[0]
+            f"select run_id, as_of, reporting_currency, lake_versions from {SCHEMA}.build_info").fetchall()[0]
     except Exception:  # noqa: BLE001 - a warehouse built before closed periods existed
         raise InputError("the published warehouse predates closed periods: run `revenue run` (or "
                          "`revenue transform`) once, then close") from None  # fmt: skip
     return {"run_id": run_id, "as_of": as_of, "reporting_currency": currency, "lake_versions": json.loads(versions)}
 
 
-def load_period_tables(con, layout: DataLayout, versions: dict[str, int] | None = None) -> None:
-    """(Re)load the closed-period lake tables into a warehouse file's ``lake`` schema."""
-    con.execute("create schema if not exists lake")
+def load_period_tables(con, layout: DataLayout) -> None:
+    """(Re)load the closed-period lake tables, whole and at their latest versions, into a warehouse
+    file's ``periods`` schema (dbt's ``lake_periods`` source). They are small (one row per action,
+    per restated metric) and this module alone writes that schema."""
+    con.execute(f"create schema if not exists {SCHEMA}")
     for table in schemas.PERIOD_TABLES:
-        version = (versions or {}).get(table)
-        data = lake.dataset(layout, table, version)
+        data = lake.dataset(layout, table)
         con.register("period_source", data if data is not None else schemas.with_partition_column(table).empty_table())
-        con.execute(f'create or replace table lake."{table}" as select * from period_source')
+        con.execute(f'create or replace table {SCHEMA}."{table}" as select * from period_source')
         con.unregister("period_source")
+
+
+def prepare_build(build_file: Path, layout: DataLayout) -> None:
+    """Before a warehouse build's dbt run: the closed-period tables as they are now (its sources)."""
+    import duckdb
+
+    con = duckdb.connect(str(build_file))
+    try:
+        load_period_tables(con, layout)
+    finally:
+        con.close()
 
 
 def _republish(layout: DataLayout, action_id: str) -> None:
@@ -335,14 +349,13 @@ def record_restatements(config: RunConfig, run_id: str, build_file: Path, pinned
     con = duckdb.connect(str(build_file))
     try:
         con.execute("set TimeZone = 'UTC'")
-        con.execute("create schema if not exists lake")
-        con.execute("create or replace table lake.build_info as select ? as run_id, cast(? as date) as as_of, "
+        con.execute(f"create schema if not exists {SCHEMA}")
+        con.execute(f"create or replace table {SCHEMA}.build_info as select ? as run_id, cast(? as date) as as_of, "
                     "? as reporting_currency, ? as lake_versions",
                     [run_id, config.as_of, config.reporting_currency, json.dumps(pinned, sort_keys=True)])  # fmt: skip
         if not lake.is_table(layout, "period_closes"):
             return RestatementCheck().summary()
         with _lake_lock_waiting(layout):
-            load_period_tables(con, layout)  # the latest closes, even one made since the build pinned its sources
             check = _detect(con, layout, config, run_id, pinned)
             if check.rows:
                 _commit_rows(layout, "restatements", check.rows, f"{run_id}-restatements")

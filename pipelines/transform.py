@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily",
-                *schemas.PERIOD_TABLES)  # fmt: skip
+LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
 
@@ -174,6 +173,7 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
     raise BuildFailed with the failing nodes."""
     project, target = build_root / "project", build_root / "target"
     load_lake_snapshot(build_file, config.layout, pinned)
+    closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
     _write_fx_seed(project, config)
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
@@ -202,7 +202,6 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         check_lake_matches(config)
         # the versions this build reads: the caller's (the run's own metrics), else the current ones
         pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
-        pinned = {**pinned, **lake.versions(layout, schemas.PERIOD_TABLES)}  # closes: always the latest
     published = layout.warehouse
     with warehouse_lock(layout):
         build_root = layout.build_dir(run_id)

@@ -220,7 +220,7 @@ def test_the_dbt_bridge_test_catches_a_broken_reported_view(restated, tmp_path):
     shutil.copyfile(DataLayout(data).warehouse, copy)
     con = duckdb.connect(str(copy))
     assert con.execute(sql).fetchall() == []
-    con.execute("update lake.closed_figures set mrr = mrr + 1 where \"month\" = ?", [FEB])  # a frozen figure drifts
+    con.execute("update periods.closed_figures set mrr = mrr + 1 where \"month\" = ?", [FEB])  # a frozen figure drifts
     assert [r[0] for r in con.execute(sql).fetchall()] == [FEB]  # March absorbs it in its adjustment
 
 
