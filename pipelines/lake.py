@@ -252,8 +252,9 @@ def commit_metadata(layout: DataLayout, table: str) -> dict:
     return (delta.history(1) or [{}])[0]
 
 
-def files_by_partition(layout: DataLayout, table: str, version: int | None = None) -> dict:
-    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read)."""
+def files_by_partition(layout: DataLayout, table: str, version: int | None = None, rows: dict | None = None) -> dict:
+    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read).
+    ``rows``, when given, receives ``{partition value: row count}`` (the log's statistics)."""
     delta = open_table(layout, table, version)
     if delta is None:
         return {}
@@ -261,8 +262,11 @@ def files_by_partition(layout: DataLayout, table: str, version: int | None = Non
     actions = pa.table(delta.get_add_actions(flatten=True))
     root = layout.table(table)
     out: dict = {}
-    for path, value in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(), strict=True):
+    for path, value, count in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(),
+                                  actions["num_records"].to_pylist(), strict=True):  # fmt: skip
         out.setdefault(value, []).append(str(root / path))
+        if rows is not None:
+            rows[value] = rows.get(value, 0) + (count or 0)
     return out
 
 
