@@ -190,12 +190,18 @@ def _add_action(table_root: Path, path: Path, partition: str):
                      json.dumps({"numRecords": rows}))  # fmt: skip
 
 
-def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append") -> int | None:
+def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append",
+           app_transactions: dict[str, int] | None = None, metadata: dict | None = None,
+           allow_empty: bool = False) -> int | None:  # fmt: skip
     """Make ``files`` (written under the table's folder) visible in one commit; returns the new version.
 
     ``mode="overwrite"`` replaces the table's content with exactly these files (derived tables).
     Every commit records the run id and advances the app transaction ``revenue-<table>``.
-    An append of no files commits nothing.
+    ``app_transactions`` (``{app_id: version}``) are recorded in the same commit, e.g. a stream
+    consumer's source position (``stream:<source>`` -> last offset): an app id whose recorded
+    version is already at or past the given one is left as it is. ``metadata`` joins the commit
+    metadata. An append of no files commits nothing unless ``allow_empty`` (a stream batch whose
+    position must be recorded even when it added nothing to this table).
     """
     from deltalake import DeltaTable
     from deltalake.transaction import CommitProperties, Transaction
@@ -203,19 +209,30 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
     root = layout.table(table)
     schema = schemas.with_partition_column(table)
     partition = schemas.PARTITION_COLUMNS[table][0]
-    if not files and mode == "append":
+    if not files and mode == "append" and not allow_empty:
         return table_version(layout, table)
     root.mkdir(parents=True, exist_ok=True)
     delta = DeltaTable.create(str(root), schema, partition_by=[partition], mode="ignore")
     app_id = f"{APP_ID}-{table}"
     runs = delta.transaction_version(app_id) or 0
+    transactions = [Transaction(app_id, runs + 1)]
+    for other, version in (app_transactions or {}).items():
+        current = delta.transaction_version(other)
+        if current is None or version > current:
+            transactions.append(Transaction(other, int(version)))
     actions = [_add_action(root, Path(f), partition) for f in sorted(files)]
     delta.create_write_transaction(
         actions, mode, schema, partition_by=[partition],
-        commit_properties=CommitProperties(custom_metadata={"run_id": run_id},
-                                           app_transactions=[Transaction(app_id, runs + 1)]),
+        commit_properties=CommitProperties(custom_metadata={**(metadata or {}), "run_id": run_id},
+                                           app_transactions=transactions),
     )  # fmt: skip
     return DeltaTable(str(root)).version()
+
+
+def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:
+    """The version an app transaction recorded in a table (e.g. a stream's last ingested offset)."""
+    delta = open_table(layout, table)
+    return delta.transaction_version(app_id) if delta is not None else None
 
 
 def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:
