@@ -44,6 +44,7 @@ class StreamOptions:
     publish_every: float = 30.0
     metrics_port: int | None = None
     stop_after_idle: float | None = None
+    warehouse: bool = True  # False: the lake only (library use: tests, benchmarks of the lake path)
 
     def __post_init__(self):
         if self.max_batch_events < 1 or self.max_batch_seconds <= 0 or self.publish_every < 0:
@@ -443,14 +444,14 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
                 connected = _lost(exc)
                 continue
             now = time.monotonic()
-            if unpublished and now - last_publish >= options.publish_every:
+            if unpublished and options.warehouse and now - last_publish >= options.publish_every:
                 publish("interval")
             if options.stop_after_idle is not None and now - last_message >= options.stop_after_idle:
                 result.stopped_by = "idle"
                 break
         else:
             result.stopped_by = "signal"
-        if unpublished:
+        if unpublished and options.warehouse:
             publish("stop")
     finally:
         stop.restore()
