@@ -453,6 +453,9 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
             result.stopped_by = "signal"
         if unpublished and options.warehouse:
             publish("stop")
+    except KeyboardInterrupt:  # a second signal: the batch in hand is abandoned (never half-committed)
+        result.stopped_by = "abandoned"
+        log.warning("stopped at once by a second signal; an uncommitted batch will be read again")
     finally:
         stop.restore()
         source.close()

@@ -97,7 +97,8 @@ def _recorded_offset(data_dir: Path, uri: str) -> int:
     from pipelines.sources.amqp import parse_amqp_uri
 
     app_id = f"stream:{parse_amqp_uri(uri).key}"
-    return min(lake.app_version(DataLayout(data_dir), t, app_id) for t in ("events", "usage", "dead_letter"))
+    recorded = [lake.app_version(DataLayout(data_dir), t, app_id) for t in ("events", "usage", "dead_letter")]
+    return -1 if None in recorded else min(recorded)
 
 
 def _accepted(data_dir: Path) -> list[tuple[str, str]]:
@@ -133,14 +134,22 @@ def _kill_mid_stream(uri: str, data_dir: Path, *extra: str) -> None:
         proc.wait()
 
 
-def _restart_until_idle(uri: str, data_dir: Path) -> list[dict]:
-    """A restart that stops after 2 idle seconds; returns its JSON log lines."""
-    done = subprocess.run(_cli("stream", "--source", uri, "--data-dir", str(data_dir), "--max-batch-events", "1000",
-                               "--max-batch-seconds", "1", "--stop-after-idle", "2",
-                               "--dead-letter-critical", "0.5"),  # the poison and republished bad lines
-                          env=_env(), capture_output=True, timeout=240)  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return [json.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
+def _restart_then_sigterm(uri: str, data_dir: Path, last_offset: int) -> list[dict]:
+    """A restart that gets SIGTERM once the lake holds ``last_offset``: it publishes and exits 0.
+    Returns its JSON log lines."""
+    proc = subprocess.Popen(_cli("stream", "--source", uri, "--data-dir", str(data_dir), "--max-batch-events", "5000",
+                                 "--max-batch-seconds", "1", "--publish-every", "3600",
+                                 "--dead-letter-critical", "0.5"),  # the poison and republished bad lines
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert wait_until(lambda: _recorded_offset(data_dir, uri) == last_offset or proc.poll() is not None, 120)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    return [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
 
 
 def _warehouse(data_dir: Path, table: str) -> list[tuple]:
@@ -212,13 +221,13 @@ def test_stream_queue_killed_and_restarted_is_exactly_once_and_matches_a_batch_r
     data_dir = tmp_path / "data"
     _kill_mid_stream(uri, data_dir)
     position = _recorded_offset(data_dir, uri)
-    records = _restart_until_idle(uri, data_dir)
+    records = _restart_then_sigterm(uri, data_dir, poison_offset)
     batches = [r for r in records if r["kind"] == "batch"]
     assert batches, "the restart committed nothing: the kill came too late to test a resume"
     # resumed from the position in the lake: exactly the offsets after it, each read once
     assert sum(b["messages"] for b in batches) == poison_offset - position
-    assert _recorded_offset(data_dir, uri) == poison_offset
-    published_status = [r for r in records if r["kind"] == "publish"][-1]
+    assert records[-1]["kind"] == "stop" and records[-1]["stopped_by"] == "signal"
+    published_status = [r for r in records if r["kind"] == "publish"][-1]  # published on the way out
     assert published_status["status"] == "success", published_status
 
     accepted = _accepted(data_dir)
@@ -240,7 +249,14 @@ def test_classic_queue_acks_after_commit_and_dedups_redeliveries(queue, generate
     from pipelines.stream import StreamOptions, run_stream
 
     uri = queue(type="classic")
-    _publish(uri, generated / "events")
+    done = subprocess.run(_cli("publish", "--to", uri, "--input", str(generated / "events")), env=_env(),
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    lines = _lines(generated / "events")
+    assert done.stdout.decode().strip() == f"published {len(lines)} messages to 127.0.0.1:5672/%2F?{uri.split('?')[1]}"
+    from pipelines.sources.amqp import publish_lines
+
+    publish_lines(uri, lines[:REPUBLISHED] + [POISON])  # a publisher's retry, then a poison message
     batch_run, _ = ingested
     data_dir = tmp_path / "data"
     port = _free_port()
@@ -250,7 +266,14 @@ def test_classic_queue_acks_after_commit_and_dedups_redeliveries(queue, generate
     try:
         assert wait_until(lambda: _committed_batches(data_dir) >= 1 or proc.poll() is not None, 60)
         assert proc.poll() is None, proc.stderr.read().decode()
-        scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        scraped = []
+
+        def batch_in_metrics() -> bool:
+            scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            return 'revenue_stream_events_total{outcome="written"}' in scraped[-1]
+
+        assert wait_until(batch_in_metrics, 30), scraped[-1]
+        scrape = scraped[-1]
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -261,7 +284,7 @@ def test_classic_queue_acks_after_commit_and_dedups_redeliveries(queue, generate
     assert 'revenue_stream_events_total{outcome="written"}' in scrape
 
     # the restart, in process and lake-only (the stream-queue test covers the warehouse)
-    result = run_stream(cfg(data_dir), StreamOptions(uri, max_batch_events=1000, max_batch_seconds=1,
+    result = run_stream(cfg(data_dir), StreamOptions(uri, max_batch_events=5000, max_batch_seconds=1,
                                                      stop_after_idle=1.5, warehouse=False))  # fmt: skip
     assert result.stopped_by == "idle" and result.batches >= 1
     accepted = _accepted(data_dir)
@@ -278,28 +301,6 @@ def test_classic_queue_acks_after_commit_and_dedups_redeliveries(queue, generate
         assert connection.channel().queue_declare(parse_amqp_uri(uri).queue, passive=True).method.message_count == 0
     finally:
         connection.close()
-
-
-@needs_broker
-@pytest.mark.slow
-def test_publish_command_and_sigterm_stop(queue, small_input, tmp_path):
-    uri = queue(type="stream")
-    done = subprocess.run(_cli("publish", "--to", uri, "--input", str(small_input)), env=_env(),
-                          capture_output=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()
-    sent = len(_lines(small_input))
-    assert f"published {sent} messages" in done.stdout.decode() and "guest:guest" not in done.stdout.decode()
-    data_dir = tmp_path / "data"
-    proc = subprocess.Popen(_cli("stream", "--source", uri, "--data-dir", str(data_dir), "--max-batch-events", "100",
-                                 "--max-batch-seconds", "1", "--publish-every", "3600"),
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        assert wait_until(lambda: _committed_batches(data_dir) >= 1 or proc.poll() is not None, 60)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-3000:]
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _free_port() -> int:
