@@ -1,7 +1,7 @@
 """Live-mode benchmark: `revenue stream` from a RabbitMQ stream queue at a steady publish rate.
 
     python benchmarks/bench_stream.py [--rate 50] [--seconds 60] [--backlog 0] [--max-batch-seconds 5]
-                                      [--publish-every 30] [--workdir /tmp/revenue-bench-stream]
+                                      [--publish-every 30] [--months 24] [--workdir /tmp/revenue-bench-stream]
 
 Publishes generated events (one per message, publisher confirms) to a fresh stream queue at
 --rate messages/s for --seconds (after an optional --backlog published at once), while a
@@ -60,14 +60,15 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=0)
     parser.add_argument("--max-batch-seconds", type=float, default=5.0)
     parser.add_argument("--publish-every", type=float, default=30.0)
+    parser.add_argument("--months", type=int, default=24, help="Months the generated events span (day partitions per batch).")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench-stream"))
     args = parser.parse_args()
 
     from pipelines.sources.amqp import delete_queue, publish_lines, read_event_lines
 
     needed = args.backlog + int(args.rate * args.seconds)
-    generated = args.workdir / "generated"
-    ensure_generated(generated, customers=max(50, needed // 40), months=24)
+    generated = args.workdir / f"generated-{args.months}m"
+    ensure_generated(generated, customers=max(50, needed // (2 * args.months + 8)), months=args.months)
     lines = [line for _, line in read_event_lines(generated / "events")][:needed]
     data_dir = args.workdir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 batch_log = logging.getLogger("revenue.stream")  # one JSON line per batch and per publish
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+LOCK_RETRY_SECONDS = 0.2
 IDLE_POLL_SECONDS = 1.0  # an empty source is looked at this often (stop, idle and publish checks)
 
 
@@ -303,18 +304,90 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     """Metrics -> dbt build -> quality gate -> atomic publish, as ``revenue run`` chains them.
 
     The one place the stream refreshes the warehouse: as the stages become incremental, so does this.
-    Raises ``QualityGateFailed`` (the published warehouse stays) or another ``RevenueError``.
+    Each stage waits while a batch commit holds the lake. Raises ``QualityGateFailed`` (the
+    published warehouse stays) or another ``RevenueError``.
     """
     from pipelines.metrics import run_metrics
     from pipelines.quality import warehouse_gate
     from pipelines.transform import run_transform
 
     config = config.resolve_as_of()
-    metrics = run_metrics(config, run_id=run_id, write_run_manifest=False)
+    metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
     gate = warehouse_gate(config, run_id=run_id)
-    transform = run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False)
+    transform = _waiting_for_lake(lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False))
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
+
+
+def _waiting_for_lake(step):
+    """Run ``step``; while another writer (the stream's own batch commit, a batch run) holds the lake, wait."""
+    waited = 0.0
+    while True:
+        try:
+            return step()
+        except LakeError as exc:
+            if "lock held" not in str(exc):
+                raise
+            if waited == 0.0:
+                log.info("%s; waiting", exc)
+            time.sleep(LOCK_RETRY_SECONDS)
+            waited += LOCK_RETRY_SECONDS
+
+
+class _WarehousePublisher:
+    """Publishes the warehouse in a background thread, one publish at a time, so batches keep
+    flowing into the lake meanwhile (the two share the lake lock only while metrics read it)."""
+
+    def __init__(self, config: RunConfig, metrics: StreamMetrics, result: StreamResult):
+        self.config, self.metrics, self.result = config, metrics, result
+        self.thread: threading.Thread | None = None
+        self.crash: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, reason: str, received: float) -> None:
+        self.thread = threading.Thread(target=self._run, args=(reason, received), name="publish-warehouse",
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.crash is not None:
+            raise self.crash
+
+    def check(self) -> None:
+        """Raise, in the consumer's thread, a bug that stopped a publish."""
+        if self.crash is not None and not self.busy:
+            raise self.crash
+
+    def _run(self, reason: str, received: float) -> None:
+        run_id = new_run_id()
+        started = time.monotonic()
+        record = {"kind": "publish", "run_id": run_id, "reason": reason}
+        try:
+            record.update(publish_warehouse(self.config, run_id))
+            record["status"] = "success"
+            self.metrics.published_received = received
+            self.result.publishes += 1
+        except QualityGateFailed as exc:
+            record.update(status="quality_gate_failed", error=str(exc))
+            self.result.publish_failures += 1
+            log.error("quality gate failed; the previous warehouse stays published: %s", exc)
+        except RevenueError as exc:
+            record.update(status="error", error=str(exc))
+            self.result.publish_failures += 1
+            log.error("publishing the warehouse failed; the previous one stays published: %s", exc)
+        except BaseException as exc:  # a bug: the consumer's thread re-raises it
+            record.update(status="crashed", error=f"{type(exc).__name__}: {exc}")
+            self.crash = exc
+        seconds = time.monotonic() - started
+        self.metrics.publish_seconds.observe(seconds)
+        self.metrics.publishes.labels(record["status"]).inc()
+        record["seconds"] = round(seconds, 3)
+        _emit(record)
 
 
 # ------------------------------------------------------------------ the loop
@@ -375,29 +448,12 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
     backoff = BACKOFF_FIRST
     connected = False
 
+    publisher = _WarehousePublisher(config, metrics, result)
+
     def publish(reason: str) -> None:
+        """Start a background publish of what the lake holds now (if none is running)."""
         nonlocal unpublished, last_publish
-        run_id = new_run_id()
-        started = time.monotonic()
-        record = {"kind": "publish", "run_id": run_id, "reason": reason}
-        try:
-            record.update(publish_warehouse(config, run_id))
-            record["status"] = "success"
-            metrics.published_received = newest_received
-            result.publishes += 1
-        except QualityGateFailed as exc:
-            record.update(status="quality_gate_failed", error=str(exc))
-            result.publish_failures += 1
-            log.error("quality gate failed; the previous warehouse stays published: %s", exc)
-        except RevenueError as exc:
-            record.update(status="error", error=str(exc))
-            result.publish_failures += 1
-            log.error("publishing the warehouse failed; the previous one stays published: %s", exc)
-        seconds = time.monotonic() - started
-        metrics.publish_seconds.observe(seconds)
-        metrics.publishes.labels(record["status"]).inc()
-        record["seconds"] = round(seconds, 3)
-        _emit(record)
+        publisher.start(reason, newest_received)
         unpublished = False  # a failed publish waits for new data (or the next interval) to try again
         last_publish = time.monotonic()
 
@@ -444,15 +500,18 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
                 connected = _lost(exc)
                 continue
             now = time.monotonic()
-            if unpublished and options.warehouse and now - last_publish >= options.publish_every:
+            publisher.check()
+            if unpublished and options.warehouse and not publisher.busy and now - last_publish >= options.publish_every:
                 publish("interval")
             if options.stop_after_idle is not None and now - last_message >= options.stop_after_idle:
                 result.stopped_by = "idle"
                 break
         else:
             result.stopped_by = "signal"
+        publisher.wait()
         if unpublished and options.warehouse:
             publish("stop")
+            publisher.wait()
     except KeyboardInterrupt:  # a second signal: the batch in hand is abandoned (never half-committed)
         result.stopped_by = "abandoned"
         log.warning("stopped at once by a second signal; an uncommitted batch will be read again")
@@ -492,8 +551,8 @@ def _commit_batch(config: RunConfig, source, batch: Batch, metrics: StreamMetric
         except LakeError as exc:
             if "lock held" not in str(exc):
                 raise
-            log.warning("%s; retrying the batch in 1s", exc)
-            time.sleep(1.0)
+            log.debug("%s; retrying the batch", exc)  # usually the stream's own publish reading the lake
+            time.sleep(LOCK_RETRY_SECONDS)
             run_id = new_run_id()
     seconds = time.monotonic() - started
     metrics.record_batch(batch, ingested, seconds)
