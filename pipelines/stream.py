@@ -334,6 +334,40 @@ def _waiting_for_lake(step):
             waited += LOCK_RETRY_SECONDS
 
 
+def _child_publish(config: RunConfig, run_id: str, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for this publish
+    try:
+        conn.send(("ok", publish_warehouse(config, run_id)))
+    except RevenueError as exc:
+        conn.send(("error", exc))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
+        conn.send(("crash", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _publish_in_child(config: RunConfig, run_id: str) -> dict:
+    """``publish_warehouse`` in a child process: its Python work (metrics, the gate) does not share
+    the consumer's interpreter lock, so batches keep their pace while the warehouse is rebuilt."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_publish, args=(config, run_id, send), name="publish-warehouse")
+    child.start()
+    send.close()
+    try:
+        kind, value = receive.recv()
+    except EOFError:
+        kind, value = "crash", f"the publishing process died (exit {child.join() or child.exitcode})"
+    child.join()
+    if kind == "ok":
+        return value
+    if kind == "error":
+        raise value
+    raise RuntimeError(value)
+
+
 class _WarehousePublisher:
     """Publishes the warehouse in a background thread, one publish at a time, so batches keep
     flowing into the lake meanwhile (the two share the lake lock only while metrics read it)."""
@@ -368,7 +402,7 @@ class _WarehousePublisher:
         started = time.monotonic()
         record = {"kind": "publish", "run_id": run_id, "reason": reason}
         try:
-            record.update(publish_warehouse(self.config, run_id))
+            record.update(_publish_in_child(self.config, run_id))
             record["status"] = "success"
             self.metrics.published_received = received
             self.result.publishes += 1
