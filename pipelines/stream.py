@@ -500,6 +500,9 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
 
     try:
         while not stop.requested:
+            if options.stop_after_idle is not None and time.monotonic() - last_message >= options.stop_after_idle:
+                result.stopped_by = "idle"  # a source that stays unreachable is idle too
+                break
             if not connected:
                 try:
                     source.open(layout)
@@ -537,9 +540,6 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
             publisher.check()
             if unpublished and options.warehouse and not publisher.busy and now - last_publish >= options.publish_every:
                 publish("interval")
-            if options.stop_after_idle is not None and now - last_message >= options.stop_after_idle:
-                result.stopped_by = "idle"
-                break
         else:
             result.stopped_by = "signal"
         publisher.wait()
@@ -566,8 +566,9 @@ def _broker_lost(source, metrics: StreamMetrics, result: StreamResult, exc: Base
     metrics.reconnects.inc()
     metrics.healthy = False
     result.reconnects += 1
-    log.warning("source %s unavailable (%s: %s); retrying in %.1fs", source.key, type(exc).__name__, exc, backoff)
-    _emit({"kind": "broker_unavailable", "error": f"{type(exc).__name__}: {exc}", "retry_in": backoff})
+    error = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+    log.warning("source %s unavailable (%s); retrying in %.1fs", source.key, error, backoff)
+    _emit({"kind": "broker_unavailable", "error": error, "retry_in": backoff})
     deadline = time.monotonic() + backoff
     while time.monotonic() < deadline and not stop.requested:
         time.sleep(min(0.2, backoff))

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -339,3 +340,40 @@ def test_landing_folder_ingests_each_file_once(small_input, tmp_path):
 
     run_ingest(cfg(ingest, input_dir=landing))
     assert _accepted(data_dir) == _accepted(ingest)
+
+
+@pytest.mark.slow
+def test_unreachable_broker_is_retried_with_backoff_and_reported_unhealthy(tmp_path):
+    """Nothing listens on the port: the consumer logs each retry, doubling the wait, serves /healthz
+    503 meanwhile, and --stop-after-idle still ends it with exit 0."""
+    closed = _free_port()
+    port = _free_port()
+    proc = subprocess.Popen(_cli("stream", "--source", f"amqp://guest:guest@127.0.0.1:{closed}/%2F?queue=q",
+                                 "--data-dir", str(tmp_path / "data"), "--metrics-port", str(port),
+                                 "--stop-after-idle", "4"),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        statuses = []
+
+        def unhealthy() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                statuses.append(200)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError:
+                return False  # not serving yet
+            return statuses[-1] == 503
+
+        assert wait_until(lambda: unhealthy() or proc.poll() is not None, 60)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert statuses[-1] == 503
+    records = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
+    assert waits[:3] == [0.5, 1.0, 2.0], waits
+    assert records[-1]["kind"] == "stop" and records[-1]["stopped_by"] == "idle"
+    assert "guest:guest" not in stderr.decode()
