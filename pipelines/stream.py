@@ -336,6 +336,7 @@ def _waiting_for_lake(step):
 
 def _child_publish(config: RunConfig, run_id: str, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for this publish
+    _die_with_parent()
     try:
         conn.send(("ok", publish_warehouse(config, run_id)))
     except RevenueError as exc:
@@ -344,6 +345,17 @@ def _child_publish(config: RunConfig, run_id: str, conn) -> None:
         conn.send(("crash", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: a consumer killed with -9 takes its publishing child with it (a killed publish is safe:
+    the warehouse is replaced atomically, the lake's commits are whole or absent)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _publish_in_child(config: RunConfig, run_id: str) -> dict:
