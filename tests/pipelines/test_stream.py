@@ -324,7 +324,7 @@ def test_landing_folder_ingests_each_file_once(small_input, tmp_path):
         shutil.copy(path, landing / path.name)
         os.utime(landing / path.name, (1, 1))  # settled
     data_dir = tmp_path / "data"
-    options = StreamOptions(f"file://{landing}", max_batch_events=10, stop_after_idle=0, warehouse=False)
+    options = StreamOptions(f"file://{landing}", max_batch_events=10, stop_after_idle=0.5, warehouse=False)
     first = run_stream(cfg(data_dir), options)
     assert first.messages == 2
     before = _accepted(data_dir)
