@@ -68,7 +68,7 @@ def main() -> None:
 
     needed = args.backlog + int(args.rate * args.seconds)
     generated = args.workdir / f"generated-{args.months}m"
-    ensure_generated(generated, customers=max(50, needed // (2 * args.months + 8)), months=args.months)
+    ensure_generated(generated, customers=needed // max(1, 3 * args.months) + 50, months=args.months)
     lines = [line for _, line in read_event_lines(generated / "events")][:needed]
     data_dir = args.workdir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
