@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pipelines import lake
 from pipelines.config import RunConfig
 from pipelines.ingest import INGEST_TABLES, MessageBatch, ingest_batch
-from pipelines.manifest import new_run_id
+from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import ConfigError, LakeError, QualityGateFailed, RevenueError
 from transforms.messages import MessageSource
 
@@ -481,6 +481,7 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
     config = config.with_pii()
     layout = config.layout
     source = open_source(options.source, options)
+    stream_run_id = new_run_id()  # the consumer's manifest (each batch and publish has its own run id)
     metrics = metrics or StreamMetrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
@@ -565,9 +566,14 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
         stop.restore()
         source.close()
         metrics.stop()
-    _emit({"kind": "stop", "stopped_by": result.stopped_by, "batches": result.batches, "messages": result.messages,
-           "publishes": result.publishes, "publish_failures": result.publish_failures,
-           "reconnects": result.reconnects})  # fmt: skip
+    summary = {"stopped_by": result.stopped_by, "batches": result.batches, "messages": result.messages,
+               "publishes": result.publishes, "publish_failures": result.publish_failures,
+               "reconnects": result.reconnects}  # fmt: skip
+    write_manifest(layout, stream_run_id, "stream", {
+        "config": config.describe(), "source": source.key, "status": "stopped", **summary,
+        "lake_versions": lake.versions(layout),
+    })  # fmt: skip
+    _emit({"kind": "stop", "run_id": stream_run_id, **summary})
     return result
 
 
