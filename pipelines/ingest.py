@@ -366,7 +366,7 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
             committed = {}
             for table in INGEST_TABLES:
                 committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
-                                               **(dict(stream_commit, allow_empty=True) if stream_commit else {}))
+                                               **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
         shutil.rmtree(stage, ignore_errors=True)
     result = IngestResult(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import lake
+from pipelines import closes, lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -51,6 +51,7 @@ class TransformResult:
     nodes: dict = field(default_factory=dict)
     gate: dict | None = None
     lake_versions: dict = field(default_factory=dict)
+    restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
 
 
 def check_lake_matches(config: RunConfig) -> None:
@@ -172,6 +173,7 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
     raise BuildFailed with the failing nodes."""
     project, target = build_root / "project", build_root / "target"
     load_lake_snapshot(build_file, config.layout, pinned)
+    closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
     _write_fx_seed(project, config)
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
@@ -208,6 +210,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             build_root.mkdir(parents=True)
             dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
+            restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
         finally:
@@ -215,11 +218,11 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
-                             lake_versions=pinned)  # fmt: skip
+                             lake_versions=pinned, restatements=restatements)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
-            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes,
+            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "restatements": restatements,
         })  # fmt: skip
     return result
 
