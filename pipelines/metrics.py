@@ -52,7 +52,7 @@ from transforms.revenue import METRICS_EVENTS, METRICS_USAGE, PARTIAL, merge_par
 
 log = logging.getLogger(__name__)
 
-SHARD_ROWS = 400_000  # lake rows (events + usage) per customer shard of a full rebuild: bounds ShardFacts' memory
+SHARD_ROWS = 250_000  # lake rows (events + usage) per customer shard of a full rebuild: bounds ShardFacts' memory
 SLICE_ROWS = 100_000  # lake rows per month slice (whole days) read and pre-aggregated at once
 STATE_KEY = "metrics_state"  # commit metadata: what the derived tables were computed from
 # more changed customers than this share of all (in a lake of at least SHARE_RULE_CUSTOMERS): a full
