@@ -90,7 +90,7 @@ class Frame:
         if self.frame is not None:
             yield self.frame
             return
-        reader = self.con.execute(self.sql, self.params or {}).fetch_record_batch(BATCH_ROWS)
+        reader = self.con.sql(self.sql, params=self.params).to_arrow_reader(BATCH_ROWS)
         seen = False
         for batch in reader:
             if batch.num_rows or not seen:
@@ -109,7 +109,7 @@ def _to_pandas(data):
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str):
-    return con.execute(sql).fetchone()[0]
+    return con.execute(sql).fetchall()[0][0]
 
 
 def _build_state(con: duckdb.DuckDBPyConnection, catalog: str) -> dict:
@@ -204,7 +204,7 @@ def lake_frames(layout: DataLayout, snapshot: Path | None = None, min_lines: int
                (select count(*) from new_dead_letter),
                (select count(*) from lake_events) + (select count(*) from lake_usage),
                (select count(*) from lake_dead_letter)
-    """).fetchone()
+    """).fetchall()[0]
     window = dead_letter_window(new_accepted, new_dead, accepted, dead, min_lines)
     frames["lake_ingest_summary"] = Frame(frame=pd.DataFrame({k: [v] for k, v in window.items()}))
     scope = "where customer_id in (select customer_id from changed_customers)" if incremental else ""
@@ -245,7 +245,8 @@ def warehouse_frames(warehouse: Path, half_minor_unit, changed_only: bool = Fals
     con = duckdb.connect(str(warehouse), read_only=True, config={"memory_limit": memory_limit()})
     try:
         changed_only = changed_only and _build_state(con, current_catalog(con)).get("mode") == "incremental"
-        scope = "customer_id in (select customer_id from lake.changed_customers)" if changed_only else "true"
+        changed = "in (select customer_id from lake.changed_customers)"
+        scope, scope_f = (f"customer_id {changed}", f"f.customer_id {changed}") if changed_only else ("true", "true")
         frames = {
             "warehouse_mrr_monthly": Frame(con, """
                 select "month", mrr, customer_churn_rate, gross_mrr_churn_rate,
@@ -262,7 +263,7 @@ def warehouse_frames(warehouse: Path, half_minor_unit, changed_only: bool = Fals
                 select f.customer_id, f."month", f.mrr, d.first_paid_month
                 from fct_mrr f join dim_customers d using (customer_id)
                 where f.mrr > 0 and (d.first_paid_month is null or f."month" < d.first_paid_month)
-                    and f.{scope}
+                    and {scope_f}
             """),
             "warehouse_revenue_reconciliation": Frame(con, """
                 with daily as (
@@ -279,7 +280,7 @@ def warehouse_frames(warehouse: Path, half_minor_unit, changed_only: bool = Fals
                                                   f"from fct_usage_monthly where {scope}"),  # fmt: skip
         }
         for frame in frames.values():  # a missing table fails here, before any suite runs
-            con.execute(f"select * from ({frame.sql}) limit 0", frame.params or {})
+            con.execute(f"select * from ({frame.sql}) limit 0", frame.params or {}).fetchall()
     except BaseException:
         con.close()
         raise

@@ -1,4 +1,9 @@
-"""`revenue transform`: dbt build into a fresh warehouse copy, gate it, publish it atomically.
+"""`revenue transform`: dbt build into a warehouse copy, gate it, publish it atomically.
+
+The copy starts from the published warehouse when it is compatible, and its lake copy is brought
+to the pinned Delta versions from the log (``pipelines.warehouse_lake``); dbt's incremental marts
+then recompute what changed. Otherwise (``--full-refresh``, a changed project or configuration)
+the build starts empty and everything is built.
 
 The published file ``DATA_DIR/warehouse/revenue.duckdb`` is only ever replaced by
 ``os.replace`` of a fully built, tested (and, when a gate is given, validated) file.

@@ -187,13 +187,13 @@ def _insert_files(con: duckdb.DuckDBPyConnection, table: str, added: pa.Table) -
     present = {r[0] for r in con.execute(f"describe select * from {scan}").fetchall()}
     wanted = [n for n in schemas.LAKE_SCHEMAS[table].names if n != partition and n in present]
     columns = ", ".join(f'data."{n}"' for n in wanted)
-    before = con.execute(f'select count(*) from lake."{table}"').fetchone()[0]
+    before = con.execute(f'select count(*) from lake."{table}"').fetchall()[0][0]
     con.execute(f'insert into lake."{table}" by name '
                 f'select {columns}, added_files."{partition}", added_files.file as {FILE_COLUMN} '
                 f"from {scan} as data join added_files using (filename)")  # fmt: skip
     con.execute("insert into lake._files select ?, file, null, true from added_files", [table])
     con.unregister("added_files")
-    return con.execute(f'select count(*) from lake."{table}"').fetchone()[0] - before
+    return con.execute(f'select count(*) from lake."{table}"').fetchall()[0][0] - before
 
 
 def _record_changes(con: duckdb.DuckDBPyConnection, table: str, removed: list[str], added: list[str]) -> None:
@@ -249,7 +249,7 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
                             f"where {FILE_COLUMN} in (select file from removed_names)")  # fmt: skip
             if removed:
                 result.rows_removed[table] = con.execute(
-                    f'delete from lake."{table}" where {FILE_COLUMN} in (select file from removed_names)').fetchone()[0]
+                    f'delete from lake."{table}" where {FILE_COLUMN} in (select file from removed_names)').fetchall()[0][0]
                 con.execute("delete from lake._files where table_name = ? and file in (select file from removed_names)",
                             [table])  # fmt: skip
             result.rows_added[table] = _insert_files(con, table, added)
@@ -260,8 +260,8 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
             _record_as_of_shift(con, dt.date.fromisoformat(state["as_of"]), as_of)
         for target in ("changed_customers", "changed_days"):
             con.execute(f"create or replace table lake.{target} as select distinct * from lake.{target}")
-        result.changed_customers = con.execute("select count(*) from lake.changed_customers").fetchone()[0]
-        result.changed_days = con.execute("select count(*) from lake.changed_days").fetchone()[0]
+        result.changed_customers = con.execute("select count(*) from lake.changed_customers").fetchall()[0][0]
+        result.changed_days = con.execute("select count(*) from lake.changed_days").fetchall()[0][0]
         ids = _table_ids(layout, pinned)
         new_state = {"format": LOAD_FORMAT, "fingerprint": fingerprint, "as_of": as_of.isoformat(), "mode": result.mode,
                      "tables": {t: {"version": pinned[t], "id": ids[t]} for t in LAKE_SOURCES if t in pinned}}
