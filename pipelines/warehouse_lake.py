@@ -161,8 +161,7 @@ def _create_lake_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'create table if not exists lake."{table}" as '
                     f"select *, cast(null as varchar) as {FILE_COLUMN} from empty_source limit 0")  # fmt: skip
         con.unregister("empty_source")
-    con.execute("create table if not exists lake._files (table_name varchar, file varchar, rows bigint, "
-                "new_in_build boolean)")  # fmt: skip
+    con.execute("create table if not exists lake._files (table_name varchar, file varchar, new_in_build boolean)")
     con.execute("create table if not exists lake._load_state (state varchar)")
     con.execute("create or replace table lake.changed_customers (customer_id varchar)")
     con.execute('create or replace table lake.changed_days ("date" date)')
@@ -191,7 +190,7 @@ def _insert_files(con: duckdb.DuckDBPyConnection, table: str, added: pa.Table) -
     con.execute(f'insert into lake."{table}" by name '
                 f'select {columns}, added_files."{partition}", added_files.file as {FILE_COLUMN} '
                 f"from {scan} as data join added_files using (filename)")  # fmt: skip
-    con.execute("insert into lake._files select ?, file, null, true from added_files", [table])
+    con.execute("insert into lake._files select ?, file, true from added_files", [table])
     con.unregister("added_files")
     return con.execute(f'select count(*) from lake."{table}"').fetchall()[0][0] - before
 
@@ -274,3 +273,35 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
     log.info("lake copy: %s load (%s) in %.1fs, %d changed customers, %d changed days", result.mode,
              reason or "incremental", result.seconds, result.changed_customers, result.changed_days)  # fmt: skip
     return result
+
+
+# a build's bookkeeping (what it loaded, what changed): legitimately differs between two builds
+BUILD_TABLES = {("lake", "_files"), ("lake", "_load_state"), ("lake", "changed_customers"), ("lake", "changed_days")}
+
+
+def table_differences(a: Path, b: Path) -> dict[str, tuple[int, int]]:
+    """Every table of two warehouses compared row for row (EXCEPT ALL both ways): the tables that
+    differ, with (rows only in a, rows only in b). A table missing on one side differs too."""
+    con = duckdb.connect()
+    con.execute(f"attach '{a}' as a (read_only)")
+    con.execute(f"attach '{b}' as b (read_only)")
+
+    def tables(catalog):
+        return {(s, t) for s, t in con.execute("select table_schema, table_name from information_schema.tables "
+                                               "where table_catalog = ?", [catalog]).fetchall()}  # fmt: skip
+
+    ours, theirs = tables("a") - BUILD_TABLES, tables("b") - BUILD_TABLES
+    out = {f"{s}.{t}": (-1, -1) for s, t in ours ^ theirs}
+    for schema, table in sorted(ours & theirs):
+        columns = [r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_catalog = 'b' and table_schema = ? "
+            "and table_name = ? order by ordinal_position", [schema, table]).fetchall()]  # fmt: skip
+        cols = ", ".join(f'"{c}"' for c in columns)
+        one = f'select {cols} from a."{schema}"."{table}"'
+        two = f'select {cols} from b."{schema}"."{table}"'
+        only_a = con.execute(f"select count(*) from ({one} except all {two})").fetchall()[0][0]
+        only_b = con.execute(f"select count(*) from ({two} except all {one})").fetchall()[0][0]
+        if only_a or only_b:
+            out[f"{schema}.{table}"] = (only_a, only_b)
+    con.close()
+    return out

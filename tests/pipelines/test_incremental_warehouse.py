@@ -14,38 +14,7 @@ from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
 from pipelines.quality import dead_letter_window, warehouse_gate
 from pipelines.transform import run_transform
-from pipelines.warehouse_lake import FILE_COLUMN
-
-# bookkeeping of one build (what it loaded, what changed): legitimately differs between builds
-BUILD_TABLES = {("lake", "_files"), ("lake", "_load_state"), ("lake", "changed_customers"), ("lake", "changed_days")}
-
-
-def table_differences(a, b) -> dict[str, tuple[int, int]]:
-    """Every table of two warehouses compared row for row (EXCEPT ALL both ways): the tables that
-    differ, with (rows only in a, rows only in b). A table missing on one side differs too."""
-    con = duckdb.connect()
-    con.execute(f"attach '{a}' as a (read_only)")
-    con.execute(f"attach '{b}' as b (read_only)")
-
-    def tables(catalog):
-        return {(s, t) for s, t in con.execute("select table_schema, table_name from information_schema.tables "
-                                               "where table_catalog = ?", [catalog]).fetchall()}  # fmt: skip
-
-    ours, theirs = tables("a") - BUILD_TABLES, tables("b") - BUILD_TABLES
-    out = {f"{s}.{t}": (-1, -1) for s, t in ours ^ theirs}
-    for schema, table in sorted(ours & theirs):
-        columns = [r[0] for r in con.execute(
-            "select column_name from information_schema.columns where table_catalog = 'b' and table_schema = ? "
-            "and table_name = ? order by ordinal_position", [schema, table]).fetchall()]  # fmt: skip
-        cols = ", ".join(f'"{c}"' for c in columns)
-        one = f'select {cols} from a."{schema}"."{table}"'
-        two = f'select {cols} from b."{schema}"."{table}"'
-        only_a = con.execute(f"select count(*) from ({one} except all {two})").fetchall()[0][0]
-        only_b = con.execute(f"select count(*) from ({two} except all {one})").fetchall()[0][0]
-        if only_a or only_b:
-            out[f"{schema}.{table}"] = (only_a, only_b)
-    con.close()
-    return out
+from pipelines.warehouse_lake import FILE_COLUMN, table_differences
 
 
 def build(data, **options):
