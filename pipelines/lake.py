@@ -190,32 +190,80 @@ def _add_action(table_root: Path, path: Path, partition: str):
                      json.dumps({"numRecords": rows}))  # fmt: skip
 
 
-def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append") -> int | None:
+def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append",
+           metadata: dict[str, str] | None = None, replace_partitions=None,
+           always: bool = False) -> int | None:  # fmt: skip
     """Make ``files`` (written under the table's folder) visible in one commit; returns the new version.
 
     ``mode="overwrite"`` replaces the table's content with exactly these files (derived tables).
-    Every commit records the run id and advances the app transaction ``revenue-<table>``.
-    An append of no files commits nothing.
+    ``replace_partitions`` (with ``mode="append"``): the partition values whose current files the
+    same commit removes, so those partitions hold exactly the new files (an incremental rewrite).
+    Every commit records the run id (plus ``metadata``) and advances the app transaction
+    ``revenue-<table>``. An append of no files that replaces nothing commits nothing, unless
+    ``always`` (a commit that only records the run, e.g. a derived table this run left as it was).
     """
     from deltalake import DeltaTable
-    from deltalake.transaction import CommitProperties, Transaction
+    from deltalake.transaction import CommitProperties, RemoveAction, Transaction
 
     root = layout.table(table)
     schema = schemas.with_partition_column(table)
     partition = schemas.PARTITION_COLUMNS[table][0]
-    if not files and mode == "append":
+    if not files and mode == "append" and not replace_partitions and not always:
         return table_version(layout, table)
     root.mkdir(parents=True, exist_ok=True)
     delta = DeltaTable.create(str(root), schema, partition_by=[partition], mode="ignore")
+    if mode == "overwrite":  # a table an older release created may lack columns added since
+        have = {f.name for f in delta.schema().fields}
+        missing = [f for f in _delta_fields(schema) if f.name not in have]
+        if missing:
+            delta.alter.add_columns(missing)
+            delta = DeltaTable(str(root))
     app_id = f"{APP_ID}-{table}"
     runs = delta.transaction_version(app_id) or 0
     actions = [_add_action(root, Path(f), partition) for f in sorted(files)]
+    if replace_partitions:
+        wanted = {v.isoformat() if hasattr(v, "isoformat") else str(v) for v in replace_partitions}
+        current = pa.table(delta.get_add_actions(flatten=True))
+        now = int(time.time() * 1000)
+        for path, size, value in zip(current["path"].to_pylist(), current["size_bytes"].to_pylist(),
+                                     current[f"partition.{partition}"].to_pylist(), strict=True):  # fmt: skip
+            text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+            if text in wanted:
+                actions.append(RemoveAction(path, True, now, size, {partition: text}))
     delta.create_write_transaction(
         actions, mode, schema, partition_by=[partition],
-        commit_properties=CommitProperties(custom_metadata={"run_id": run_id},
+        commit_properties=CommitProperties(custom_metadata={"run_id": run_id, **(metadata or {})},
                                            app_transactions=[Transaction(app_id, runs + 1)]),
     )  # fmt: skip
     return DeltaTable(str(root)).version()
+
+
+def _delta_fields(schema: pa.Schema):
+    from deltalake import Schema
+
+    return Schema.from_arrow(schema).fields
+
+
+def commit_metadata(layout: DataLayout, table: str) -> dict:
+    """The latest commit's metadata (run id and what the writer recorded), or {} for no table."""
+    delta = open_table(layout, table)
+    if delta is None:
+        return {}
+    return (delta.history(1) or [{}])[0]
+
+
+def files_by_partition(layout: DataLayout, table: str, version: int | None = None) -> dict:
+    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read)."""
+    delta = open_table(layout, table, version)
+    if delta is None:
+        return {}
+    column = schemas.PARTITION_COLUMNS[table][0]
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    root = layout.table(table)
+    out: dict = {}
+    for path, value in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(), strict=True):
+        out.setdefault(value, []).append(str(root / path))
+    return out
 
 
 def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:

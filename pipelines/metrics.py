@@ -1,17 +1,33 @@
-"""`revenue metrics`: the lake's events/ and usage/ -> customer_months/ and customer_lifetime/.
+"""`revenue metrics`: the lake's events/ and usage/ -> customer_months/, customer_lifetime/, revenue_daily/.
 
-    ListMonths -> ReadMonth -> PreAggregateMonths (Arrow) -+-> partials ------------------+
-                                                          +-> subscriptions, first_seen  |
-                                                               -> ReplaySubscriptions ---+
-      -> CalendarMonthAggregate (calendar-month windows) -> ComputeCustomerMonths -> staged files
-    then, in the driver: fail on missing FX rates, swap the output tables in atomically.
+Memory is bounded by one month of events and one customer shard, never by the lake: data moves
+between the Beam stages as staged Parquet files (under ``lake/_staging/<run>/``, beside the
+tables, so workers that share only the lake's storage can run it); shuffles carry file names.
+
+    ListMonths -> ReadMonth (one calendar month, pinned Delta versions)
+      -> StageMonth: pre-aggregate per customer-month (Arrow), convert payments once;
+         write (shard, month) partial and subscription files, and the month's revenue_daily
+      -> CalendarMonthWindows (event time) + GroupByKey: a shard's files of one month
+      -> MergeMonth -> GlobalWindow -> CoGroupByKey by shard
+      -> ShardFacts: one shard's customers at a time: subscription replay, movements,
+         customer_months and customer_lifetime files
+
+A run is *incremental* when the derived tables were last written by a complete metrics run
+whose settings (reporting currency, FX table) match and whose as-of date is in the same month,
+not later: it recomputes only the customers that changed (new events or usage in the lake's
+commits since that run, events that the moving as-of date now includes, and customers whose
+subscription state changes by itself in between, e.g. a cancellation at period end), each from
+its full history, and rewrites only the month partitions those changes reach. Otherwise, or
+with ``--full-refresh``, every derived table is rebuilt. Both give identical tables.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,6 +36,8 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.transforms import window
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
@@ -27,18 +45,19 @@ from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.calendar import month_start, next_month
+from transforms.calendar import CalendarMonthWindows, month_start, next_month
 from transforms.errors import ConfigError, InputError
-from transforms.metrics import (
-    CalendarMonthAggregate,
-    ComputeCustomerMonths,
-    MonthSlice,
-    PreAggregateMonths,
-    ReplaySubscriptions,
-)
+from transforms.metrics import MonthSlice, month_of_timestamp, month_timestamp, shard_facts, stage_month
+from transforms.revenue import PARTIAL, merge_partials
 
 log = logging.getLogger(__name__)
 
+SHARD_ROWS = 400_000  # lake rows (events + usage) per customer shard of a full rebuild: bounds ShardFacts' memory
+STATE_KEY = "metrics_state"  # commit metadata: what the derived tables were computed from
+# more changed customers than this share of all (in a lake of at least SHARE_RULE_CUSTOMERS): a full
+# rebuild is cheaper than reading most histories customer by customer
+MAX_INCREMENTAL_SHARE = 0.25
+SHARE_RULE_CUSTOMERS = 1000
 
 
 @dataclass
@@ -53,43 +72,266 @@ class MetricsResult:
     active_customers_at_as_of: int
     seconds: float
     lake_versions: dict = field(default_factory=dict)  # what it read (events, usage) and committed
+    mode: str = "full"  # full, incremental or unchanged
+    reason: str = ""
+    customers_recomputed: int = 0
+    rows_read: int = 0  # events and usage rows read from the lake: the recomputed customers' history
+    day_rows_read: int = 0  # events read for the revenue_daily days an incremental run recomputes
+    months_rewritten: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MetricsPlan:
+    mode: str  # "full", "incremental" or "unchanged"
+    reason: str
+    customers: tuple[str, ...] = ()  # incremental: the customers recomputed from their full history
+    from_month: dt.date | None = None  # incremental: the first customer_months partition that can change
+    daily_days: tuple[dt.date, ...] = ()  # incremental: days whose revenue_daily rows are recomputed
+    rewrite_lifetime: bool = False
+
+
+def fx_digest(config: RunConfig) -> str:
+    rows = config.fx.rows() if config.fx is not None else []
+    text = "\n".join(f"{d.isoformat()},{c},{r}" for d, c, r in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _state(config: RunConfig, pinned: dict) -> dict:
+    return {"events_version": pinned.get("events"), "usage_version": pinned.get("usage"),
+            "as_of": config.as_of.isoformat(), "reporting_currency": config.reporting_currency,
+            "fx": fx_digest(config)}  # fmt: skip
+
+
+def previous_state(layout: DataLayout) -> tuple[dict | None, str]:
+    """The settings and pinned versions of the last metrics run, if it committed every derived table."""
+    metas = [lake.commit_metadata(layout, t) for t in schemas.DERIVED_TABLES]
+    states = {m.get(STATE_KEY) for m in metas}
+    runs = {m.get("run_id") for m in metas}
+    if None in states:
+        return None, "no earlier metrics run recorded on every derived table"
+    if len(states) != 1 or len(runs) != 1:
+        return None, "the derived tables were last written by different runs (an interrupted run)"
+    return json.loads(states.pop()), ""
+
+
+# ------------------------------------------------------------------ what changed
+
+
+def _duck():
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("set threads to 2")
+    return con
+
+
+def _uri_list(files) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def _changed_rows(layout: DataLayout, table: str, old: int | None, new: int | None, as_of: dt.date):
+    """Rows (customer_id, day, first_day) that differ between two versions of events or usage:
+    rows of added files whose event id no removed file holds, and the reverse (a compaction adds
+    and removes the same rows: no change). ``first_day``: the earliest day the row can affect."""
+    if new is None or old == new:
+        return []
+    new_files = {f for files in lake.files_by_partition(layout, table, new).values() for f in files}
+    old_files = set() if old is None else {f for fs in lake.files_by_partition(layout, table, old).values() for f in fs}
+    added, removed = sorted(new_files - old_files), sorted(old_files - new_files)
+    if not added and not removed:
+        return []
+    effective = "effective_at" if table == "events" else "occurred_at"
+    select = (f"select event_id, customer_id, cast(occurred_at as date) as day, "
+              f"cast(least(occurred_at, coalesce({effective}, occurred_at)) as date) as first_day from read_parquet")  # fmt: skip
+    empty = "select null::varchar as event_id, null::varchar as customer_id, null::date as day, null::date as first_day where false"
+    a = f"{select}({_uri_list(added)})" if added else empty
+    r = f"{select}({_uri_list(removed)})" if removed else empty
+    con = _duck()
+    rows = con.execute(f"""
+        with a as ({a}), r as ({r})
+        select customer_id, day, first_day from a where event_id not in (select event_id from r)
+        union all
+        select customer_id, day, first_day from r where event_id not in (select event_id from a)
+    """).fetchall()  # fmt: skip
+    con.close()
+    return [row for row in rows if row[1] <= as_of]
+
+
+def _window_rows(layout: DataLayout, table: str, version: int | None, after: dt.date, through: dt.date):
+    """Rows already in the lake that a moved as-of date now includes (event days in (after, through])."""
+    parts = lake.files_by_partition(layout, table, version) if version is not None else {}
+    files = [f for day, fs in parts.items() if after < day <= through for f in fs]
+    if not files:
+        return []
+    effective = "effective_at" if table == "events" else "occurred_at"
+    con = _duck()
+    rows = con.execute(f"select customer_id, cast(occurred_at as date), cast(least(occurred_at, "
+                       f"coalesce({effective}, occurred_at)) as date) from read_parquet({_uri_list(files)})").fetchall()  # fmt: skip
+    con.close()
+    return rows
+
+
+def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
+    """Full rebuild or the incremental work since the last metrics run (from the lake's commits)."""
+    layout, as_of = config.layout, config.as_of
+    if config.full_refresh:
+        return MetricsPlan("full", "--full-refresh")
+    previous, why = previous_state(layout)
+    if previous is None:
+        return MetricsPlan("full", why)
+    if previous.get("reporting_currency") != config.reporting_currency or previous.get("fx") != fx_digest(config):
+        return MetricsPlan("full", "the reporting currency or the FX table changed")
+    old_as_of = dt.date.fromisoformat(previous["as_of"])
+    if as_of < old_as_of:
+        return MetricsPlan("full", f"the as-of date moved back ({old_as_of} -> {as_of})")
+    if month_start(as_of) != month_start(old_as_of):
+        return MetricsPlan("full", f"a new as-of month ({old_as_of:%Y-%m} -> {as_of:%Y-%m}): every customer gets a row")
+    try:
+        changed = [r for t in ("events", "usage")
+                   for r in _changed_rows(layout, t, previous.get(f"{t}_version"), pinned.get(t), as_of)]  # fmt: skip
+    except Exception as exc:  # the old version's log is gone (vacuumed past its retention)
+        log.warning("cannot read what changed since the last metrics run (%s): full rebuild", exc)
+        return MetricsPlan("full", "the lake's history since the last metrics run is no longer readable")
+    daily = {day for _, day, _ in changed}
+    if as_of > old_as_of:
+        moved = [r for t in ("events", "usage")
+                 for r in _window_rows(layout, t, pinned.get(t), old_as_of, as_of)]  # fmt: skip
+        changed += moved
+        daily |= {day for _, day, _ in moved}
+        end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
+        life = lake.read_table(layout, "customer_lifetime", ["customer_id", "next_change_at"],
+                               filter=pc.field("next_change_at") < pa.scalar(end, schemas.TS))  # fmt: skip
+        changed += [(c, as_of, month_start(as_of)) for c in life["customer_id"].to_pylist()]
+    customers = sorted({c for c, _, _ in changed})
+    if not customers and as_of == old_as_of:
+        return MetricsPlan("unchanged", "no new events or usage since the last metrics run")
+    known = lake.read_table(layout, "customer_lifetime", ["customer_id"]).num_rows
+    if known >= SHARE_RULE_CUSTOMERS and len(customers) > MAX_INCREMENTAL_SHARE * known:
+        return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed")
+    first = min((month_start(f) for _, _, f in changed), default=month_start(as_of))
+    return MetricsPlan("incremental", f"{len(customers):,} customers changed", tuple(customers), first,
+                       tuple(sorted(daily)), rewrite_lifetime=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------ Beam stages
+
+
+def _read_files(files: list[str], schema: pa.Schema, customers: tuple[str, ...] | None = None) -> pa.Table:
+    """Rows of some data files of one committed version (listed from its log), typed by ``schema``;
+    with ``customers``, only their rows (DuckDB pushes the filter into the scan)."""
+    import pyarrow.dataset as ds
+
+    if not files:
+        return schema.empty_table()
+    if customers is None:
+        return ds.dataset(files, schema=schema, format="parquet").to_table()
+    con = _duck()
+    con.execute("set TimeZone = 'UTC'")
+    con.register("wanted", pa.table({"customer_id": pa.array(customers, pa.string())}))
+    data = con.sql(f"select * from read_parquet({_uri_list(files)}, union_by_name = true) "
+                   "where customer_id in (select customer_id from wanted)").to_arrow_table()  # fmt: skip
+    con.close()
+    for name in schema.names:
+        if name not in data.column_names:
+            data = data.append_column(name, pa.nulls(data.num_rows, schema.field(name).type))
+    return data.select(schema.names).cast(schema)
 
 
 class _ReadMonthFn(beam.DoFn):
-    """``(month, last day, pinned versions)`` -> the month's events and usage, read from the Delta
-    tables at those versions (partition pruning on ``event_date``: only the month's files are read)."""
+    """``(month, data files of events and usage, customers or None, event files of some days)`` ->
+    a ``MonthSlice``. The files come from the pinned versions' logs (only the month's partitions).
+    With customers (an incremental run), only their rows, plus every event of the listed days'
+    files for revenue_daily."""
 
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
+    def __init__(self):
+        self.rows_read = beam.metrics.Metrics.counter("metrics", "lake_rows_read")
+        self.day_rows_read = beam.metrics.Metrics.counter("metrics", "lake_day_rows_read")
 
     def process(self, element):
-        month, last_day, pinned = element
-        layout = DataLayout(Path(self.data_dir))
-        in_month = (pc.field("event_date") >= pa.scalar(month, pa.date32())) & (
-            pc.field("event_date") <= pa.scalar(last_day, pa.date32()))
+        month, files, customers, day_files = element
         tables = {}
         for table, schema in (("events", schemas.EVENTS), ("usage", schemas.USAGE)):
-            version = pinned.get(table)
-            data = lake.read_table(layout, table, version=version, filter=in_month) if version is not None else None
-            tables[table] = data.select(schema.names).cast(schema) if data is not None else schema.empty_table()
-        yield MonthSlice(month, tables["events"], tables["usage"])
+            tables[table] = _read_files(files[table], schema, customers)
+            self.rows_read.inc(tables[table].num_rows)
+        daily = None
+        if customers is not None:
+            daily = _read_files(day_files, schemas.EVENTS)
+            self.day_rows_read.inc(daily.num_rows)
+        yield MonthSlice(month, tables["events"], tables["usage"], daily)
 
 
-class _WriteDerivedFn(beam.DoFn):
-    """Rows of a derived table -> data files in its Delta folder (uncommitted until the driver commits)."""
+def _write(table: pa.Table, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, **lake.PARQUET_OPTIONS)
+    return str(path)
 
-    def __init__(self, data_dir: str, table: str, sort_key: str, run_id: str):
-        self.data_dir, self.table, self.sort_key, self.run_id = data_dir, table, sort_key, run_id
+
+class _StageMonthFn(beam.DoFn):
+    """A month slice -> staged (shard, month) partial and subscription files, the month's revenue_daily file."""
+
+    def __init__(self, stage: str, run_id: str, config: RunConfig, shards: int, daily_root: str):
+        self.stage, self.run_id, self.shards, self.daily_root = Path(stage), run_id, shards, Path(daily_root)
+        self.fx, self.currency, self.as_of = config.fx, config.reporting_currency, config.as_of
+
+    def process(self, element: MonthSlice):
+        staged = stage_month(element, self.fx, self.currency, self.as_of, self.shards)
+        for pair in staged.missing:
+            yield beam.pvalue.TaggedOutput("fx_missing", pair)
+        if staged.daily.num_rows:
+            lake.write_partitioned(staged.daily, self.daily_root, "month",
+                                   f"part-{self.run_id}-{element.month:%Y%m}.parquet",
+                                   [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
+        name = f"{element.month.isoformat()}.parquet"
+        for shard, piece in staged.partials:
+            path = _write(piece, self.stage / "partials" / f"shard-{shard:04d}" / name)
+            yield window.TimestampedValue((shard, path), month_timestamp(element.month))
+        for shard, piece in staged.subscriptions:
+            yield beam.pvalue.TaggedOutput("subscriptions",
+                                           (shard, _write(piece, self.stage / "subs" / f"shard-{shard:04d}" / name)))
+
+
+class _MergeMonthFn(beam.DoFn):
+    """One calendar-month window's partial files of a shard -> one file (merged when there are several)."""
+
+    def __init__(self, stage: str):
+        self.stage = Path(stage)
+
+    def process(self, element, win=beam.DoFn.WindowParam):
+        shard, paths = element
+        paths = sorted(paths)
+        if len(paths) == 1:
+            yield shard, paths[0]
+            return
+        month = month_of_timestamp(win.start)
+        merged = merge_partials(pq.read_table(p).cast(PARTIAL) for p in paths)
+        yield shard, _write(merged, self.stage / "partials" / f"shard-{shard:04d}" / f"{month.isoformat()}-merged.parquet")
+
+
+class _ShardFactsFn(beam.DoFn):
+    """One customer shard's files -> its customer_months and customer_lifetime data files."""
+
+    def __init__(self, run_id: str, config: RunConfig, months_root: str, lifetime_root: str):
+        self.run_id, self.months_root, self.lifetime_root = run_id, Path(months_root), Path(lifetime_root)
+        self.fx, self.currency, self.as_of = config.fx, config.reporting_currency, config.as_of
 
     def process(self, element):
-        shard, table = element
-        partition = schemas.PARTITION_COLUMNS[self.table][0]
-        if partition == "as_of":
-            table = table.drop_columns(["as_of"]).append_column("as_of", table["as_of"])
-        root = DataLayout(Path(self.data_dir)).table(self.table)
-        paths = lake.write_partitioned(table, root, partition, f"part-{self.run_id}-{shard:03d}.parquet",
-                                       [(self.sort_key, "ascending")])  # fmt: skip
-        yield len(paths)
+        from transforms.fx import MissingFxRate
+
+        shard, files = element
+        partials = [pq.read_table(p).cast(PARTIAL) for p in sorted(files["partials"])]
+        subs = [pq.read_table(p) for p in sorted(files["subscriptions"])]
+        try:
+            facts = shard_facts(partials, subs, self.fx, self.as_of, self.currency)
+        except MissingFxRate as exc:
+            yield beam.pvalue.TaggedOutput("fx_missing", (exc.currency, exc.day))
+            return
+        if facts is None:
+            return
+        months, lifetime = facts
+        name = f"part-{self.run_id}-{shard:04d}.parquet"
+        lake.write_partitioned(months, self.months_root, "month", name, [("customer_id", "ascending")])
+        lake.write_partitioned(lifetime, self.lifetime_root, "as_of", name, [("customer_id", "ascending")])
+        yield months.num_rows
 
 
 class _RecordFn(beam.DoFn):
@@ -101,9 +343,151 @@ class _RecordFn(beam.DoFn):
         yield len(items)
 
 
+def _shards(layout: DataLayout, pinned: dict, requested: int | None) -> int:
+    if requested:
+        return requested
+    rows = 0
+    for table in ("events", "usage"):
+        delta = lake.open_table(layout, table, pinned.get(table)) if pinned.get(table) is not None else None
+        if delta is not None:
+            counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
+            rows += int(pc.sum(counts).as_py() or 0)
+    return max(1, math.ceil(rows / SHARD_ROWS))
+
+
+def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage: Path,
+             roots: dict[str, Path]) -> tuple[list, int, int]:  # fmt: skip
+    """Run the Beam pipeline; returns the (currency, day) pairs with no FX rate, the lake rows read for
+    the customers recomputed, and those read for the revenue_daily days recomputed."""
+    p = beam.Pipeline(options=pipeline_options(config.beam_args))
+    slices = (p | "ListMonths" >> beam.Create(elements, reshuffle=False)
+              | "ReadMonth" >> beam.ParDo(_ReadMonthFn()))  # fmt: skip
+    staged = slices | "StageMonth" >> beam.ParDo(
+        _StageMonthFn(str(stage), run_id, config, shards, str(roots["revenue_daily"]))
+    ).with_outputs("subscriptions", "fx_missing", main="partials")
+    monthly = (
+        staged.partials
+        | "CalendarMonths" >> beam.WindowInto(CalendarMonthWindows())
+        | "GroupShardMonth" >> beam.GroupByKey()
+        | "MergeMonth" >> beam.ParDo(_MergeMonthFn(str(stage)))
+        | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+    )
+    facts = ({"partials": monthly, "subscriptions": staged.subscriptions}
+             | "GroupByShard" >> beam.CoGroupByKey()
+             | "ShardFacts" >> beam.ParDo(_ShardFactsFn(run_id, config, str(roots["customer_months"]),
+                                                        str(roots["customer_lifetime"])))
+             .with_outputs("fx_missing", main="rows"))  # fmt: skip
+    _ = ((staged.fx_missing, facts.fx_missing) | "AllFxMissing" >> beam.Flatten()
+         | "CollectFxMissing" >> beam.combiners.ToList()
+         | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
+    result = p.run()
+    result.wait_until_finish()
+
+    def counter(name: str) -> int:
+        found = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
+        return sum(c.committed or c.attempted or 0 for c in found)
+
+    missing = json.loads((stage / "fx_missing.json").read_text())
+    return missing, counter("lake_rows_read"), counter("lake_day_rows_read")
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: MetricsPlan) -> list:
+    """One element per calendar month with data on or before the as-of date: its data files."""
+    parts = {t: lake.files_by_partition(layout, t, pinned[t]) if pinned.get(t) is not None else {}
+             for t in ("events", "usage")}  # fmt: skip
+    days = [d for t in parts for d in parts[t] if d <= as_of]
+    if not days:
+        raise InputError(f"no events on or before the as-of date {as_of}")
+    customers = plan.customers if plan.mode == "incremental" else None
+    elements = []
+    for month in sorted({month_start(d) for d in days}):
+        last = min(next_month(month) - dt.timedelta(days=1), as_of)
+        files = {t: [f for d, fs in sorted(parts[t].items()) if month <= d <= last for f in fs] for t in parts}
+        day_files = [f for d in plan.daily_days if month <= d <= last for f in parts["events"].get(d, [])]
+        if customers is not None and not customers and not day_files:
+            continue
+        elements.append((month, files, customers, day_files))
+    return elements
+
+
+def _read_staged(root: Path, partition: str, kind) -> pa.Table | None:
+    import pyarrow.dataset as ds
+
+    files = sorted(root.glob("*/*.parquet")) if root.is_dir() else []
+    if not files:
+        return None
+    data = ds.dataset([str(f) for f in files], format="parquet",
+                      partitioning=ds.partitioning(pa.schema([pa.field(partition, kind)]), flavor="hive"),
+                      partition_base_dir=str(root))  # fmt: skip
+    return data.to_table()
+
+
+def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: dict[str, Path],
+                        meta: dict) -> tuple[dict, list]:  # fmt: skip
+    """Rewrite only what changed: the customer_months partitions from ``plan.from_month`` (other
+    customers' rows kept, the changed customers' rows replaced), customer_lifetime (the changed
+    customers' rows replaced, every row at the new as-of date) and the revenue_daily months
+    holding a recomputed day. One commit per table, in the same order as a full run."""
+    from transforms.calendar import months_between
+
+    layout, as_of = config.layout, config.as_of
+    changed = pa.array(plan.customers, pa.string())
+    committed, rewritten = {}, []
+    # customer_months
+    cm_schema = schemas.with_partition_column("customer_months")
+    new_rows = _read_staged(out["customer_months"], "month", pa.date32())
+    files = []
+    for month in months_between(plan.from_month, month_start(as_of)):
+        existing = lake.read_table(layout, "customer_months", filter=pc.field("month") == pa.scalar(month, pa.date32()))
+        keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed))).select(cm_schema.names)
+        parts = [keep.cast(cm_schema)]
+        if new_rows is not None:
+            mine = new_rows.filter(pc.equal(new_rows["month"], pa.scalar(month, pa.date32())))
+            parts.append(mine.select(cm_schema.names).cast(cm_schema))
+        files += lake.write_partitioned(pa.concat_tables(parts), layout.table("customer_months"), "month",
+                                        f"part-{run_id}-inc.parquet", [("customer_id", "ascending")])  # fmt: skip
+        rewritten.append(month)
+    committed["customer_months"] = lake.commit(layout, "customer_months", files, run_id, metadata=meta,
+                                               replace_partitions=rewritten, always=True)  # fmt: skip
+    # customer_lifetime: one partition (the as-of date), rewritten whole (one row per customer)
+    lt_schema = schemas.with_partition_column("customer_lifetime")
+    existing = lake.read_table(layout, "customer_lifetime")
+    keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed)))
+    keep = keep.set_column(keep.schema.get_field_index("as_of"), "as_of", pa.array([as_of] * keep.num_rows, pa.date32()))
+    parts = [keep.select(lt_schema.names).cast(lt_schema)]
+    new_life = _read_staged(out["customer_lifetime"], "as_of", pa.date32())
+    if new_life is not None:
+        parts.append(new_life.select(lt_schema.names).cast(lt_schema))
+    files = lake.write_partitioned(pa.concat_tables(parts), layout.table("customer_lifetime"), "as_of",
+                                   f"part-{run_id}-inc.parquet", [("customer_id", "ascending")])  # fmt: skip
+    committed["customer_lifetime"] = lake.commit(layout, "customer_lifetime", files, run_id, mode="overwrite",
+                                                 metadata=meta)  # fmt: skip
+    # revenue_daily: the months of the recomputed days
+    rd_schema = schemas.with_partition_column("revenue_daily")
+    days = pa.array(plan.daily_days, pa.date32())
+    new_daily = _read_staged(out["revenue_daily"], "month", pa.date32())
+    months = sorted({month_start(d) for d in plan.daily_days})
+    files = []
+    for month in months:
+        existing = lake.read_table(layout, "revenue_daily", filter=pc.field("month") == pa.scalar(month, pa.date32()))
+        parts = [existing.filter(pc.invert(pc.is_in(existing["date"], days))).select(rd_schema.names).cast(rd_schema)]
+        if new_daily is not None:
+            mine = new_daily.filter(pc.equal(new_daily["month"], pa.scalar(month, pa.date32())))
+            parts.append(mine.select(rd_schema.names).cast(rd_schema))
+        files += lake.write_partitioned(pa.concat_tables(parts), layout.table("revenue_daily"), "month",
+                                        f"part-{run_id}-inc.parquet", [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
+    committed["revenue_daily"] = lake.commit(layout, "revenue_daily", files, run_id, metadata=meta,
+                                             replace_partitions=months, always=True)  # fmt: skip
+    return committed, rewritten
+
+
 def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest: bool = True,
-                shards: int = 1) -> MetricsResult:  # fmt: skip
-    """customer_months and customer_lifetime for ``config.as_of`` (or the lake's latest event day)."""
+                shards: int | None = None) -> MetricsResult:  # fmt: skip
+    """customer_months, customer_lifetime and revenue_daily for ``config.as_of`` (or the lake's latest
+    event day): incrementally when possible (see the module doc), else rebuilt whole."""
     started = time.monotonic()
     layout, currency = config.layout, config.reporting_currency
     run_id = run_id or new_run_id()
@@ -111,67 +495,80 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
         config = config.resolve_as_of()
         as_of = config.as_of
         pinned = lake.versions(layout, ("events", "usage"))  # this run reads exactly these versions
-        days = [d for t in ("events", "usage") for d in lake.partition_values(layout, t, pinned.get(t)) if d <= as_of]
-        if not days:
-            raise InputError(f"no events on or before the as-of date {as_of}")
-        elements = [(m, min(next_month(m) - dt.timedelta(days=1), as_of), pinned)
-                    for m in sorted({month_start(d) for d in days})]  # fmt: skip
-        stage = layout.staging(run_id)
-        stage.mkdir(parents=True)
-        with lake.run_writes(layout, run_id, schemas.DERIVED_TABLES) as committed_tables:
-            with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-                slices = p | "ListMonths" >> beam.Create(elements, reshuffle=False) | "ReadMonth" >> beam.ParDo(_ReadMonthFn(str(layout.root)))
-                pre = slices | "PreAggregateMonths" >> PreAggregateMonths(config.fx, currency, as_of, shards)
-                replayed = {"subscriptions": pre.subscriptions, "first_seen": pre.first_seen} | "ReplaySubscriptions" >> \
-                    ReplaySubscriptions(config.fx, as_of, currency)  # fmt: skip
-                monthly = (
-                    (pre.partials, replayed.partials)
-                    | "AllPartials" >> beam.Flatten()
-                    | "CalendarMonthAggregate" >> CalendarMonthAggregate()
-                    | "DropPane" >> beam.Map(lambda kmtp: (kmtp[0], kmtp[1], kmtp[2])).with_output_types(object)
-                )
-                facts = monthly | "ComputeCustomerMonths" >> ComputeCustomerMonths(currency, as_of)
-                _ = facts.customer_months | "WriteCustomerMonths" >> beam.ParDo(
-                    _WriteDerivedFn(str(layout.root), "customer_months", "customer_id", run_id))
-                _ = facts.customer_lifetime | "WriteCustomerLifetime" >> beam.ParDo(
-                    _WriteDerivedFn(str(layout.root), "customer_lifetime", "customer_id", run_id))
-                _ = (pre.revenue_daily | "KeyRevenueDaily" >> beam.Map(lambda table: (0, table))
-                     | "WriteRevenueDaily" >> beam.ParDo(_WriteDerivedFn(str(layout.root), "revenue_daily", "date", run_id)))
-                _ = ((pre.fx_missing, replayed.fx_missing) | "AllFxMissing" >> beam.Flatten()
-                     | "CollectFxMissing" >> beam.combiners.ToList()
-                     | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
-            missing = json.loads((stage / "fx_missing.json").read_text())
-            if missing:
-                missing_currency, day = missing[0]
-                more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
-                raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
-                                  "add it to the FX file (--fx-rates)")  # fmt: skip
-            # each derived table is replaced whole, one commit each; a kill between them is made whole by
-            # the next metrics run (it recomputes all three from the pinned events and usage)
-            committed = {}
-            for table in schemas.DERIVED_TABLES:
-                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
-                                               mode="overwrite")  # fmt: skip
-                committed_tables.add(table)
-        shutil.rmtree(stage, ignore_errors=True)
+        plan = plan_run(config, pinned)
+        log.info("metrics: %s (%s)", plan.mode, plan.reason)
+        meta = {STATE_KEY: json.dumps(_state(config, pinned), sort_keys=True)}
+        committed, rewritten, rows_read, day_rows_read = {}, [], 0, 0
+        if plan.mode == "unchanged":
+            committed = lake.versions(layout, schemas.DERIVED_TABLES)
+        else:
+            elements = _month_elements(layout, pinned, as_of, plan)
+            stage = layout.staging(run_id)
+            stage.mkdir(parents=True)
+            incremental = plan.mode == "incremental"
+            out = ({t: stage / "out" / t for t in schemas.DERIVED_TABLES} if incremental
+                   else {t: layout.table(t) for t in schemas.DERIVED_TABLES})  # fmt: skip
+            n_shards = 1 if incremental else _shards(layout, pinned, shards or config.shards)
+            with lake.run_writes(layout, run_id, schemas.DERIVED_TABLES) as committed_tables:
+                missing, rows_read, day_rows_read = _compute(config, run_id, elements, n_shards, stage, out)
+                if missing:
+                    missing_currency, day = missing[0]
+                    more = f" (and {len(missing) - 1} more currency-days)" if len(missing) > 1 else ""
+                    raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
+                                      "add it to the FX file (--fx-rates)")  # fmt: skip
+                if incremental:
+                    committed, rewritten = _commit_incremental(config, run_id, plan, out, meta)
+                    committed_tables.update(schemas.DERIVED_TABLES)
+                else:
+                    # each derived table replaced whole, one commit each, all carrying this run's state: a
+                    # kill between them leaves them from different runs, and the next run rebuilds them all
+                    for table in schemas.DERIVED_TABLES:
+                        committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                                                       mode="overwrite", metadata=meta)  # fmt: skip
+                        committed_tables.add(table)
+            shutil.rmtree(stage, ignore_errors=True)
     cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"],
-                         version=committed["customer_months"])
-    at = cm.filter(pc.equal(cm["month"], pa.scalar(month_start(as_of), pa.date32())))
-    positive = at.filter(pc.greater(at["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
+                         version=committed["customer_months"],
+                         filter=pc.field("month") == pa.scalar(month_start(as_of), pa.date32()))  # fmt: skip
+    life = lake.read_table(layout, "customer_lifetime", ["customer_id", "first_event_month"],
+                           version=committed["customer_lifetime"])  # fmt: skip
+    positive = cm.filter(pc.greater(cm["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
+    first = pc.min(life["first_event_month"]).as_py() if life.num_rows else month_start(as_of)
+    months = len(list(_months(first, month_start(as_of))))
     result = MetricsResult(
-        run_id=run_id, as_of=as_of, reporting_currency=currency, customer_months=cm.num_rows,
-        customers=len(pc.unique(cm["customer_id"])), months=len(pc.unique(cm["month"])),
-        mrr_at_as_of=pc.sum(at["mrr"]).as_py() if at.num_rows else 0, active_customers_at_as_of=positive.num_rows,
+        run_id=run_id, as_of=as_of, reporting_currency=currency,
+        customer_months=sum(_rows(layout, "customer_months", committed["customer_months"])),
+        customers=life.num_rows, months=months,
+        mrr_at_as_of=pc.sum(cm["mrr"]).as_py() if cm.num_rows else 0, active_customers_at_as_of=positive.num_rows,
         seconds=round(time.monotonic() - started, 3), lake_versions={**pinned, **committed},
+        mode=plan.mode, reason=plan.reason,
+        customers_recomputed=len(plan.customers) if plan.mode == "incremental" else
+        (life.num_rows if plan.mode == "full" else 0),
+        rows_read=rows_read, day_rows_read=day_rows_read, months_rewritten=[m.isoformat() for m in rewritten],
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "metrics", {
-            "config": config.describe(), "lake_versions": result.lake_versions,
+            "config": config.describe(), "lake_versions": result.lake_versions, "mode": result.mode,
+            "reason": result.reason, "customers_recomputed": result.customers_recomputed,
+            "rows_read": result.rows_read, "day_rows_read": result.day_rows_read,
+            "months_rewritten": result.months_rewritten,
             "customer_months": result.customer_months,
             "customers": result.customers, "months": result.months, "mrr_at_as_of": str(result.mrr_at_as_of),
             "seconds": result.seconds,
         })  # fmt: skip
     return result
+
+
+def _months(first: dt.date, last: dt.date):
+    from transforms.calendar import months_between
+
+    return months_between(first, last)
+
+
+def _rows(layout: DataLayout, table: str, version: int):
+    delta = lake.open_table(layout, table, version)
+    counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
+    yield int(pc.sum(counts).as_py() or 0)
 
 
 class _WriteLateFn(beam.DoFn):

@@ -71,6 +71,9 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
                            months_covered=metrics.months, customers=metrics.customers,
                            mrr_at_as_of=str(metrics.mrr_at_as_of),  # exact Decimal as text
                            paying_customers_at_as_of=metrics.active_customers_at_as_of)  # fmt: skip
+            summary["metrics"] = {"mode": metrics.mode, "reason": metrics.reason,
+                                  "customers_recomputed": metrics.customers_recomputed,
+                                  "rows_read": metrics.rows_read, "months_rewritten": metrics.months_rewritten}  # fmt: skip
             gate = warehouse_gate(config, run_id=run_id, on_result=on_gate)
             transform = stage("transform", "dbt build, quality gate, atomic publish",
                               lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,

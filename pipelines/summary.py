@@ -35,6 +35,8 @@ def print_metrics(result) -> None:
         f"as of {result.as_of}: MRR {format_money(result.mrr_at_as_of, result.reporting_currency)} from "
         f"{result.active_customers_at_as_of:,} paying customers  ({result.seconds:.1f}s)"
     )
+    recomputed = f"; {result.customers_recomputed:,} customers recomputed" if result.mode == "incremental" else ""
+    console.print(f"[dim]{result.mode} run: {result.reason}{recomputed}[/dim]")
 
 
 def print_transform(result) -> None:

@@ -1,14 +1,12 @@
-"""Beam transforms of the metrics stage: Arrow pre-aggregation, calendar-month windows, movements.
+"""The metrics stage's transforms: pre-aggregation per month, customer-shard facts, calendar-month windows.
 
-``PreAggregateMonths``
-    Input: bounded or unbounded PCollection of ``MonthSlice`` (one calendar month of
-    lake rows as Arrow tables). Output (tagged): ``partials`` -- ``(shard, PARTIAL
-    table)`` timestamped inside the month; ``subscriptions`` and ``first_seen`` --
-    ``(shard, table)`` for the subscription replay; ``fx_missing`` -- ``(currency, day)``.
-    Counter: ``metrics/rows_preaggregated``.
-``ReplaySubscriptions``
-    ``(shard, ([subscription tables], [first-seen tables]))`` -> ``(shard, PARTIAL)``
-    per month (timestamped), MRR at each month's last instant.
+``stage_month`` (pure)
+    One ``MonthSlice`` (a calendar month of lake rows as Arrow tables) -> its partial
+    aggregates and subscription events split by customer shard, the month's revenue_daily
+    rows and the (currency, day) pairs with no FX rate.
+``shard_facts`` (pure)
+    All months of one customer shard -> ``customer_months`` rows (subscription replay,
+    movements) and ``customer_lifetime`` rows.
 ``CalendarMonthAggregate``
     Windows ``(key, PARTIAL)`` into ``CalendarMonthWindows`` and merges partials per key
     and month. Trigger: after the watermark, with optional early firings (every N
@@ -18,9 +16,9 @@
     Stateful, keyed by month: once the watermark has passed a month's end plus the
     allowed lateness, later elements for that month go to the ``too_late`` output
     (counted: ``metrics/too_late_events``) instead of being dropped by the window.
-``ComputeCustomerMonths``
-    All months of a shard -> ``customer_months`` rows with movements and
-    ``customer_lifetime`` rows (tagged outputs).
+
+``pipelines.metrics`` wires the batch pipeline (files between stages, windows over file
+references); the last two are the streaming forms, proven with ``TestStream``.
 """
 
 from __future__ import annotations
@@ -43,13 +41,14 @@ from transforms.calendar import (
     month_window,
     next_month,
 )
-from transforms.fx import FxTable, MissingFxRate
+from transforms.fx import FxTable
 from transforms.revenue import (
+    SUB_COLUMNS,
     add_movements,
     customer_lifetime,
     empty_partial,
-    first_months,
     merge_partials,
+    next_changes,
     pivot_customer_months,
     preaggregate_transactions,
     replay_subscriptions,
@@ -63,6 +62,57 @@ class MonthSlice:
     month: dt.date
     events: pa.Table
     usage: pa.Table
+    daily_events: pa.Table | None = None  # set: revenue_daily comes from these (every customer's events of some days)
+
+
+@dataclass
+class StagedMonth:
+    """What one month slice contributes: partials and subscription events by customer shard, the
+    month's revenue_daily rows and the (currency, day) pairs with no FX rate."""
+
+    partials: list
+    subscriptions: list
+    daily: pa.Table
+    missing: list
+
+
+def stage_month(element: MonthSlice, fx: FxTable, reporting_currency: str, as_of: dt.date,
+                shards: int) -> StagedMonth:  # fmt: skip
+    partial, missing, daily = preaggregate_transactions(element.events, element.usage, fx, reporting_currency, as_of)
+    missing = list(missing)
+    if element.daily_events is not None:
+        empty_usage = element.usage.schema.empty_table()
+        _, more, daily = preaggregate_transactions(element.daily_events, empty_usage, fx, reporting_currency, as_of)
+        missing += [pair for pair in more if pair not in missing]
+    subs = subscription_events(element.events) if element.events.num_rows else None
+    return StagedMonth(
+        partials=list(split_by_customer_shard(partial, shards)) if partial.num_rows else [],
+        subscriptions=list(split_by_customer_shard(subs, shards)) if subs is not None and subs.num_rows else [],
+        daily=daily, missing=missing,
+    )
+
+
+def shard_facts(partials: list[pa.Table], subscriptions: list[pa.Table], fx: FxTable, as_of: dt.date,
+                reporting_currency: str) -> tuple[pa.Table, pa.Table] | None:  # fmt: skip
+    """All months of one customer shard -> (customer_months rows, customer_lifetime rows).
+
+    Each customer is replayed from its first month (its earliest event) through the as-of month.
+    Raises ``MissingFxRate`` when a subscription state cannot be converted.
+    """
+    partial = merge_partials(partials)
+    if partial.num_rows == 0:
+        return None
+    spans = partial.filter(pc.equal(partial["measure"], "span"))
+    g = spans.group_by("customer_id", use_threads=False).aggregate([("month", "min")])
+    firsts = pa.table({"customer_id": g["customer_id"], "first_month": g["month_min"]})
+    subs = [t for t in subscriptions if t.num_rows]
+    if subs:
+        sub_table = pa.concat_tables(subs)
+    else:
+        sub_table = pa.table({c: pa.array([], pa.string()) for c in SUB_COLUMNS})
+    replayed = replay_subscriptions(sub_table, firsts, as_of, fx, reporting_currency)
+    months = add_movements(pivot_customer_months(merge_partials([partial, replayed]), reporting_currency))
+    return months, customer_lifetime(months, as_of, next_changes(replayed))
 
 
 def split_by_customer_shard(table: pa.Table, shards: int):
@@ -73,88 +123,6 @@ def split_by_customer_shard(table: pa.Table, shards: int):
 def month_timestamp(month: dt.date) -> Timestamp:
     """A timestamp inside the month (its first instant) for a month's pre-aggregated element."""
     return Timestamp(micros=date_to_micros(month))
-
-
-def split_by_month(partial: pa.Table):
-    months = pc.unique(partial["month"]).to_pylist()
-    for month in sorted(months):
-        yield month, partial.filter(pc.equal(partial["month"], pa.scalar(month, pa.date32())))
-
-
-class _PreAggregateFn(beam.DoFn):
-    def __init__(self, fx: FxTable, reporting_currency: str, as_of: dt.date, shards: int):
-        self.fx, self.reporting, self.as_of, self.shards = fx, reporting_currency, as_of, shards
-        self.rows = Metrics.counter("metrics", "rows_preaggregated")
-
-    def process(self, element: MonthSlice):
-        self.rows.inc(element.events.num_rows + element.usage.num_rows)
-        partial, missing, daily = preaggregate_transactions(element.events, element.usage, self.fx, self.reporting,
-                                                            self.as_of)  # fmt: skip
-        for pair in missing:
-            yield beam.pvalue.TaggedOutput("fx_missing", pair)
-        if daily.num_rows:
-            yield beam.pvalue.TaggedOutput("revenue_daily", daily)
-        for month, part in split_by_month(partial) if partial.num_rows else ():
-            for shard, piece in split_by_customer_shard(part, self.shards):
-                yield window.TimestampedValue((shard, piece), month_timestamp(month))
-        subs = subscription_events(element.events) if element.events.num_rows else None
-        if subs is not None and subs.num_rows:
-            for shard, piece in split_by_customer_shard(subs, self.shards):
-                yield beam.pvalue.TaggedOutput("subscriptions", (shard, piece))
-        for shard, piece in split_by_customer_shard(first_months(element.events, element.usage), self.shards):
-            yield beam.pvalue.TaggedOutput("first_seen", (shard, piece))
-
-
-class PreAggregateMonths(beam.PTransform):
-    def __init__(self, fx: FxTable, reporting_currency: str, as_of: dt.date, shards: int = 1):
-        super().__init__()
-        if shards < 1:
-            raise ValueError("shards must be >= 1")
-        self.args = (fx, reporting_currency.upper(), as_of, shards)
-
-    def expand(self, slices):
-        return slices | "PreAggregate" >> beam.ParDo(_PreAggregateFn(*self.args)).with_outputs(
-            "subscriptions", "first_seen", "fx_missing", "revenue_daily", main="partials")
-
-
-class _ReplayFn(beam.DoFn):
-    def __init__(self, fx: FxTable, as_of: dt.date, reporting_currency: str):
-        self.fx, self.as_of, self.reporting = fx, as_of, reporting_currency
-
-    def process(self, element):
-        shard, grouped = element
-        subs = [t for t in grouped["subscriptions"]]
-        firsts = [t for t in grouped["first_seen"]]
-        if not firsts:
-            return
-        first = pa.concat_tables(firsts)
-        g = first.group_by("customer_id", use_threads=False).aggregate([("first_month", "min")])
-        first = pa.table({"customer_id": g["customer_id"], "first_month": g["first_month_min"]})
-        sub_table = pa.concat_tables(subs) if subs else None
-        if sub_table is None:
-            from transforms.revenue import SUB_COLUMNS
-
-            sub_table = pa.table({c: pa.array([], pa.string()) for c in SUB_COLUMNS})
-        try:
-            partial = replay_subscriptions(sub_table, first, self.as_of, self.fx, self.reporting)
-        except MissingFxRate as exc:
-            yield beam.pvalue.TaggedOutput("fx_missing", (exc.currency, exc.day))
-            return
-        for month, part in split_by_month(partial):
-            yield window.TimestampedValue((shard, part), month_timestamp(month))
-
-
-class ReplaySubscriptions(beam.PTransform):
-    def __init__(self, fx: FxTable, as_of: dt.date, reporting_currency: str):
-        super().__init__()
-        self.args = (fx, as_of, reporting_currency.upper())
-
-    def expand(self, pcolls):
-        return (
-            pcolls
-            | "GroupByShard" >> beam.CoGroupByKey()
-            | "Replay" >> beam.ParDo(_ReplayFn(*self.args)).with_outputs("fx_missing", main="partials")
-        )
 
 
 class MergePartials(beam.CombineFn):
@@ -248,35 +216,5 @@ class RouteLateEvents(beam.PTransform):
         )
 
 
-class _CustomerMonthsFn(beam.DoFn):
-    def __init__(self, reporting_currency: str, as_of: dt.date):
-        self.reporting, self.as_of = reporting_currency, as_of
-
-    def process(self, element):
-        shard, items = element
-        partial = merge_partials([table for _, table in items])
-        if partial.num_rows == 0:
-            return
-        months = add_movements(pivot_customer_months(partial, self.reporting))
-        yield beam.pvalue.TaggedOutput("customer_months", (shard, months))
-        yield beam.pvalue.TaggedOutput("customer_lifetime", (shard, customer_lifetime(months, self.as_of)))
-
-
-class ComputeCustomerMonths(beam.PTransform):
-    def __init__(self, reporting_currency: str, as_of: dt.date):
-        super().__init__()
-        self.args = (reporting_currency.upper(), as_of)
-
-    def expand(self, monthly):
-        return (
-            monthly
-            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByShard" >> beam.Map(lambda kmt: (kmt[0], (kmt[1], kmt[2])))
-            | "GroupShardMonths" >> beam.GroupByKey()
-            | "Movements" >> beam.ParDo(_CustomerMonthsFn(*self.args)).with_outputs("customer_months",
-                                                                                   "customer_lifetime")
-        )
-
-
-__all__ = ["CalendarMonthAggregate", "ComputeCustomerMonths", "MergePartials", "MonthSlice", "PreAggregateMonths",
-           "ReplaySubscriptions", "RouteLateEvents", "month_window", "month_timestamp"]
+__all__ = ["CalendarMonthAggregate", "MergePartials", "MonthSlice", "RouteLateEvents", "StagedMonth",
+           "month_of_timestamp", "month_timestamp", "month_window", "shard_facts", "stage_month"]

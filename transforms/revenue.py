@@ -298,7 +298,7 @@ def replay_subscriptions(subs: pa.Table, firsts: pa.Table, as_of: dt.date, fx: F
     rows: list[tuple] = []
     customers = zip(firsts["customer_id"].to_pylist(), firsts["first_month"].to_pylist(), strict=True)
     for customer, first in sorted(customers):
-        _replay_customer(rows, customer, timelines.get(customer, []), month_ends.since(first))
+        _replay_customer(rows, customer, timelines.get(customer, []), month_ends.since(first), as_of_end)
     return _partial_from_rows(rows)
 
 
@@ -337,13 +337,25 @@ def _subscription_timelines(subs: pa.Table, as_of_end: int, fx: FxTable,
         if cols["trial_end"][i] is not None:
             trial_end = cols["trial_end"][i]
         currency = cols["currency"][i]
+        day = (EPOCH + dt.timedelta(microseconds=eff)).date()
+        # the valuation depends on the day only through its rate: cache by rate, not by day
+        rate_key = None if currency == reporting_currency else _rate_or_day(fx, currency, day)
         params = (currency, cols["unit_amount"][i], cols["quantity"][i], cols["interval"][i],
-                  cols["interval_count"][i], (EPOCH + dt.timedelta(microseconds=eff)).date())  # fmt: skip
+                  cols["interval_count"][i], rate_key)  # fmt: skip
         if params not in valuations:
-            valuations[params] = _state_mrr(*params, fx, reporting_currency)
+            valuations[params] = _state_mrr(*params[:5], day, fx, reporting_currency)
         mrr, orig = valuations[params]
         timeline.append(_State(eff, mrr, orig, currency, trial_end, False))
     return by_customer
+
+
+def _rate_or_day(fx: FxTable, currency: str, day: dt.date):
+    """The rate a state on ``day`` converts at, or the day itself when there is none (``_state_mrr``
+    then raises ``MissingFxRate`` naming it)."""
+    try:
+        return fx.rate(currency, day)
+    except MissingFxRate:
+        return day
 
 
 def _state_mrr(currency: str, unit_amount: int, quantity: int, interval: str, interval_count: int, day: dt.date,
@@ -378,9 +390,13 @@ class _MonthEnds:
 
 
 def _replay_customer(rows: list[tuple], customer: str, timelines: list[list[_State]],
-                     month_ends: list[tuple[dt.date, int]]) -> None:  # fmt: skip
-    """Append the customer's ``span``, ``mrr`` and ``mrr_orig`` partial rows for each month, in month order."""
+                     month_ends: list[tuple[dt.date, int]], as_of_end: int) -> None:  # fmt: skip
+    """Append the customer's ``span``, ``mrr`` and ``mrr_orig`` partial rows for each month, in month order,
+    and a ``next_change`` row (count = the instant, epoch microseconds) when a known state takes
+    effect, or a trial ends, at or after the end of the as-of day: the first instant at which the
+    customer's MRR can change with no new event (what an incremental run must recompute)."""
     pointers = [-1] * len(timelines)
+    month = None
     for month, boundary in month_ends:
         total, active, orig = _mrr_at(timelines, pointers, boundary)
         rows.append((customer, month, "span", "", ZERO, 0))
@@ -388,6 +404,16 @@ def _replay_customer(rows: list[tuple], customer: str, timelines: list[list[_Sta
             rows.append((customer, month, "mrr", "", total, active))
             for currency, minor in orig.items():
                 rows.append((customer, month, "mrr_orig", currency, Decimal(minor), 0))
+    upcoming = []
+    for t_i, timeline in enumerate(timelines):
+        p = pointers[t_i]
+        if p + 1 < len(timeline):
+            upcoming.append(timeline[p + 1].eff)  # >= the last boundary (as_of_end): pointers stop before it
+        if p >= 0 and not timeline[p].canceled and timeline[p].trial_end is not None \
+                and timeline[p].trial_end >= as_of_end:  # fmt: skip
+            upcoming.append(timeline[p].trial_end)
+    if upcoming and month is not None:
+        rows.append((customer, month, "next_change", "", ZERO, min(upcoming)))
 
 
 def _mrr_at(timelines: list[list[_State]], pointers: list[int], boundary: int) -> tuple[Decimal, int, dict[str, int]]:
@@ -532,8 +558,17 @@ def add_movements(wide: pa.Table) -> pa.Table:
         schemas.CUSTOMER_MONTHS.append(pa.field("month", pa.date32())))
 
 
-def customer_lifetime(months: pa.Table, as_of: dt.date) -> pa.Table:
-    """One row per customer: the accumulation over its customer_months rows up to the as-of month."""
+def next_changes(partial: pa.Table) -> pa.Table:
+    """``(customer_id, next_change_at)`` from a partial's ``next_change`` rows (see ``_replay_customer``)."""
+    part = partial.filter(pc.equal(partial["measure"], "next_change"))
+    g = part.group_by("customer_id", use_threads=False).aggregate([("count", "min")])
+    return pa.table({"customer_id": g["customer_id"], "next_change_at": g["count_min"].cast(pa.int64()).cast(schemas.TS)})
+
+
+def customer_lifetime(months: pa.Table, as_of: dt.date, next_change: pa.Table | None = None) -> pa.Table:
+    """One row per customer: the accumulation over its customer_months rows up to the as-of month.
+
+    ``next_change``: ``(customer_id, next_change_at)`` from ``next_changes`` (absent: null)."""
     keys = ["customer_id"]
     base = months.group_by(keys, use_threads=False).aggregate(
         [("month", "min"), ("month", "max"), ("net_revenue", "sum"), ("reporting_currency", "min")])
@@ -549,6 +584,9 @@ def customer_lifetime(months: pa.Table, as_of: dt.date) -> pa.Table:
     out = out.join(churn, keys, use_threads=False)
     last = months.select(["customer_id", "month", "mrr"]).rename_columns(["customer_id", "month_max", "current_mrr"])
     out = out.join(last, ["customer_id", "month_max"], use_threads=False)
+    if next_change is None:
+        next_change = pa.table({"customer_id": pa.array([], pa.string()), "next_change_at": pa.array([], schemas.TS)})
+    out = out.join(next_change, keys, use_threads=False)
     n = out.num_rows
     table = pa.table({
         "customer_id": out["customer_id"],
@@ -561,6 +599,7 @@ def customer_lifetime(months: pa.Table, as_of: dt.date) -> pa.Table:
         "churn_count": pc.fill_null(out["churn_count"], 0),
         "current_mrr": out["current_mrr"],
         "lifetime_revenue": out["net_revenue_sum"].cast(schemas.MONEY),
+        "next_change_at": out["next_change_at"],
         "as_of": pa.array([as_of] * n, pa.date32()),
     })
     return table.cast(schemas.CUSTOMER_LIFETIME).sort_by([("customer_id", "ascending")])

@@ -133,6 +133,9 @@ CUSTOMER_LIFETIME = pa.schema(
         pa.field("churn_count", pa.int64(), nullable=False),
         pa.field("current_mrr", MONEY, nullable=False),
         pa.field("lifetime_revenue", MONEY, nullable=False),  # paid - tax - refunds, reporting currency
+        # the first instant after the as-of day at which a known subscription state takes effect or a
+        # trial ends (MRR may change with no new event); null: none. Incremental runs recompute these.
+        pa.field("next_change_at", TS),
         pa.field("as_of", pa.date32(), nullable=False),
     ]
 )

@@ -12,13 +12,23 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def _crc_shards(values: list[str], shards: int) -> np.ndarray:
+    return np.fromiter((zlib.crc32(s.encode("utf-8", "surrogatepass")) % shards for s in values),
+                       dtype=np.int64, count=len(values))  # fmt: skip
 
 
 def shard_ids(ids: pa.Array, shards: int) -> np.ndarray:
     if shards <= 1:
         return np.zeros(len(ids), dtype=np.int64)
-    return np.fromiter((zlib.crc32(s.encode("utf-8", "surrogatepass")) % shards for s in ids.to_pylist()),
-                       dtype=np.int64, count=len(ids))  # fmt: skip
+    encoded = pc.dictionary_encode(ids)
+    if len(encoded.dictionary) * 2 > len(ids):  # mostly distinct keys (event ids): hash each row
+        return _crc_shards(ids.to_pylist(), shards)
+    # repeated keys (customer ids): hash each distinct key once
+    per_key = _crc_shards(encoded.dictionary.to_pylist(), shards)
+    return per_key[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def split_by_shard(table: pa.Table, key_column: str, shards: int) -> Iterable[tuple[int, pa.Table]]:
