@@ -131,7 +131,9 @@ def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.
     from pipelines.warehouse_lake import FILE_COLUMN, memory_limit
     from transforms import schemas
 
-    con = duckdb.connect(config={"memory_limit": memory_limit()})
+    # beyond its memory limit DuckDB spills: into the build's folder (removed with it), else under quality/
+    spill = snapshot.parent / "gate.tmp" if snapshot is not None else layout.quality_spill_dir
+    con = duckdb.connect(config={"memory_limit": memory_limit(), "temp_directory": str(spill)})
     present = set()
     incremental = False
     if snapshot is not None:

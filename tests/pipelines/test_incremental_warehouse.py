@@ -94,3 +94,26 @@ def test_the_dead_letter_ratio_is_judged_over_a_meaningful_window(new_accepted, 
     judged = dead_letter_window(new_accepted, new_dead, accepted, dead, min_lines=100)
     assert judged["window"] == window
     assert judged["dead_letter_ratio"] == ratio
+
+
+def test_the_gate_reads_a_table_in_batches_and_adds_up_their_failures(published, tmp_path, monkeypatch):
+    import pyarrow as pa
+    from conftest import commit_rows
+
+    from pipelines import lake, quality
+
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    events = lake.read_table(DataLayout(data), "events")
+    paid = events.filter(pa.compute.is_valid(events["amount"]))
+    bad = pa.concat_tables([paid.slice(0, 1), paid.slice(paid.num_rows - 1, 1)])
+    bad = bad.set_column(bad.schema.get_field_index("amount"), bad.schema.field("amount"),
+                         pa.array([-1, -2], pa.int64()))  # fmt: skip
+    bad = bad.set_column(0, bad.schema.field("event_id"), pa.array(["evt_negative_1", "evt_negative_2"]))
+    commit_rows(data, "events", bad.cast(events.schema))
+    monkeypatch.setattr(quality, "BATCH_ROWS", 300)  # several DataFrames for one suite
+    result = quality.validate(cfg(data).resolve_as_of(), suites=("lake_events",))
+    [outcome] = result.suites
+    assert outcome.rows == events.num_rows + 2 > 2 * 300
+    [negative] = [f for f in outcome.critical_failures if f["column"] == "amount"]
+    assert negative["unexpected_count"] == 2
