@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_warehouse.py --data-dir DIR [--batch-events 1000]
 
 DIR holds a lake already ingested (e.g. by ``revenue generate`` + ``revenue ingest``). The script
-runs ``revenue metrics`` if needed, then ``revenue transform --full-refresh``; then writes a batch
-of recent events (usage and paid invoices on the as-of day for existing customers), ingests it,
-runs ``revenue metrics`` and times ``revenue transform`` (incremental); finally it checks that the
+runs ``revenue metrics`` if needed, then ``revenue transform --full-refresh``; then two batches,
+each ingested, run through ``revenue metrics`` and timed through ``revenue transform``
+(incremental): recent events (usage and paid invoices on the latest day, existing customers), then
+late events (the same, on random days over the whole history); finally it checks that the
 incremental warehouse equals another ``--full-refresh`` build, every table row for row. Each
 command runs in its own process; peak RSS is that process's and its children's (dbt) maximum.
 """
@@ -13,6 +14,7 @@ command runs in its own process; peak RSS is that process's and its children's (
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -46,19 +48,22 @@ def latest(data: Path, command: str) -> dict:
     return json.loads(sorted((data / "runs").glob(f"*-{command}.json"))[-1].read_text())
 
 
-def recent_batch(data: Path, out: Path, events: int, seed: int = 5) -> None:
-    """``events`` new events on the lake's latest day: half usage, half paid invoices, for existing customers."""
+def write_batch(data: Path, out: Path, events: int, late: bool, seed: int) -> None:
+    """``events`` new events for existing customers, half usage and half paid invoices: on the lake's
+    latest day (recent), or on random days over its whole history (late events for every month)."""
     con = duckdb.connect(str(data / "warehouse" / "revenue.duckdb"), read_only=True)
-    day = con.execute("select max(cast(occurred_at as date)) from lake.events").fetchall()[0][0]
+    first, last = con.execute("select min(cast(occurred_at as date)), max(cast(occurred_at as date)) "
+                              "from lake.events").fetchall()[0]  # fmt: skip
     payers = con.execute("select customer_id, subscription_id, currency from lake.events "
                          "where event_type = 'invoice.paid' and subscription_id is not null "
-                         "order by occurred_at desc limit 5000").fetchall()  # fmt: skip
+                         "order by occurred_at desc, event_id limit 5000").fetchall()  # fmt: skip
     con.close()
     rng = random.Random(seed)
-    at = f"{day.isoformat()}T12:00:00Z"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "batch.jsonl", "w") as handle:
         for i in range(events):
+            day = first + dt.timedelta(days=rng.randrange((last - first).days + 1)) if late else last
+            at = f"{day.isoformat()}T12:00:00Z"
             customer, subscription, currency = rng.choice(payers)
             if i % 2:
                 event = {"event_id": f"bench-usage-{seed}-{i}", "event_type": "usage.recorded", "occurred_at": at,
@@ -88,12 +93,13 @@ def main() -> None:
                      gate["seconds"], rss, m["lake_load"]["changed_customers"], m["lake_load"]["changed_days"]))  # fmt: skip
 
     transform("full build", "--full-refresh")
-    batch = data.parent / f"{data.name}-batch"
-    shutil.rmtree(batch, ignore_errors=True)
-    recent_batch(data, batch, args.batch_events)
-    revenue("ingest", "--input", str(batch), "--data-dir", str(data))
-    revenue("metrics", "--data-dir", str(data))
-    transform(f"{args.batch_events:,} recent events")
+    for seed, late in ((5, False), (6, True)):
+        batch = data.parent / f"{data.name}-batch-{seed}"
+        shutil.rmtree(batch, ignore_errors=True)
+        write_batch(data, batch, args.batch_events, late, seed)
+        revenue("ingest", "--input", str(batch), "--data-dir", str(data))
+        revenue("metrics", "--data-dir", str(data))
+        transform(f"{args.batch_events:,} {'late' if late else 'recent'} events")
     incremental = data.parent / f"{data.name}-incremental.duckdb"
     shutil.copy(data / "warehouse" / "revenue.duckdb", incremental)
     transform("full build again", "--full-refresh")
