@@ -95,6 +95,12 @@ def threshold_options(func):
     return func
 
 
+def materiality_option(func):
+    return click.option("--materiality", nargs=2, type=str, default=None, metavar="AMOUNT FRACTION",
+                        help="Flag a restatement of a closed month when its difference is at least AMOUNT "
+                             "(reporting currency) or FRACTION of the reported value (default: 1000 0.01).")(func)
+
+
 def _config(ctx: click.Context, **options) -> RunConfig:
     """Build and validate the run configuration (nothing written yet); extra args go to Beam."""
     warning = options.pop("dead_letter_warning", None)
@@ -163,6 +169,7 @@ def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path 
 @click.option("--no-gate", is_flag=True, help="Publish without running the data-quality gate.")
 @click.option("--full-refresh", is_flag=True,
               help="Rebuild every derived table from the lake instead of only what new events change.")
+@materiality_option
 @click.pass_context
 def transform(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, no_gate: bool,
               full_refresh: bool, **thresholds) -> None:  # fmt: skip
@@ -204,6 +211,7 @@ def validate(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--full-refresh", is_flag=True,
               help="Rebuild every derived table from the lake instead of only what new events change.")
+@materiality_option
 @click.pass_context
 def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, quiet: bool,
         full_refresh: bool, **thresholds) -> None:  # fmt: skip
@@ -227,6 +235,38 @@ def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates:
     config = build_config(data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates)
     result = build_report(config.resolve_as_of(), parse_month(month))
     click.echo(f"report: {result['html']}  (tables as CSV/XLSX in {result['dir']})")
+
+
+@cli.command()
+@click.option("--month", required=True, help="Month to close, YYYY-MM (before the as-of month; earlier months first).")
+@click.option("--by", "acted_by", required=True, help="Who closes it (recorded).")
+@click.option("--note", default=None, help="A note recorded with the close.")
+@data_dir_option
+def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
+    """Close a month: freeze its reported figures; later changes to it become restatements."""
+    from pipelines.closes import close_month, parse_month
+
+    result = close_month(build_config(data_dir).layout, parse_month(month), acted_by, note)
+    from transforms.money import format_money
+
+    f, currency = result.frozen, result.reporting_currency
+    click.echo(f"closed {month} at {result.acted_at:%Y-%m-%d %H:%M:%S} UTC by {acted_by}; frozen as reported: "
+               f"MRR {format_money(f['mrr'], currency)}, {f['active_customers']:,} active customers, "
+               f"net revenue {format_money(f['net_revenue'], currency)}")  # fmt: skip
+
+
+@cli.command()
+@click.option("--month", required=True, help="Month to reopen, YYYY-MM (every later closed month reopens too).")
+@click.option("--by", "acted_by", required=True, help="Who reopens it (recorded).")
+@click.option("--reason", required=True, help="Why (recorded).")
+@data_dir_option
+def reopen(month: str, acted_by: str, reason: str, data_dir: Path) -> None:
+    """Reopen a closed month and every later closed month; their figures are live again until closed."""
+    from pipelines.closes import parse_month, reopen_month
+
+    result = reopen_month(build_config(data_dir).layout, parse_month(month), acted_by, reason)
+    click.echo(f"reopened {', '.join(f'{m:%Y-%m}' for m in result.months)} at "
+               f"{result.acted_at:%Y-%m-%d %H:%M:%S} UTC by {acted_by}")
 
 
 @cli.command()

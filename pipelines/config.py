@@ -17,6 +17,7 @@ import datetime as dt
 import os
 import secrets
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 
 from pipelines.layout import DataLayout
@@ -54,6 +55,27 @@ class GateThresholds:
 
 
 @dataclass(frozen=True)
+class Materiality:
+    """When a restatement of a closed month is large enough to flag (CONTRACT section 7): its
+    difference is at least ``amount`` (reporting currency, money metrics only) or at least
+    ``fraction`` of the reported value (any difference from a reported 0 counts)."""
+
+    amount: Decimal = Decimal("1000")
+    fraction: Decimal = Decimal("0.01")
+
+    def is_material(self, metric: str, reported: Decimal, restated: Decimal) -> bool:
+        difference = abs(restated - reported)
+        if difference == 0:
+            return False
+        if metric != "active_customers" and difference >= self.amount:
+            return True
+        return reported == 0 or difference / abs(reported) >= self.fraction
+
+    def describe(self) -> dict[str, str]:
+        return {"amount": str(self.amount), "fraction": str(self.fraction)}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     layout: DataLayout
     reporting_currency: str = DEFAULT_REPORTING_CURRENCY
@@ -67,6 +89,7 @@ class RunConfig:
     shards: int | None = None
     pii: PiiPolicy | None = field(default=None, repr=False)  # set by with_pii(), once a run starts writing
     full_refresh: bool = False  # rebuild every derived table (lake and warehouse) from the lake's events
+    materiality: Materiality = Materiality()  # flags large restatements of closed months
 
     @property
     def reporting_exponent(self) -> int:
@@ -111,6 +134,7 @@ class RunConfig:
             "pii_key_set": self.pii_key is not None,
             "gate_thresholds": self.thresholds.as_parameters(),
             "full_refresh": self.full_refresh,
+            "materiality": self.materiality.describe(),
         }
 
 
@@ -118,6 +142,17 @@ def check_as_of(as_of: dt.date) -> dt.date:
     if not FIRST_SUPPORTED_DAY <= as_of <= LAST_SUPPORTED_DAY:
         raise ConfigError(f"--as-of {as_of} is outside the supported range {FIRST_SUPPORTED_DAY}..{LAST_SUPPORTED_DAY}")
     return as_of
+
+
+def check_materiality(amount, fraction) -> Materiality:
+    """``--materiality AMOUNT FRACTION``: exact decimals, amount >= 0, 0 <= fraction <= 1."""
+    try:
+        amount, fraction = Decimal(str(amount)), Decimal(str(fraction))
+    except ArithmeticError:
+        raise ConfigError(f"--materiality: {amount!r} {fraction!r} are not numbers (e.g. 1000 0.01)") from None
+    if not (amount.is_finite() and fraction.is_finite()) or amount < 0 or not 0 <= fraction <= 1:
+        raise ConfigError(f"--materiality: amount must be >= 0 and fraction within 0..1, got {amount} {fraction}")
+    return Materiality(amount, fraction)
 
 
 def load_pii_policy(layout: DataLayout, pii_key: bytes | None) -> PiiPolicy:
@@ -169,7 +204,7 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
                  fx_rates: Path | str | None = None, input_dir: Path | str | None = None,
                  as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
                  shards: int | None = None, pii_key: bytes | None = None,
-                 full_refresh: bool = False) -> RunConfig:  # fmt: skip
+                 full_refresh: bool = False, materiality: tuple | None = None) -> RunConfig:  # fmt: skip
     """Validate every setting (nothing is written) and load the FX table once."""
     currency = (reporting_currency or "").strip().upper()
     try:
@@ -184,8 +219,9 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
         discover_input(Path(input_dir))  # a missing or empty input folder stops the run before any write
     if thresholds and thresholds.dead_letter_ratio_warning > thresholds.dead_letter_ratio_critical:
         raise ConfigError("--dead-letter-warning must not exceed --dead-letter-critical")
+    limits = Materiality() if materiality is None else check_materiality(*materiality)
     return RunConfig(
-        layout=DataLayout(Path(data_dir)), reporting_currency=currency, fx=fx,
+        materiality=limits, layout=DataLayout(Path(data_dir)), reporting_currency=currency, fx=fx,
         fx_source=str(Path(fx_rates).absolute()) if fx_rates else "bundled",
         input_dir=Path(input_dir) if input_dir is not None else None,
         as_of=check_as_of(as_of) if as_of else None, beam_args=tuple(beam_args),

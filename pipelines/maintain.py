@@ -29,11 +29,24 @@ class MaintainResult:
     seconds: float = 0.0
 
 
+def versions_seen_by_closes(layout) -> dict[str, list[int]]:
+    """Each table's versions recorded by a close (``period_closes.lake_versions``), oldest first."""
+    import json
+
+    keep: dict[str, set[int]] = {}
+    for row in lake.read_table(layout, "period_closes", ["action", "lake_versions"]).to_pylist():
+        if row["action"] == "close":
+            for table, version in json.loads(row["lake_versions"]).items():
+                keep.setdefault(table, set()).add(version)
+    return {table: sorted(versions) for table, versions in keep.items()}
+
+
 def run_maintain(config: RunConfig, retention_hours: int = DEFAULT_RETENTION_HOURS) -> MaintainResult:
     started = time.monotonic()
     layout = config.layout
     result = MaintainResult(new_run_id())
     with lake.lake_lock(layout):  # no run writes meanwhile, so no running commit's files can be vacuumed
+        keep = versions_seen_by_closes(layout)  # closes count the events they did not see: keep what they saw
         for table in schemas.LAKE_SCHEMAS:
             delta = lake.open_table(layout, table)
             if delta is None:
@@ -41,12 +54,13 @@ def run_maintain(config: RunConfig, retention_hours: int = DEFAULT_RETENTION_HOU
             compacted = delta.optimize.compact()
             delta.create_checkpoint()
             removed = delta.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
-                                   full=True)  # fmt: skip
+                                   full=True, keep_versions=keep.get(table) or None)  # fmt: skip
             result.tables[table] = {
                 "version": delta.version(),
                 "files_compacted": compacted.get("numFilesRemoved", 0),
                 "files_written": compacted.get("numFilesAdded", 0),
                 "files_vacuumed": len(removed),
+                "versions_kept_for_closes": keep.get(table, []),
             }
     result.seconds = round(time.monotonic() - started, 3)
     write_manifest(layout, result.run_id, "maintain", {"retention_hours": retention_hours, "tables": result.tables,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -42,6 +43,31 @@ def print_metrics(result) -> None:
 def print_transform(result) -> None:
     console.print(f"warehouse published: {result.published}  (as of {result.as_of}, {result.reporting_currency}; "
                   f"dbt build {result.dbt_seconds:.1f}s; {result.nodes})")
+    for line in restatement_lines(result.restatements):
+        console.print(line, soft_wrap=True)
+
+
+def restatement_lines(restatements: dict | None) -> list[str]:
+    """One line per restated metric of a closed month, material ones marked (greppable in CI logs)."""
+    rows = (restatements or {}).get("restated", [])
+    if not rows:
+        return []
+    lines = [f"restatements of closed months: {len(rows)} rows ({len(restatements['material'])} material), booked in "
+             f"{restatements['booked_in_month']}"]
+    currency = restatements.get("reporting_currency")
+
+    def show(value: str, metric: str) -> str:
+        if metric == "active_customers" or not currency:  # a count, stored as a decimal
+            return f"{Decimal(value).normalize():,f}"
+        return format_money(value, currency)
+
+    for r in rows:
+        m = r["metric"]
+        lines.append(f"{'MATERIAL ' if r['material'] else ''}restatement: {r['month']} {m} reported "
+                     f"{show(r['reported'], m)}, restated {show(r['restated'], m)}, difference "
+                     f"{show(r['difference'], m)} ({r['events'] if r['events'] is not None else 'n/a'} events "
+                     "since the close)")
+    return [escape(line) for line in lines]
 
 
 def print_gate(result) -> None:
@@ -86,6 +112,10 @@ def print_run(result) -> None:
                       f"{s['paying_customers_at_as_of']:,} paying customers ({s['customers']:,} customers seen)")
     if "quality" in s:
         table.add_row("quality gate", "passed" if s["quality"]["passed"] else "FAILED")
+    restated = s.get("restatements") or {}
+    if restated.get("closed_months"):
+        table.add_row("closed months", f"{len(restated['closed_months'])} (through {restated['closed_months'][-1]}); "
+                      f"{restated['rows']} restatement rows this run, {len(restated['material'])} material")
     for name, path in s.get("outputs", {}).items():
         table.add_row(name, path)
     table.add_row("timings", ", ".join(f"{k} {v:.1f}s" for k, v in s.get("timings", {}).items()))
@@ -93,3 +123,5 @@ def print_run(result) -> None:
     if s.get("error"):
         table.add_row("error", escape(s["error"]))
     console.print(table)
+    for line in restatement_lines(restated):
+        console.print(line, soft_wrap=True)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import lake, warehouse_lake
+from pipelines import closes, lake, warehouse_lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -58,6 +58,7 @@ class TransformResult:
     gate: dict | None = None
     lake_versions: dict = field(default_factory=dict)
     lake_load: dict = field(default_factory=dict)  # warehouse_lake.LoadResult: full or incremental, and what changed
+    restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
 
 
 def check_lake_matches(config: RunConfig) -> None:
@@ -185,6 +186,7 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
     _write_fx_seed(project, config)
     loaded = _start_build(config, project, build_file, pinned)
+    closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
            "--target-path", str(target), "--log-path", str(build_root / "logs"), "--no-use-colors"]  # fmt: skip
     if loaded.mode == "incremental":
@@ -223,6 +225,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             build_root.mkdir(parents=True)
             dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
+            restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
         finally:
@@ -230,11 +233,12 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
-                             lake_versions=pinned, lake_load=loaded.as_dict())  # fmt: skip
+                             lake_versions=pinned, lake_load=loaded.as_dict(), restatements=restatements)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
             "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "lake_load": result.lake_load,
+            "restatements": restatements,
         })  # fmt: skip
     return result
 

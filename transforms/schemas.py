@@ -172,6 +172,72 @@ REVENUE_DAILY = pa.schema(
     ]
 )
 
+
+# Closed periods (CONTRACT section 7): the close history, the figures frozen at each close, and the
+# restatements found since. Written by `revenue close` / `reopen` and after each warehouse build
+# (pipelines.closes), never derived from events: a full refresh keeps them.
+RATE = pa.decimal128(38, 10)
+
+PERIOD_CLOSES = pa.schema(
+    [
+        pa.field("action", pa.string(), nullable=False),  # close | reopen
+        pa.field("acted_at", TS, nullable=False),  # wall-clock time of the action (UTC): the only wall-clock value
+        pa.field("acted_by", pa.string(), nullable=False),
+        pa.field("note", pa.string()),  # the close's note, or the reopen's reason
+        pa.field("lake_versions", pa.string(), nullable=False),  # JSON {table: version} at the action
+    ]
+)
+
+# The mrr_monthly_reported row of a month as finance reported it at a close (keyed by month and the
+# close's acted_at), plus the month's cash figures in the reporting currency.
+CLOSED_FIGURES = pa.schema(
+    [
+        pa.field("closed_at", TS, nullable=False),  # = period_closes.acted_at of the close
+        pa.field("mrr", MONEY), pa.field("arr", MONEY), pa.field("active_customers", pa.int64()),
+        pa.field("new_mrr", MONEY), pa.field("expansion_mrr", MONEY), pa.field("reactivation_mrr", MONEY),
+        pa.field("contraction_mrr", MONEY), pa.field("churned_mrr", MONEY), pa.field("net_new_mrr", MONEY),
+        pa.field("new_customers", pa.int64()), pa.field("reactivated_customers", pa.int64()),
+        pa.field("churned_customers", pa.int64()), pa.field("previous_mrr", MONEY),
+        pa.field("previous_active_customers", pa.int64()), pa.field("customer_churn_rate", RATE),
+        pa.field("gross_mrr_churn_rate", RATE), pa.field("net_mrr_churn_rate", RATE), pa.field("arpa", MONEY),
+        pa.field("quick_ratio", RATE), pa.field("trailing_customer_churn_rate", RATE), pa.field("ltv", MONEY),
+        pa.field("ltv_null_reason", pa.string()), pa.field("net_mrr_retention", RATE),
+        pa.field("restatement_adjustment_mrr", MONEY),
+        pa.field("gross_revenue", MONEY), pa.field("tax", MONEY), pa.field("refunds", MONEY),
+        pa.field("net_revenue", MONEY),  # reporting currency, from fct_revenue_daily
+    ]
+)  # fmt: skip
+
+RESTATEMENTS = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("reported_value", MONEY, nullable=False),  # as frozen at the close
+        pa.field("restated_value", MONEY, nullable=False),  # as this run computes it
+        pa.field("difference", MONEY, nullable=False),  # restated - reported
+        pa.field("events", pa.int64()),  # events that changed it since the close (null: close version vacuumed)
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("detected_at", pa.date32(), nullable=False),  # the run's as-of date (reproducible, not wall-clock)
+        pa.field("booked_in_month", pa.date32()),  # the first open month
+        pa.field("close_acted_at", TS, nullable=False),  # the close the reported value comes from
+        pa.field("events_version", pa.int64()),  # lake events version the run read
+        pa.field("material", pa.bool_(), nullable=False),  # above the run's --materiality thresholds
+    ]
+)
+
+# Which events a restatement row counted: one row per (month, run, event, metric group).
+RESTATEMENT_EVENTS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("close_acted_at", TS, nullable=False),
+        pa.field("affects", pa.string(), nullable=False),  # mrr (subscription events) | net_revenue (payments)
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("occurred_at", TS, nullable=False),
+        pa.field("effective_at", TS),
+    ]
+)
+
 PARTITION_COLUMNS = {
     "events": ("event_date", pa.date32()),
     "usage": ("event_date", pa.date32()),
@@ -180,7 +246,14 @@ PARTITION_COLUMNS = {
     "revenue_daily": ("month", pa.date32()),
     "customer_lifetime": ("as_of", pa.date32()),
     "late_events": ("month", pa.date32()),
+    "period_closes": ("month", pa.date32()),
+    "closed_figures": ("month", pa.date32()),
+    "restatements": ("month", pa.date32()),
+    "restatement_events": ("month", pa.date32()),
 }
+
+# the closed-period tables: written by actions and run checks, never rebuilt from events
+PERIOD_TABLES = ("period_closes", "closed_figures", "restatements", "restatement_events")
 
 # the metrics stage's outputs: each run replaces all three, from the same pinned events and usage
 DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")
@@ -189,6 +262,8 @@ DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")
 LAKE_SCHEMAS = {
     "events": EVENTS, "usage": USAGE, "dead_letter": DEAD_LETTER, "customer_months": CUSTOMER_MONTHS,
     "customer_lifetime": CUSTOMER_LIFETIME, "revenue_daily": REVENUE_DAILY, "late_events": LATE_EVENTS,
+    "period_closes": PERIOD_CLOSES, "closed_figures": CLOSED_FIGURES, "restatements": RESTATEMENTS,
+    "restatement_events": RESTATEMENT_EVENTS,
 }  # fmt: skip
 
 

@@ -85,8 +85,9 @@ def build_report(config: RunConfig, month: dt.date, run_id: str | None = None,
         month=month, currency=currency, as_of=config.as_of, kpis=kpis, row=row,
         charts=render_charts(figures, currency), movers=figures.movers, usage=figures.usage,
         dead_by_reason=figures.dead_by_reason, counts=counts, run_id=run_id, lake_counts=figures.lake_counts,
-        quality=_json(quality) if quality.exists() else None,
+        quality=_json(quality) if quality.exists() else None, period=figures.period,
         fmt=lambda v: format_money(v, currency) if v is not None else "n/a", qty=format_quantity,
+        money=lambda v, code: format_money(v, code) if v is not None else "n/a",
     )  # fmt: skip
     html_path = write_aside(out_dir / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
     return {"html": html_path, "dir": out_dir, "kpis": {k["key"]: k["value"] for k in kpis}}

@@ -22,10 +22,13 @@ def _bridge(f: MonthFigures, currency: str):
     import plotly.graph_objects as go
 
     r = f.row
+    # the reported view (closed periods): start from last month as reported, plus its restatement adjustment
+    start, adjustment = r.get("previous_reported_mrr", r["previous_mrr"]), r.get("restatement_adjustment_mrr") or 0
     fig = go.Figure(go.Waterfall(
-        x=["Start MRR", "New", "Expansion", "Reactivation", "Contraction", "Churn", "End MRR"],
-        measure=["absolute", "relative", "relative", "relative", "relative", "relative", "total"],
-        y=[r["previous_mrr"], r["new_mrr"], r["expansion_mrr"], r["reactivation_mrr"],
+        x=["Start MRR", "Restatement adjustment", "New", "Expansion", "Reactivation", "Contraction", "Churn",
+           "End MRR"],
+        measure=["absolute", "relative", "relative", "relative", "relative", "relative", "relative", "total"],
+        y=[start, adjustment, r["new_mrr"], r["expansion_mrr"], r["reactivation_mrr"],
            -r["contraction_mrr"], -r["churned_mrr"], r["mrr"]],
     ))  # fmt: skip
     fig.update_layout(title=f"MRR bridge, {f.month:%B %Y} ({currency})", height=380, margin={"t": 50})

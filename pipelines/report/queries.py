@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipelines import lake
 from pipelines.config import RunConfig
+from pipelines.report.period import PeriodFigures, read_period
 from transforms.errors import ConfigError, InputError
 
 # the month's rows of these tables are exported as CSV and XLSX
@@ -36,6 +37,7 @@ class MonthFigures:
     tables: dict[str, pa.Table]
     dead_by_reason: list[tuple[str, int]] = field(default_factory=list)
     lake_counts: dict[str, int] = field(default_factory=dict)
+    period: PeriodFigures | None = None  # closed-period status, restatements, cash (pipelines.report.period)
 
 
 def _rows(con, sql: str, params=()) -> list[dict]:
@@ -85,6 +87,10 @@ def read_month(config: RunConfig, month: dt.date) -> MonthFigures:
                              'from fct_usage_monthly where "month" = ? group by 1 order by 1', [month]),
             tables={name: _arrow(con.execute(sql, [month])) for name, sql in EXPORTS.items()},
         )  # fmt: skip
+        figures.period = read_period(con, month)
+        figures.tables.update(figures.period.tables)
+        if figures.period.row is not None:  # a closed month: the figures as reported at close
+            figures.row = figures.period.row
     finally:
         con.close()
     layout = config.layout
