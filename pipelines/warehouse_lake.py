@@ -275,8 +275,9 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
     return result
 
 
-# a build's bookkeeping (what it loaded, what changed): legitimately differs between two builds
-BUILD_TABLES = {("lake", "_files"), ("lake", "_load_state"), ("lake", "changed_customers"), ("lake", "changed_days")}
+# a build's bookkeeping (what it loaded, what changed, which run built it): differs between two builds
+BUILD_TABLES = {("lake", "_files"), ("lake", "_load_state"), ("lake", "changed_customers"), ("lake", "changed_days"),
+                ("periods", "build_info")}  # fmt: skip
 
 
 def table_differences(a: Path, b: Path) -> dict[str, tuple[int, int]]:
