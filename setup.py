@@ -24,6 +24,8 @@ setup(
         "plotly",
         "openpyxl",
         "jinja2",
+        "pika",
+        "prometheus-client",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},

@@ -224,6 +224,63 @@ def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx
     run_all(config, show_progress=not quiet, on_gate=print_gate, on_finish=print_run)
 
 
+@cli.command(context_settings=BEAM_ARGS)
+@click.option("--source", required=True, envvar="REVENUE_STREAM_SOURCE", show_envvar=True,
+              help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum] or file:///PATH.")
+@data_dir_option
+@currency_options
+@threshold_options
+@click.option("--max-batch-events", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True,
+              help="A micro-batch closes at this many messages (files for file://)...")
+@click.option("--max-batch-seconds", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="...or this many seconds after its first message.")
+@click.option("--publish-every", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Republish the warehouse (metrics, dbt build, gate) at most this often, when something changed.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus /metrics and /healthz on 127.0.0.1:PORT.")
+@click.option("--stop-after-idle", type=click.FloatRange(0), default=None,
+              help="Finish, publish and exit 0 once no message has arrived for this many seconds.")
+@click.pass_context
+def stream(ctx, source: str, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None,
+           max_batch_events: int, max_batch_seconds: float, publish_every: float, metrics_port: int | None,
+           stop_after_idle: float | None, **thresholds) -> None:  # fmt: skip
+    """Live mode: consume a broker queue or landing folder into the lake in micro-batches, exactly once,
+    and keep the warehouse published. Extra args go to Beam."""
+    from pipelines.stream import StreamOptions, run_stream
+
+    config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
+                     **thresholds)  # fmt: skip
+    options = StreamOptions(source=source, max_batch_events=max_batch_events, max_batch_seconds=max_batch_seconds,
+                            publish_every=publish_every, metrics_port=metrics_port,
+                            stop_after_idle=stop_after_idle)  # fmt: skip
+    _stream_logging()
+    run_stream(config, options)
+
+
+def _stream_logging() -> None:
+    """One JSON line per batch and publish on stderr, whatever the log level."""
+    batch_log = logging.getLogger("revenue.stream")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    batch_log.addHandler(handler)
+    batch_log.setLevel(logging.INFO)
+    batch_log.propagate = False
+    logging.getLogger("pipelines.stream").setLevel(logging.INFO)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # queue-type probing closes channels on purpose
+
+
+@cli.command()
+@click.option("--to", "to", required=True, help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum]")
+@input_option
+def publish(to: str, input_dir: Path) -> None:
+    """Send JSON Lines events to a broker, one event per message, with publisher confirms."""
+    from pipelines.sources import publish_dir
+
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    sent = publish_dir(to, input_dir)
+    click.echo(f"published {sent} messages to {to.split('@')[-1]}")
+
+
 @cli.command()
 @click.option("--month", required=True, help="Month to report, YYYY-MM.")
 @data_dir_option

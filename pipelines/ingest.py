@@ -30,7 +30,8 @@ from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import InputError, RevenueError
-from transforms.ingest import TAGS, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
+from transforms.ingest import TAGS, LineChunk, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
+from transforms.messages import LabelMessageSources, MessageSource
 from transforms.redact import PiiPolicy
 from transforms.sharding import split_by_shard
 
@@ -249,17 +250,47 @@ class _WritePartitionsFn(beam.DoFn):
         yield len(written)
 
 
+@dataclass
+class MessageBatch:
+    """A micro-batch of broker messages: bodies in arrival order and where each came from."""
+
+    bodies: list[bytes]
+    sources: list[MessageSource]
+
+    def __post_init__(self):
+        if len(self.bodies) != len(self.sources):
+            raise ValueError("one source per message body")
+
+    def chunks(self, chunk_lines: int) -> list[LineChunk]:
+        """The batch as one pseudo-file's chunks: line = index in the batch + 1 (labelled after parsing)."""
+        return [LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, tuple(self.bodies[start:start + chunk_lines]))
+                for start in range(0, len(self.bodies), chunk_lines)]  # fmt: skip
+
+
+MESSAGE_BATCH_FILE = "message-batch"
+
+
+def _tag_label(tag: str) -> str:
+    return tag.title().replace("_", "")
+
+
 def build_pipeline(p: beam.Pipeline, files, stage: Path, layout: DataLayout, pinned: dict[str, int], run_id: str,
-                   shards: int, pii: PiiPolicy, chunk_lines: int):  # fmt: skip
-    parsed = (
-        p
-        | "ListFiles" >> beam.Create(files, reshuffle=False)
-        | "ReadEventFiles" >> ReadEventFiles(chunk_lines)
-        | "ParseEventLines" >> ParseEventLines(pii)
-    )
+                   shards: int, pii: PiiPolicy, chunk_lines: int,
+                   messages: MessageBatch | None = None):  # fmt: skip
+    """Files (``(index, path, relative path)``), or a batch of broker ``messages``, into the lake's folders."""
+    if messages is None:
+        chunks = (p | "ListFiles" >> beam.Create(files, reshuffle=False)
+                  | "ReadEventFiles" >> ReadEventFiles(chunk_lines))  # fmt: skip
+    else:
+        chunks = p | "MessageChunks" >> beam.Create(messages.chunks(chunk_lines), reshuffle=False)
+    parsed = chunks | "ParseEventLines" >> ParseEventLines(pii)
+    outputs = {tag: parsed[tag] for tag in TAGS}
+    if messages is not None:
+        outputs = {tag: outputs[tag] | f"LabelSources{_tag_label(tag)}" >> LabelMessageSources(messages.sources, tag)
+                   for tag in TAGS}  # fmt: skip
     _ = parsed.lines | "CountLines" >> beam.CombineGlobally(sum) | "RecordLines" >> beam.ParDo(_LinesFn(str(stage)))
     spilled = [
-        parsed[tag] | f"Spill{tag.title().replace('_', '')}" >> beam.ParDo(_SpillFn(str(stage), tag, shards))
+        outputs[tag] | f"Spill{_tag_label(tag)}" >> beam.ParDo(_SpillFn(str(stage), tag, shards))
         for tag in TAGS
     ]
     return (
@@ -275,16 +306,39 @@ def build_pipeline(p: beam.Pipeline, files, stage: Path, layout: DataLayout, pin
 def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest: bool = True,
                chunk_lines: int = 50_000, checksums: bool = True) -> IngestResult:  # fmt: skip
     """Ingest ``config.input_dir`` into the lake under ``config.layout``: one Delta commit per table."""
-    started = time.monotonic()
-    layout = config.layout
     if config.input_dir is None:
         raise InputError("no input folder given (--input)")
-    files = discover_input(config.input_dir)
+    return _ingest(config, discover_input(config.input_dir), None, run_id, write_run_manifest, chunk_lines, checksums)
+
+
+def ingest_batch(config: RunConfig, *, files: list[tuple[int, str, str]] | None = None,
+                 messages: MessageBatch | None = None, app_transactions: dict[str, int] | None = None,
+                 metadata: dict | None = None, run_id: str | None = None,
+                 chunk_lines: int = 50_000) -> IngestResult:  # fmt: skip
+    """One stream micro-batch (``revenue stream``): event ``files`` or broker ``messages`` into the lake.
+
+    The same bounded Beam ingest as ``run_ingest``; every ingest table gets a commit (empty if the
+    batch added nothing to it) carrying ``app_transactions`` (the source's position) and
+    ``metadata``, so the lake records what the batch consumed in the same commits as its rows.
+    No manifest (the stream logs one line per batch).
+    """
+    if (files is None) == (messages is None):
+        raise ValueError("give files or messages")
+    return _ingest(config, files or [], messages, run_id, False, chunk_lines, False,
+                   stream_commit={"app_transactions": app_transactions or {}, "metadata": metadata or {}})
+
+
+def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str | None, write_run_manifest: bool,
+            chunk_lines: int, checksums: bool, stream_commit: dict | None = None) -> IngestResult:  # fmt: skip
+    started = time.monotonic()
+    layout = config.layout
     run_id = run_id or new_run_id()
     config = config.with_pii()
     if config.pii_key is None:
         log.warning("%s is not set: customer emails will not be stored (set it to keep keyed hashes)", PII_KEY_ENV)
     total_bytes = sum(_size(f[1]) * (GZIP_RATIO if f[1].endswith(".gz") else 1) for f in files)
+    if messages is not None:
+        total_bytes = sum(len(b) for b in messages.bodies)
     shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))
     with lake.lake_lock(layout):
         pinned = lake.versions(layout, INGEST_TABLES)  # duplicates are checked against these versions
@@ -292,7 +346,7 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
         stage.mkdir(parents=True)
         with lake.run_writes(layout, run_id, INGEST_TABLES) as committed_tables:
             with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
-                build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines)
+                build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines, messages)
             lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
             totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
             by_reason: dict[str, int] = {}
@@ -311,7 +365,8 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
             # deduplication sees the committed table's events as duplicates
             committed = {}
             for table in INGEST_TABLES:
-                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id)
+                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                                               **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
         shutil.rmtree(stage, ignore_errors=True)
     result = IngestResult(

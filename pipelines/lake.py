@@ -191,8 +191,8 @@ def _add_action(table_root: Path, path: Path, partition: str):
 
 
 def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append",
-           metadata: dict[str, str] | None = None, replace_partitions=None,
-           always: bool = False) -> int | None:  # fmt: skip
+           metadata: dict[str, str] | None = None, replace_partitions=None, always: bool = False,
+           app_transactions: dict[str, int] | None = None) -> int | None:  # fmt: skip
     """Make ``files`` (written under the table's folder) visible in one commit; returns the new version.
 
     ``mode="overwrite"`` replaces the table's content with exactly these files (derived tables).
@@ -200,7 +200,11 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
     same commit removes, so those partitions hold exactly the new files (an incremental rewrite).
     Every commit records the run id (plus ``metadata``) and advances the app transaction
     ``revenue-<table>``. An append of no files that replaces nothing commits nothing, unless
-    ``always`` (a commit that only records the run, e.g. a derived table this run left as it was).
+    ``always`` (a commit that only records the run, e.g. a derived table this run left as it was,
+    or a stream batch whose source position must be recorded even when it added nothing here).
+    ``app_transactions`` (``{app_id: version}``) are recorded in the same commit, e.g. a stream
+    consumer's source position (``stream:<source>`` -> last offset); an app id whose recorded
+    version is already at or past the given one is left as it is.
     """
     from deltalake import DeltaTable
     from deltalake.transaction import CommitProperties, RemoveAction, Transaction
@@ -220,6 +224,11 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
             delta = DeltaTable(str(root))
     app_id = f"{APP_ID}-{table}"
     runs = delta.transaction_version(app_id) or 0
+    transactions = [Transaction(app_id, runs + 1)]
+    for other, version in (app_transactions or {}).items():
+        current = delta.transaction_version(other)
+        if current is None or version > current:
+            transactions.append(Transaction(other, int(version)))
     actions = [_add_action(root, Path(f), partition) for f in sorted(files)]
     if replace_partitions:
         wanted = {v.isoformat() if hasattr(v, "isoformat") else str(v) for v in replace_partitions}
@@ -233,7 +242,7 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
     delta.create_write_transaction(
         actions, mode, schema, partition_by=[partition],
         commit_properties=CommitProperties(custom_metadata={"run_id": run_id, **(metadata or {})},
-                                           app_transactions=[Transaction(app_id, runs + 1)]),
+                                           app_transactions=transactions),
     )  # fmt: skip
     return DeltaTable(str(root)).version()
 
@@ -252,8 +261,9 @@ def commit_metadata(layout: DataLayout, table: str) -> dict:
     return (delta.history(1) or [{}])[0]
 
 
-def files_by_partition(layout: DataLayout, table: str, version: int | None = None) -> dict:
-    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read)."""
+def files_by_partition(layout: DataLayout, table: str, version: int | None = None, rows: dict | None = None) -> dict:
+    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read).
+    ``rows``, when given, receives ``{partition value: row count}`` (the log's statistics)."""
     delta = open_table(layout, table, version)
     if delta is None:
         return {}
@@ -261,9 +271,18 @@ def files_by_partition(layout: DataLayout, table: str, version: int | None = Non
     actions = pa.table(delta.get_add_actions(flatten=True))
     root = layout.table(table)
     out: dict = {}
-    for path, value in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(), strict=True):
+    for path, value, count in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(),
+                                  actions["num_records"].to_pylist(), strict=True):  # fmt: skip
         out.setdefault(value, []).append(str(root / path))
+        if rows is not None:
+            rows[value] = rows.get(value, 0) + (count or 0)
     return out
+
+
+def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:
+    """The version an app transaction recorded in a table (e.g. a stream's last ingested offset)."""
+    delta = open_table(layout, table)
+    return delta.transaction_version(app_id) if delta is not None else None
 
 
 def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:

@@ -45,14 +45,15 @@ from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.calendar import CalendarMonthWindows, month_start, next_month
+from transforms.calendar import CalendarMonthWindows, month_start
 from transforms.errors import ConfigError, InputError
 from transforms.metrics import MonthSlice, month_of_timestamp, month_timestamp, shard_facts, stage_month
-from transforms.revenue import PARTIAL, merge_partials
+from transforms.revenue import METRICS_EVENTS, METRICS_USAGE, PARTIAL, merge_partials
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 400_000  # lake rows (events + usage) per customer shard of a full rebuild: bounds ShardFacts' memory
+SLICE_ROWS = 100_000  # lake rows per month slice (whole days) read and pre-aggregated at once
 STATE_KEY = "metrics_state"  # commit metadata: what the derived tables were computed from
 # more changed customers than this share of all (in a lake of at least SHARE_RULE_CUSTOMERS): a full
 # rebuild is cheaper than reading most histories customer by customer
@@ -223,18 +224,16 @@ def _read_files(files: list[str], schema: pa.Schema, customers: tuple[str, ...] 
 
     if not files:
         return schema.empty_table()
-    if customers is None:
+    if customers is None:  # only the schema's columns are read
         return ds.dataset(files, schema=schema, format="parquet").to_table()
     con = _duck()
     con.execute("set TimeZone = 'UTC'")
     con.register("wanted", pa.table({"customer_id": pa.array(customers, pa.string())}))
-    data = con.sql(f"select * from read_parquet({_uri_list(files)}, union_by_name = true) "
+    columns = ", ".join(f'"{name}"' for name in schema.names)
+    data = con.sql(f"select {columns} from read_parquet({_uri_list(files)}, union_by_name = true) "
                    "where customer_id in (select customer_id from wanted)").to_arrow_table()  # fmt: skip
     con.close()
-    for name in schema.names:
-        if name not in data.column_names:
-            data = data.append_column(name, pa.nulls(data.num_rows, schema.field(name).type))
-    return data.select(schema.names).cast(schema)
+    return data.cast(schema)
 
 
 class _ReadMonthFn(beam.DoFn):
@@ -248,16 +247,16 @@ class _ReadMonthFn(beam.DoFn):
         self.day_rows_read = beam.metrics.Metrics.counter("metrics", "lake_day_rows_read")
 
     def process(self, element):
-        month, files, customers, day_files = element
+        month, index, files, customers, day_files = element
         tables = {}
-        for table, schema in (("events", schemas.EVENTS), ("usage", schemas.USAGE)):
+        for table, schema in (("events", METRICS_EVENTS), ("usage", METRICS_USAGE)):
             tables[table] = _read_files(files[table], schema, customers)
             self.rows_read.inc(tables[table].num_rows)
         daily = None
         if customers is not None:
-            daily = _read_files(day_files, schemas.EVENTS)
+            daily = _read_files(day_files, METRICS_EVENTS)
             self.day_rows_read.inc(daily.num_rows)
-        yield MonthSlice(month, tables["events"], tables["usage"], daily)
+        yield MonthSlice(month, tables["events"], tables["usage"], daily, index)
 
 
 def _write(table: pa.Table, path: Path) -> str:
@@ -279,15 +278,17 @@ class _StageMonthFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("fx_missing", pair)
         if staged.daily.num_rows:
             lake.write_partitioned(staged.daily, self.daily_root, "month",
-                                   f"part-{self.run_id}-{element.month:%Y%m}.parquet",
+                                   f"part-{self.run_id}-{element.month:%Y%m}-{element.index:03d}.parquet",
                                    [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
-        name = f"{element.month.isoformat()}.parquet"
+        name = f"{element.month.isoformat()}-{element.index:03d}.parquet"
         for shard, piece in staged.partials:
             path = _write(piece, self.stage / "partials" / f"shard-{shard:04d}" / name)
             yield window.TimestampedValue((shard, path), month_timestamp(element.month))
         for shard, piece in staged.subscriptions:
             yield beam.pvalue.TaggedOutput("subscriptions",
                                            (shard, _write(piece, self.stage / "subs" / f"shard-{shard:04d}" / name)))
+        del staged
+        pa.default_memory_pool().release_unused()
 
 
 class _MergeMonthFn(beam.DoFn):
@@ -331,7 +332,10 @@ class _ShardFactsFn(beam.DoFn):
         name = f"part-{self.run_id}-{shard:04d}.parquet"
         lake.write_partitioned(months, self.months_root, "month", name, [("customer_id", "ascending")])
         lake.write_partitioned(lifetime, self.lifetime_root, "as_of", name, [("customer_id", "ascending")])
-        yield months.num_rows
+        count = months.num_rows
+        del months, lifetime, facts, partials, subs
+        pa.default_memory_pool().release_unused()  # one shard at a time: give its memory back before the next
+        yield count
 
 
 class _RecordFn(beam.DoFn):
@@ -394,22 +398,40 @@ def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage:
 # ------------------------------------------------------------------ the driver
 
 
+def _day_chunks(days: list[dt.date], rows: dict, limit: int) -> list[list[dt.date]]:
+    """Consecutive days grouped so that each group holds at most ``limit`` rows (one day at least)."""
+    chunks, current, size = [], [], 0
+    for day in days:
+        if current and size + rows.get(day, 0) > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(day)
+        size += rows.get(day, 0)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: MetricsPlan) -> list:
-    """One element per calendar month with data on or before the as-of date: its data files."""
-    parts = {t: lake.files_by_partition(layout, t, pinned[t]) if pinned.get(t) is not None else {}
+    """Elements ``(month, slice, files, customers, day files)``: each calendar month with data on or
+    before the as-of date, cut into slices of whole days of at most SLICE_ROWS lake rows (memory)."""
+    rows: dict = {}
+    parts = {t: lake.files_by_partition(layout, t, pinned[t], rows) if pinned.get(t) is not None else {}
              for t in ("events", "usage")}  # fmt: skip
-    days = [d for t in parts for d in parts[t] if d <= as_of]
+    days = sorted({d for t in parts for d in parts[t] if d <= as_of})
     if not days:
         raise InputError(f"no events on or before the as-of date {as_of}")
     customers = plan.customers if plan.mode == "incremental" else None
+    limit = SLICE_ROWS if customers is None else max(SLICE_ROWS, sum(rows.values()))  # few rows per customer set
     elements = []
     for month in sorted({month_start(d) for d in days}):
-        last = min(next_month(month) - dt.timedelta(days=1), as_of)
-        files = {t: [f for d, fs in sorted(parts[t].items()) if month <= d <= last for f in fs] for t in parts}
-        day_files = [f for d in plan.daily_days if month <= d <= last for f in parts["events"].get(d, [])]
-        if customers is not None and not customers and not day_files:
-            continue
-        elements.append((month, files, customers, day_files))
+        in_month = [d for d in days if month_start(d) == month]
+        for index, chunk in enumerate(_day_chunks(in_month, rows, limit)):
+            files = {t: [f for d in chunk for f in parts[t].get(d, [])] for t in parts}
+            day_files = [f for d in plan.daily_days if d in chunk for f in parts["events"].get(d, [])]
+            if customers is not None and not customers and not day_files:
+                continue
+            elements.append((month, index, files, customers, day_files))
     return elements
 
 

@@ -307,13 +307,22 @@ def _classify(keys: pa.Table, lake_hashes) -> tuple[np.ndarray, int, list[int]]:
 
 
 def _drop_known_dead(dead: pa.Table, known_dead) -> tuple[pa.Table, int]:
-    """Dead letters already recorded by an earlier run are duplicates, not new dead letters."""
+    """Dead letters already recorded (by an earlier run, or earlier in this input) are duplicates.
+
+    Keys repeat within one input only for broker messages without a position (a classic queue's
+    message identified by its body or message id, delivered twice in one batch)."""
     if not dead.num_rows:
         return dead, 0
-    seen = known_dead(dead["raw_sha256"].to_pylist())
-    if not seen:
+    keys = dead["raw_sha256"].to_pylist()
+    seen = known_dead(keys)
+    first: set[str] = set()
+    keep = []
+    for key in keys:
+        keep.append(key not in seen and key not in first)
+        first.add(key)
+    if all(keep):
         return dead, 0
-    fresh = dead.filter(pc.invert(pc.is_in(dead["raw_sha256"], value_set=pa.array(sorted(seen)))))
+    fresh = dead.filter(pa.array(keep))
     return fresh, dead.num_rows - fresh.num_rows
 
 

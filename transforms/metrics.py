@@ -63,6 +63,7 @@ class MonthSlice:
     events: pa.Table
     usage: pa.Table
     daily_events: pa.Table | None = None  # set: revenue_daily comes from these (every customer's events of some days)
+    index: int = 0  # which slice of the month (a month is read in slices of whole days)
 
 
 @dataclass

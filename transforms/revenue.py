@@ -56,6 +56,12 @@ PARTIAL = pa.schema(
 SUB_COLUMNS = ["customer_id", "subscription_id", "event_type", "event_id", "occurred_at", "effective_at",
                "currency", "unit_amount", "quantity", "interval", "interval_count", "trial_end"]  # fmt: skip
 SUB_TYPES = ("subscription.created", "subscription.updated", "subscription.canceled")
+# the lake columns the metrics read (the rest -- provenance, customer attributes -- is never loaded)
+_EVENT_COLUMNS = set(SUB_COLUMNS) | {"event_id", "event_type", "occurred_at", "customer_id", "currency",
+                                     "currency_exponent", "amount", "tax"}  # fmt: skip
+METRICS_EVENTS = pa.schema([f for f in schemas.EVENTS if f.name in _EVENT_COLUMNS])
+METRICS_USAGE = pa.schema([f for f in schemas.USAGE if f.name in {"event_id", "occurred_at", "customer_id", "meter",
+                                                                   "quantity"}])  # fmt: skip
 ZERO = Decimal(0)
 EPOCH = dt.datetime(1970, 1, 1)  # naive: event instants are UTC epoch microseconds
 

@@ -1,0 +1,188 @@
+"""Live-mode benchmark: `revenue stream` from a RabbitMQ stream queue at a steady publish rate.
+
+    python benchmarks/bench_stream.py [--rate 50] [--seconds 60] [--backlog 0] [--max-batch-seconds 5]
+                                      [--publish-every 30] [--months 24] [--workdir /tmp/revenue-bench-stream]
+
+Publishes generated events (one per message, publisher confirms) to a fresh stream queue at
+--rate messages/s for --seconds (after an optional --backlog published at once), while a
+`revenue stream` subprocess consumes them. Each message's lag is measured from its publish to
+the lake commit that holds it (the consumer's per-batch log line, matched by stream offset) and
+to the warehouse publish that includes that commit. Prints p50/p95/max of both lags, the ingest
+throughput (messages per second of batch time), the consumer's peak RSS and RSS over time, and
+its CPU seconds. The queue is deleted at the end. Keep runs short on shared machines (<= 2 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, ensure_generated  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(RSS MB, peak RSS MB, CPU seconds incl. waited-for children) of a live process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    rss = int(fields["VmRSS"].split()[0]) / 1024
+    hwm = int(fields["VmHWM"].split()[0]) / 1024
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = sum(int(stat[i]) for i in (11, 12, 13, 14)) / ticks  # utime stime cutime cstime
+    return rss, hwm, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--backlog", type=int, default=0)
+    parser.add_argument("--max-batch-seconds", type=float, default=5.0)
+    parser.add_argument("--publish-every", type=float, default=30.0)
+    parser.add_argument("--months", type=int, default=24, help="Months the generated events span (day partitions per batch).")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench-stream"))
+    args = parser.parse_args()
+
+    from pipelines.sources.amqp import delete_queue, publish_lines, read_event_lines
+
+    needed = args.backlog + int(args.rate * args.seconds)
+    generated = args.workdir / f"generated-{args.months}m"
+    ensure_generated(generated, customers=needed // max(1, 3 * args.months) + 50, months=args.months)
+    lines = [line for _, line in read_event_lines(generated / "events")][:needed]
+    data_dir = args.workdir / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    uri = f"{BROKER}?queue=bench-stream-{uuid.uuid4().hex[:8]}&type=stream"
+    sent_at: list[float] = []
+
+    def publish_all() -> None:
+        if args.backlog:
+            publish_lines(uri, lines[: args.backlog])
+            sent_at.extend([time.time()] * args.backlog)
+        for line in lines[args.backlog:]:
+            publish_lines_one(line)
+
+    conn = {}
+
+    def publish_lines_one(line: bytes) -> None:
+        # one connection for the steady phase, paced by the wall clock
+        if "start" not in conn:
+            conn["start"] = time.time()
+        due = conn["start"] + (len(sent_at) - args.backlog) / args.rate
+        wait = due - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        conn["publisher"].send(line)
+        sent_at.append(time.time())
+
+    class Publisher:
+        def __init__(self):
+            import pika
+
+            from pipelines.sources.amqp import connect, declare_queue, parse_amqp_uri
+
+            address = parse_amqp_uri(uri)
+            self.connection = connect(address)
+            self.channel, _ = declare_queue(self.connection, address)
+            self.channel.confirm_delivery()
+            self.queue = address.queue
+            self.props = pika.BasicProperties(delivery_mode=2)
+
+        def send(self, line: bytes) -> None:
+            self.channel.basic_publish("", self.queue, line, self.props, mandatory=True)
+
+    conn["publisher"] = Publisher()  # declares the stream queue before the consumer starts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "stream", "--source", uri, "--data-dir", str(data_dir),
+         "--max-batch-seconds", str(args.max_batch_seconds), "--publish-every", str(args.publish_every),
+         "--metrics-port", str(port), "--stop-after-idle", str(max(10.0, args.max_batch_seconds * 2)),
+         "--dead-letter-critical", "0.5"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    records: list[tuple[float, dict]] = []
+
+    def read_log() -> None:
+        for raw in consumer.stderr:
+            text = raw.decode(errors="replace").strip()
+            if text.startswith("{"):
+                records.append((time.time(), json.loads(text)))
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    samples: list[tuple[float, float]] = []
+    peak = cpu = 0.0
+    started = time.time()
+    publisher = threading.Thread(target=publish_all, daemon=True)
+    publisher.start()
+    while consumer.poll() is None:
+        try:
+            rss, peak, cpu = proc_stats(consumer.pid)
+            samples.append((time.time() - started, rss))
+        except (OSError, KeyError):
+            pass
+        time.sleep(1.0)
+    reader.join(timeout=5)
+    publisher.join(timeout=5)
+    conn["publisher"].connection.close()
+    delete_queue(uri)
+    if consumer.returncode != 0:
+        raise SystemExit(f"consumer exited {consumer.returncode}")
+
+    batches = [(t, r) for t, r in records if r["kind"] == "batch"]
+    publishes = [(t, r) for t, r in records if r["kind"] == "publish" and r["status"] == "success"]
+    lake_lag, warehouse_lag = [], []
+    committed_at: dict[int, float] = {}
+    for t, r in batches:
+        last = int(r["position"])
+        for offset in range(last - r["messages"] + 1, last + 1):
+            committed_at[offset] = t
+    for offset, t_sent in enumerate(sent_at):
+        t_lake = committed_at.get(offset)
+        if t_lake is None:
+            continue
+        lake_lag.append(t_lake - t_sent)
+        published = [t for t, r in publishes if t - r["seconds"] >= t_lake]
+        if published:
+            warehouse_lag.append(min(published) - t_sent)
+    batch_seconds = sum(r["seconds"] for _, r in batches)
+    messages = sum(r["messages"] for _, r in batches)
+    print(f"published {len(sent_at)} messages ({args.backlog} backlog, then {args.rate:g}/s for {args.seconds:g}s); "
+          f"consumed {messages} in {len(batches)} batches, {len(publishes)} warehouse publishes")
+    print(f"ingest throughput: {messages / batch_seconds:,.0f} messages/s of batch time "
+          f"(mean batch {batch_seconds / max(1, len(batches)):.1f}s)")
+    for name, lags in (("lake", lake_lag), ("warehouse", warehouse_lag)):
+        print(f"lag to {name}: p50 {percentile(lags, .5):.1f}s  p95 {percentile(lags, .95):.1f}s  "
+              f"max {max(lags, default=float('nan')):.1f}s  ({len(lags)} messages)")
+    publish_seconds = [r["seconds"] for _, r in publishes]
+    if publish_seconds:
+        print(f"warehouse publish: mean {sum(publish_seconds) / len(publish_seconds):.1f}s, max {max(publish_seconds):.1f}s")
+    thirds = [samples[int(i * (len(samples) - 1) / 3)][1] for i in range(4)] if samples else []
+    print(f"consumer: peak RSS {peak:.0f} MB; RSS at 0/3..3/3 of the run "
+          f"{' / '.join(f'{m:.0f}' for m in thirds)} MB; CPU {cpu:.0f}s over {time.time() - started:.0f}s wall")
+
+
+if __name__ == "__main__":
+    main()
