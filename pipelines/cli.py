@@ -82,6 +82,10 @@ def currency_options(func):
 
 
 def threshold_options(func):
+    func = click.option("--dead-letter-min-lines", type=click.IntRange(1), default=DEFAULTS.dead_letter_min_lines,
+                        show_default=True,
+                        help="Judge the dead-letter ratio over the run's new lines when there are at least this "
+                             "many, else over the whole lake (when it has this many).")(func)  # fmt: skip
     func = click.option("--dead-letter-critical", type=click.FloatRange(0, 1),
                         default=DEFAULTS.dead_letter_ratio_critical, show_default=True,
                         help="Dead-letter ratio above which the gate fails.")(func)  # fmt: skip
@@ -101,8 +105,9 @@ def _config(ctx: click.Context, **options) -> RunConfig:
     """Build and validate the run configuration (nothing written yet); extra args go to Beam."""
     warning = options.pop("dead_letter_warning", None)
     critical = options.pop("dead_letter_critical", None)
+    min_lines = options.pop("dead_letter_min_lines", None)
     if warning is not None:
-        options["thresholds"] = GateThresholds(warning, critical)
+        options["thresholds"] = GateThresholds(warning, critical, min_lines or DEFAULTS.dead_letter_min_lines)
     return build_config(beam_args=tuple(ctx.args), **options)
 
 

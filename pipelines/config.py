@@ -37,14 +37,21 @@ REDACTION_KEY_BYTES = 32
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Dead-letter ratios (dead letters / lines accepted or dead-lettered): counts, not money."""
+    """Dead-letter ratios (dead letters / lines accepted or dead-lettered): counts, not money.
+
+    The ratio is judged over the lines new since the published warehouse when there are at least
+    ``dead_letter_min_lines`` of them, else over the whole lake when it has that many, else not at
+    all (too few lines for a ratio to mean anything): one bad message in a micro-batch of ten does
+    not block publishing (pipelines.quality.dead_letter_window)."""
 
     dead_letter_ratio_warning: float = 0.01
     dead_letter_ratio_critical: float = 0.05
+    dead_letter_min_lines: int = 100
 
     def as_parameters(self) -> dict[str, float]:
         return {"dead_letter_ratio_warning": self.dead_letter_ratio_warning,
-                "dead_letter_ratio_critical": self.dead_letter_ratio_critical}  # fmt: skip
+                "dead_letter_ratio_critical": self.dead_letter_ratio_critical,
+                "dead_letter_min_lines": self.dead_letter_min_lines}  # fmt: skip
 
 
 @dataclass(frozen=True)

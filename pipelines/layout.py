@@ -10,7 +10,7 @@
       warehouse/revenue.duckdb                     the published warehouse
       warehouse/.build-<run_id>/                   a build in progress (removed by the next run if killed)
       runs/<run_id>-<command>.json                 one manifest per command run
-      quality/                                     gate results and Data Docs
+      quality/                                     gate results and Data Docs (duckdb.tmp/: the gate's spill)
       reports/<YYYY-MM>/                           the monthly finance report and its tables
       secrets/redaction.key                        generated key for redaction when REVENUE_PII_KEY is unset
 
@@ -91,6 +91,11 @@ class DataLayout:
 
     def quality_results(self, run_id: str | None) -> Path:
         return self.quality_dir / (f"results-{run_id}.json" if run_id else "results.json")
+
+    @property
+    def quality_spill_dir(self) -> Path:
+        """Where the quality gate's DuckDB spills beyond its memory limit (``revenue validate``)."""
+        return self.quality_dir / "duckdb.tmp"
 
     @property
     def quality_latest(self) -> Path:

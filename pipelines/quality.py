@@ -71,34 +71,85 @@ class GateResult:
         }
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None):
-    """Query -> pandas with exact types: DECIMAL as Decimal objects, nullable integers as Int64."""
+BATCH_ROWS = 200_000  # rows per DataFrame handed to GX: memory follows this, not the table
+
+
+@dataclass
+class Frame:
+    """The rows one suite validates: a DuckDB query, read in batches of ``BATCH_ROWS`` (each validated
+    in turn, so memory stays bounded at any table size), or a small DataFrame computed up front."""
+
+    con: duckdb.DuckDBPyConnection | None = None
+    sql: str = ""
+    params: dict | None = None
+    frame: object = None  # a ready DataFrame
+
+    def batches(self):
+        """DataFrames with exact types (DECIMAL as Decimal objects, nullable integers as Int64);
+        at least one, possibly empty, so table-level expectations always run."""
+        if self.frame is not None:
+            yield self.frame
+            return
+        reader = self.con.sql(self.sql, params=self.params).to_arrow_reader(BATCH_ROWS)
+        seen = False
+        for batch in reader:
+            if batch.num_rows or not seen:
+                seen = True
+                yield _to_pandas(batch)
+        if not seen:
+            yield _to_pandas(reader.schema.empty_table())
+
+
+def _to_pandas(data):
     import pandas as pd
     import pyarrow as pa
 
-    table = con.sql(sql, params=params).to_arrow_table()
     ints = {pa.int8(), pa.int16(), pa.int32(), pa.int64()}
-    return table.to_pandas(types_mapper=lambda t: pd.Int64Dtype() if t in ints else None)
+    return data.to_pandas(types_mapper=lambda t: pd.Int64Dtype() if t in ints else None)
 
 
-def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.DuckDBPyConnection, set[str]]:
-    """A connection where ``lake_<table>`` names each lake table: the snapshot a warehouse build
-    loaded (its ``lake`` schema) when given, else the Delta tables' current versions. Returns the
-    tables that exist; an absent one is an empty stand-in."""
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str):
+    return con.execute(sql).fetchall()[0][0]
+
+
+def _build_state(con: duckdb.DuckDBPyConnection, catalog: str) -> dict:
+    """The lake load state a warehouse build recorded (pipelines.warehouse_lake), or {}."""
+    try:
+        rows = con.execute(f"select state from {catalog}.lake._load_state").fetchall()
+    except duckdb.Error:
+        return {}
+    return json.loads(rows[0][0]) if rows else {}
+
+
+def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.DuckDBPyConnection, set[str], bool]:
+    """A connection where ``lake_<table>`` names each lake table and ``new_<table>`` the rows to
+    validate one by one: with ``snapshot`` (the gate of a build), the build's ``lake`` schema and the
+    rows its load added since the published warehouse; else the Delta tables' current versions, every
+    row new. Returns the tables that exist and whether the snapshot was loaded incrementally (then
+    ``changed_customers`` names the customers whose lake rows changed)."""
     from pipelines import lake
+    from pipelines.warehouse_lake import FILE_COLUMN, memory_limit
     from transforms import schemas
 
-    con = duckdb.connect()
+    # beyond its memory limit DuckDB spills: into the build's folder (removed with it), else under quality/
+    spill = snapshot.parent / "gate.tmp" if snapshot is not None else layout.quality_spill_dir
+    con = duckdb.connect(config={"memory_limit": memory_limit(), "temp_directory": str(spill)})
     present = set()
+    incremental = False
     if snapshot is not None:
         quoted = str(snapshot).replace("'", "''")
         con.execute(f"attach '{quoted}' as wh (read_only)")
+        incremental = _build_state(con, "wh").get("mode") == "incremental"
+        if incremental:
+            con.execute("create view changed_customers as select customer_id from wh.lake.changed_customers")
     for table in schemas.LAKE_SCHEMAS:
         if snapshot is not None:
             exists = con.execute("select count(*) from information_schema.tables where table_catalog = 'wh' "
                                  "and table_schema = 'lake' and table_name = ?", [table]).fetchall()[0][0]  # fmt: skip
             if exists:
                 con.execute(f'create view "lake_{table}" as select * from wh.lake."{table}"')
+                con.execute(f'create view "new_{table}" as select * from wh.lake."{table}" where {FILE_COLUMN} in '
+                            f"(select file from wh.lake._files where table_name = '{table}' and new_in_build)")  # fmt: skip
                 present.add(table)
                 continue
             data = None
@@ -107,56 +158,99 @@ def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.
             if data is not None:
                 present.add(table)
         con.register(f"lake_{table}", data if data is not None else schemas.with_partition_column(table).empty_table())
-    return con, present
+        con.execute(f'create view "new_{table}" as select * from "lake_{table}"')
+    return con, present, incremental
 
 
-def lake_frames(layout: DataLayout, snapshot: Path | None = None) -> dict[str, object]:
-    """DataFrames the lake suites validate; an absent ingest table is an empty frame, an absent
-    (or, with events, empty) customer_months is left out, and ``validate`` fails on it."""
+def dead_letter_window(new_accepted: int, new_dead: int, accepted: int, dead: int, min_lines: int) -> dict:
+    """The dead-letter ratio the gate judges, over a window that means something: the lines new
+    since the published warehouse when there are at least ``min_lines`` of them, else the whole
+    lake when it has that many, else none (too few lines to judge: the ratio is null, reported,
+    and passes). Counts, not money."""
+    for window, good, bad in (("new lines", new_accepted, new_dead), ("lake", accepted, dead)):
+        if good + bad >= max(min_lines, 1):
+            return {"dead_letter_ratio": bad / (good + bad), "window": window, "lines": good + bad,
+                    "dead_letters": bad}  # fmt: skip
+    return {"dead_letter_ratio": None, "window": f"fewer than {min_lines} lines", "lines": accepted + dead,
+            "dead_letters": dead}  # fmt: skip
+
+
+def lake_frames(layout: DataLayout, snapshot: Path | None = None, min_lines: int = 100) -> tuple[dict, object]:
+    """The frames the lake suites validate, and the connection they read (close it after).
+
+    Row-level suites read only the new rows (the whole lake when validating it on its own); the
+    uniqueness of event ids across the whole lake, the dead-letter ratio and the continuity of each
+    changed customer's months are computed in DuckDB over whole tables, never pulled into pandas.
+    An absent ingest table is an empty frame; an absent (or, with events, empty) customer_months is
+    left out, and ``validate`` fails on it."""
     import pandas as pd
 
-    con, present = _lake_connection(layout, snapshot)
+    con, present, incremental = _lake_connection(layout, snapshot)
     frames = {}
-    frames["lake_events"] = _frame(con, "select event_id, event_type, occurred_at, customer_id, currency, "
-                                        "amount, unit_amount, tax from lake_events")  # fmt: skip
-    frames["lake_usage"] = _frame(con, "select event_id, occurred_at, customer_id, meter, quantity from lake_usage")
-    frames["lake_dead_letter"] = _frame(con, "select reason, message from lake_dead_letter")
-    dead = len(frames["lake_dead_letter"])
-    accepted = len(frames["lake_events"]) + len(frames["lake_usage"])
-    ratio = dead / (accepted + dead) if accepted + dead else 0.0  # a ratio of counts, not money
-    frames["lake_ingest_summary"] = pd.DataFrame({"dead_letter_ratio": [ratio], "dead_letters": [dead],
-                                                  "accepted": [accepted]})  # fmt: skip
-    months = _frame(con, """
+    for name, table, columns in (
+        ("lake_events", "events", "event_id, event_type, occurred_at, customer_id, currency, amount, unit_amount, tax"),
+        ("lake_usage", "usage", "event_id, occurred_at, customer_id, meter, quantity"),
+    ):
+        frames[name] = Frame(con, f"""
+            with repeated as (
+                select event_id from lake_{table}
+                where event_id in (select event_id from new_{table})
+                group by event_id having count(*) > 1
+            )
+            select {columns}, event_id not in (select event_id from repeated) as event_id_unique_in_lake
+            from new_{table}
+        """)
+    frames["lake_dead_letter"] = Frame(con, "select reason, message from new_dead_letter")
+    new_accepted, new_dead, accepted, dead = con.execute("""
+        select (select count(*) from new_events) + (select count(*) from new_usage),
+               (select count(*) from new_dead_letter),
+               (select count(*) from lake_events) + (select count(*) from lake_usage),
+               (select count(*) from lake_dead_letter)
+    """).fetchall()[0]
+    window = dead_letter_window(new_accepted, new_dead, accepted, dead, min_lines)
+    frames["lake_ingest_summary"] = Frame(frame=pd.DataFrame({k: [v] for k, v in window.items()}))
+    scope = "where customer_id in (select customer_id from changed_customers)" if incremental else ""
+    frames["lake_customer_months"] = Frame(con, f"""
         select customer_id, "month", mrr, movement,
                coalesce(datediff('month', lag("month") over (partition by customer_id order by "month"), "month"), 1)
                    as months_since_previous_row
-        from lake_customer_months
+        from lake_customer_months {scope}
     """)
-    if "customer_months" in present and (len(months) or not accepted):
-        frames["lake_customer_months"] = months
-    con.close()
-    return frames
+    if "customer_months" not in present or (not _scalar(con, "select count(*) from lake_customer_months")
+                                            and accepted):  # fmt: skip
+        del frames["lake_customer_months"]
+    return frames, con
 
 
-def warehouse_frames_or_missing(warehouse: Path, half_minor_unit) -> tuple[dict, dict]:
-    """The warehouse frames, or (when a table the suites read is absent) which suites could not run."""
+def warehouse_frames_or_missing(warehouse: Path, half_minor_unit, changed_only: bool = False) -> tuple[dict, dict, object]:
+    """The warehouse frames and their connection, or (when a table the suites read is absent) which
+    suites could not run."""
     try:
-        return warehouse_frames(warehouse, half_minor_unit), {}
+        frames, con = warehouse_frames(warehouse, half_minor_unit, changed_only)
+        return frames, {}, con
     except duckdb.CatalogException as exc:
         why = f"warehouse table missing: {str(exc).splitlines()[0]}"
-        return {}, dict.fromkeys(WAREHOUSE_SUITES, why)
+        return {}, dict.fromkeys(WAREHOUSE_SUITES, why), None
 
 
-def warehouse_frames(warehouse: Path, half_minor_unit) -> dict[str, object]:
-    """DataFrames the warehouse suites validate (read-only connection to a built warehouse).
+def warehouse_frames(warehouse: Path, half_minor_unit, changed_only: bool = False) -> tuple[dict, object]:
+    """The frames the warehouse suites validate (read-only connection to a built warehouse).
 
     ``half_minor_unit``: half the reporting currency's minor unit (0.005 USD, 0.5 JPY, 0.0005 KWD),
-    the most a rounded ARPA may differ from MRR / customers, per customer.
+    the most a rounded ARPA may differ from MRR / customers, per customer. ``changed_only``: in an
+    incrementally built warehouse, the customer-grain suites read only the customers the build
+    recomputed (the others passed when their rows were built); the monthly tables, cohorts and the
+    daily-to-monthly revenue reconciliation are whole-table invariants, computed in SQL aggregates.
     """
-    con = duckdb.connect(str(warehouse), read_only=True)
+    from pipelines.warehouse_lake import memory_limit
+
+    con = duckdb.connect(str(warehouse), read_only=True, config={"memory_limit": memory_limit()})
     try:
-        return {
-            "warehouse_mrr_monthly": _frame(con, """
+        changed_only = changed_only and _build_state(con, current_catalog(con)).get("mode") == "incremental"
+        changed = "in (select customer_id from lake.changed_customers)"
+        scope, scope_f = (f"customer_id {changed}", f"f.customer_id {changed}") if changed_only else ("true", "true")
+        frames = {
+            "warehouse_mrr_monthly": Frame(con, """
                 select "month", mrr, customer_churn_rate, gross_mrr_churn_rate,
                        coalesce(datediff('month', lag("month") over (order by "month"), "month"), 1)
                            as months_since_previous_row,
@@ -165,14 +259,15 @@ def warehouse_frames(warehouse: Path, half_minor_unit) -> dict[str, object]:
                                  and mrr + $half * active_customers end as arpa_matches_mrr_over_customers
                 from mrr_monthly
             """, {"half": half_minor_unit}),
-            "warehouse_cohorts": _frame(con, "select cohort_month, months_since_start, logo_retention, "
-                                             "gross_mrr_retention from fct_cohort_retention"),  # fmt: skip
-            "warehouse_mrr_before_first_paid_month": _frame(con, """
+            "warehouse_cohorts": Frame(con, "select cohort_month, months_since_start, logo_retention, "
+                                            "gross_mrr_retention from fct_cohort_retention"),  # fmt: skip
+            "warehouse_mrr_before_first_paid_month": Frame(con, f"""
                 select f.customer_id, f."month", f.mrr, d.first_paid_month
                 from fct_mrr f join dim_customers d using (customer_id)
                 where f.mrr > 0 and (d.first_paid_month is null or f."month" < d.first_paid_month)
+                    and {scope_f}
             """),
-            "warehouse_revenue_reconciliation": _frame(con, """
+            "warehouse_revenue_reconciliation": Frame(con, """
                 with daily as (
                     select cast(date_trunc('month', "date") as date) as "month", sum(net_revenue_reporting) as net
                     from fct_revenue_daily group by 1
@@ -183,11 +278,19 @@ def warehouse_frames(warehouse: Path, half_minor_unit) -> dict[str, object]:
                        facts.net as monthly_net, coalesce(daily.net, 0) = coalesce(facts.net, 0) as daily_equals_monthly
                 from daily full outer join facts on daily."month" = facts."month"
             """),
-            "warehouse_usage_pricing": _frame(con, "select customer_id, \"month\", meter, usage_revenue "
-                                                   "from fct_usage_monthly"),  # fmt: skip
+            "warehouse_usage_pricing": Frame(con, f'select customer_id, "month", meter, usage_revenue '
+                                                  f"from fct_usage_monthly where {scope}"),  # fmt: skip
         }
-    finally:
+        for frame in frames.values():  # a missing table fails here, before any suite runs
+            con.execute(f"select * from ({frame.sql}) limit 0", frame.params or {}).fetchall()
+    except BaseException:
         con.close()
+        raise
+    return frames, con
+
+
+def current_catalog(con: duckdb.DuckDBPyConnection) -> str:
+    return _scalar(con, "select current_database()")
 
 
 def _parameters(as_of: dt.date | None, thresholds: dict) -> dict:
@@ -213,29 +316,57 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
     """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
 
     A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
-    never passes on what it could not see. ``lake_from_warehouse``: check the lake snapshot the
-    warehouse build loaded (the gate of a build) instead of the lake's current versions.
+    never passes on what it could not see. ``lake_from_warehouse``: the gate of a build: check the
+    lake snapshot the build loaded, row by row only what it added since the published warehouse
+    (and, in the warehouse, the customers it recomputed), instead of the lake's current versions
+    and the whole warehouse.
     """
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     layout = config.layout
-    frames, missing = {}, {}
-    if lake_checks:
-        frames = lake_frames(layout, snapshot=warehouse if lake_from_warehouse else None)
-        missing = {s: f"lake table {t} is missing: run `revenue metrics`"
-                   for s, t in REQUIRED_LAKE_TABLES.items() if s not in frames}  # fmt: skip
-    if warehouse is not None:
-        wh_frames, wh_missing = warehouse_frames_or_missing(warehouse, config.reporting_minor_unit / 2)
-        frames.update(wh_frames)
-        missing.update(wh_missing)
-    if not frames:
-        raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
-    wanted = [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames]
-    params = _parameters(config.as_of, config.thresholds.as_parameters())
+    frames, missing, connections = {}, {}, []
+    try:
+        if lake_checks:
+            frames, con = lake_frames(layout, snapshot=warehouse if lake_from_warehouse else None,
+                                      min_lines=config.thresholds.dead_letter_min_lines)  # fmt: skip
+            connections.append(con)
+            missing = {s: f"lake table {t} is missing: run `revenue metrics`"
+                       for s, t in REQUIRED_LAKE_TABLES.items() if s not in frames}  # fmt: skip
+        if warehouse is not None:
+            wh_frames, wh_missing, con = warehouse_frames_or_missing(warehouse, config.reporting_minor_unit / 2,
+                                                                     changed_only=lake_from_warehouse)  # fmt: skip
+            if con is not None:
+                connections.append(con)
+            frames.update(wh_frames)
+            missing.update(wh_missing)
+        if not frames:
+            raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
+        outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames])
+    finally:
+        for con in connections:
+            con.close()
+    for name, why in sorted(missing.items()):
+        if suites is None or name in suites:
+            outcomes.append(SuiteOutcome(suite=name, rows=0, passed=False, critical_failures=[{
+                "expectation": "table_exists", "column": None, "severity": "critical",
+                "unexpected_count": None, "observed_value": why, "sample": []}]))  # fmt: skip
+    docs = layout.data_docs_index
+    gate = GateResult(passed=all(o.passed for o in outcomes), suites=outcomes,
+                      seconds=round(time.monotonic() - started, 3), docs_index=docs if docs.exists() else None)  # fmt: skip
+    payload = json.dumps({"run_id": run_id, **gate.as_dict()}, indent=2, default=str).encode()
+    gate.results_file = layout.quality_results(run_id)
+    write_atomic_bytes(gate.results_file, payload)
+    write_atomic_bytes(layout.quality_latest, payload)
+    return gate
 
+
+def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str]) -> list[SuiteOutcome]:
+    """Each suite over each batch of its frame; a suite's failures are merged over its batches
+    (unexpected counts added, the first samples kept)."""
     import great_expectations as gx
 
-    quality_dir = layout.quality_dir
+    params = _parameters(config.as_of, config.thresholds.as_parameters())
+    quality_dir = config.layout.quality_dir
     quality_dir.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(quality_dir))
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
@@ -253,42 +384,41 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
             batch_def = asset.add_batch_definition_whole_dataframe("whole")
         definition = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=f"validate_{name}", data=batch_def, suite=suite))
-        result = definition.run(batch_parameters={"dataframe": frames[name]}, expectation_parameters=params,
-                                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})  # fmt: skip
-        outcome = SuiteOutcome(suite=name, rows=len(frames[name]), passed=True)
-        for r in result.results:
-            if r.success:
-                continue
-            cfg = r.expectation_config
-            severity = str(getattr(cfg, "severity", "critical")).split(".")[-1].lower()
-            detail = {
-                "expectation": cfg.type,
-                "column": cfg.kwargs.get("column"),
-                "severity": severity,
-                "unexpected_count": (r.result or {}).get("unexpected_count"),
-                "observed_value": (r.result or {}).get("observed_value"),
-                "sample": [str(v) for v in (r.result or {}).get("partial_unexpected_list", [])[:5]],
-            }
-            (outcome.critical_failures if severity == "critical" else outcome.warnings).append(detail)
+        outcome = SuiteOutcome(suite=name, rows=0, passed=True)
+        failures: dict[tuple, dict] = {}
+        for frame in frames[name].batches():
+            outcome.rows += len(frame)
+            result = definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=params,
+                                    result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})  # fmt: skip
+            for r in result.results:
+                if r.success:
+                    continue
+                cfg = r.expectation_config
+                severity = str(getattr(cfg, "severity", "critical")).split(".")[-1].lower()
+                key = (cfg.type, cfg.kwargs.get("column"), severity)
+                count = (r.result or {}).get("unexpected_count")
+                if key in failures:
+                    merged = failures[key]
+                    if count is not None:
+                        merged["unexpected_count"] = (merged["unexpected_count"] or 0) + count
+                    continue
+                failures[key] = {
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column"),
+                    "severity": severity,
+                    "unexpected_count": count,
+                    "observed_value": (r.result or {}).get("observed_value"),
+                    "sample": [str(v) for v in (r.result or {}).get("partial_unexpected_list", [])[:5]],
+                }
+        for detail in failures.values():
+            (outcome.critical_failures if detail["severity"] == "critical" else outcome.warnings).append(detail)
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
-    for name, why in sorted(missing.items()):
-        if suites is None or name in suites:
-            outcomes.append(SuiteOutcome(suite=name, rows=0, passed=False, critical_failures=[{
-                "expectation": "table_exists", "column": None, "severity": "critical",
-                "unexpected_count": None, "observed_value": why, "sample": []}]))  # fmt: skip
     try:
         context.build_data_docs()
     except Exception as exc:  # docs are a convenience; the JSON results are the record
         log.warning("could not build Data Docs: %s", exc)
-    docs = layout.data_docs_index
-    gate = GateResult(passed=all(o.passed for o in outcomes), suites=outcomes,
-                      seconds=round(time.monotonic() - started, 3), docs_index=docs if docs.exists() else None)  # fmt: skip
-    payload = json.dumps({"run_id": run_id, **gate.as_dict()}, indent=2, default=str).encode()
-    gate.results_file = layout.quality_results(run_id)
-    write_atomic_bytes(gate.results_file, payload)
-    write_atomic_bytes(layout.quality_latest, payload)
-    return gate
+    return outcomes
 
 
 def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None):

@@ -82,6 +82,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             summary["quality"] = {"passed": transform.gate["passed"], "docs": transform.gate["docs"]}
             summary["dbt_nodes"] = transform.nodes
             summary["lake_versions"] = transform.lake_versions  # the version of each table this run published
+            summary["warehouse_load"] = transform.lake_load  # full or incremental, why, and what changed
             summary["restatements"] = transform.restatements  # closed months this run restated
             month = dt.date(config.as_of.year, config.as_of.month, 1)
             report = stage("report", f"report: {month:%Y-%m} finance report",

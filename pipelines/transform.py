@@ -1,4 +1,9 @@
-"""`revenue transform`: dbt build into a fresh warehouse copy, gate it, publish it atomically.
+"""`revenue transform`: dbt build into a warehouse copy, gate it, publish it atomically.
+
+The copy starts from the published warehouse when it is compatible, and its lake copy is brought
+to the pinned Delta versions from the log (``pipelines.warehouse_lake``); dbt's incremental marts
+then recompute what changed. Otherwise (``--full-refresh``, a changed project or configuration)
+the build starts empty and everything is built.
 
 The published file ``DATA_DIR/warehouse/revenue.duckdb`` is only ever replaced by
 ``os.replace`` of a fully built, tested (and, when a gate is given, validated) file.
@@ -13,6 +18,7 @@ import contextlib
 import csv
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import closes, lake
+from pipelines import closes, lake, warehouse_lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -35,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
+LAKE_SOURCES = warehouse_lake.LAKE_SOURCES
 CONTRACT_TABLES = ("fct_mrr", "mrr_monthly", "dim_customers", "fct_revenue_daily", "fct_usage_monthly",
                    "fct_cohort_retention")  # fmt: skip
 
@@ -51,6 +57,7 @@ class TransformResult:
     nodes: dict = field(default_factory=dict)
     gate: dict | None = None
     lake_versions: dict = field(default_factory=dict)
+    lake_load: dict = field(default_factory=dict)  # warehouse_lake.LoadResult: full or incremental, and what changed
     restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
 
 
@@ -73,26 +80,6 @@ def check_lake_matches(config: RunConfig) -> None:
         raise ConfigError(f"the lake's customer_months are in {', '.join(sorted(currencies))}, not "
                           f"{config.reporting_currency}: run `revenue metrics --reporting-currency "
                           f"{config.reporting_currency}` or pass the same --reporting-currency")  # fmt: skip
-
-
-def load_lake_snapshot(build_file: Path, layout: DataLayout, pinned: dict[str, int]) -> None:
-    """Copy each lake table, at its pinned version, into the build's ``lake`` schema (dbt's sources).
-
-    The warehouse is then built from one consistent snapshot, whatever commits meanwhile, and
-    the published file needs nothing outside itself. A table never written is an empty table.
-    """
-    import duckdb
-
-    con = duckdb.connect(str(build_file))
-    try:
-        con.execute("create schema if not exists lake")
-        for table in LAKE_SOURCES:
-            data = lake.dataset(layout, table, pinned[table]) if table in pinned else None
-            con.register("lake_source", data if data is not None else schemas.with_partition_column(table).empty_table())
-            con.execute(f'create or replace table lake."{table}" as select * from lake_source')
-            con.unregister("lake_source")
-    finally:
-        con.close()
 
 
 def _write_fx_seed(project: Path, config: RunConfig) -> None:
@@ -167,17 +154,45 @@ def _dbt_env(config: RunConfig, build_root: Path, build_file: Path) -> dict[str,
     return env
 
 
+def build_fingerprint(project: Path, config: RunConfig) -> str:
+    """What a warehouse's models depend on besides the lake: the dbt project as copied for the build
+    (models, macros, tests, seeds including the FX table written for this run), the reporting
+    currency and the lake copy's format. A build whose fingerprint differs from the published one's
+    rebuilds everything."""
+    digest = hashlib.sha256(f"{warehouse_lake.LOAD_FORMAT}|{config.reporting_currency}|"
+                            f"{config.reporting_exponent}".encode())  # fmt: skip
+    for path in sorted(p for p in project.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(project).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _start_build(config: RunConfig, project: Path, build_file: Path,
+                 pinned: dict[str, int]) -> warehouse_lake.LoadResult:  # fmt: skip
+    """The build file with its lake copy at ``pinned``: a copy of the published warehouse brought up
+    to date incrementally when it is compatible, else a fresh file loaded in full."""
+    fingerprint = build_fingerprint(project, config)
+    state, reason = warehouse_lake.plan(config.layout, pinned, fingerprint, config.full_refresh)
+    if state is not None:
+        shutil.copyfile(config.layout.warehouse, build_file)  # the published file is never opened for writing
+    return warehouse_lake.load(build_file, config.layout, pinned, state=state, reason=reason, as_of=config.as_of,
+                               fingerprint=fingerprint)  # fmt: skip
+
+
 def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path,
-               pinned: dict[str, int]) -> tuple[float, dict]:  # fmt: skip
-    """Copy the project, load the pinned lake snapshot, run ``dbt build`` into ``build_file``;
-    raise BuildFailed with the failing nodes."""
+               pinned: dict[str, int]) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
+    """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
+    ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes."""
     project, target = build_root / "project", build_root / "target"
-    load_lake_snapshot(build_file, config.layout, pinned)
-    closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
     _write_fx_seed(project, config)
+    loaded = _start_build(config, project, build_file, pinned)
+    closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
            "--target-path", str(target), "--log-path", str(build_root / "logs"), "--no-use-colors"]  # fmt: skip
+    if loaded.mode == "incremental":
+        # same fingerprint as the published build: its seeds are already loaded and its unit tests
+        # (model logic on fixtures, independent of the data) passed on these very models
+        cmd += ["--exclude", "resource_type:seed", "test_type:unit"]
     started = time.monotonic()
     proc = subprocess.run(die_with_parent(cmd), env=_dbt_env(config, build_root, build_file), capture_output=True,
                           text=True)  # fmt: skip
@@ -188,7 +203,7 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
         log_copy.write_text(proc.stdout + proc.stderr)
         what = "; ".join(failures[:5]) if failures else (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
         raise BuildFailed(f"dbt build failed, published warehouse left untouched: {what} (log: {log_copy})")
-    return seconds, _node_counts(target)
+    return seconds, _node_counts(target), loaded
 
 
 def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None, run_id: str | None = None,
@@ -208,7 +223,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         build_file = build_root / published.name
         try:
             build_root.mkdir(parents=True)
-            dbt_seconds, nodes = _dbt_build(config, run_id, build_root, build_file, pinned)
+            dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
             restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
             os.replace(build_file, published)
@@ -218,11 +233,12 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
-                             lake_versions=pinned, restatements=restatements)  # fmt: skip
+                             lake_versions=pinned, lake_load=loaded.as_dict(), restatements=restatements)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
-            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "restatements": restatements,
+            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "lake_load": result.lake_load,
+            "restatements": restatements,
         })  # fmt: skip
     return result
 

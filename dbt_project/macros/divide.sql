@@ -23,3 +23,12 @@ cast({{ expression }} as decimal(38, 6))
 {% macro month_of(expression) -%}
 cast(date_trunc('month', {{ expression }}) as date)
 {%- endmacro %}
+
+{% macro predicted_ltv(current_mrr, trailing_churn_rate) -%}
+{#- current MRR / trailing customer churn rate, rounded to the minor unit; null when not paying or
+    when that rate is 0 or undefined (never infinity). -#}
+case
+    when {{ current_mrr }} > 0 and {{ trailing_churn_rate }} > 0
+        then {{ money('round(' ~ divide(current_mrr, trailing_churn_rate, 6) ~ ', ' ~ var('reporting_exponent') ~ ')') }}
+end
+{%- endmacro %}

@@ -1,5 +1,17 @@
+-- depends_on: {{ source('lake', 'changed_customers') }}
+{{ config(
+    materialized='incremental',
+    unique_key=['customer_id'],
+    incremental_strategy='delete+insert',
+    pre_hook="{{ delete_changed_rows('customer_id', 'changed_customers', 'customer_id') }}",
+    post_hook="{{ refresh_as_of_columns() }}",
+) }}
+-- Incremental on customers. Two columns depend on the as-of month rather than on the customer's
+-- own rows (as_of, and predicted_ltv through the trailing churn rate of all customers): the
+-- post-hook brings them up to date on every row, with the same expressions as below.
 with lifetime as (
     select * from {{ ref('stg_customer_lifetime') }}
+    where {{ only_changed('customer_id', 'changed_customers', 'customer_id') }}
 ),
 
 customer_created as (
@@ -12,6 +24,7 @@ customer_created as (
         row_number() over (partition by customer_id order by occurred_at desc, event_id desc) as recency
     from {{ ref('stg_events') }}
     where event_type = 'customer.created'
+        and {{ only_changed('customer_id', 'changed_customers', 'customer_id') }}
 ),
 
 latest_profile as (
@@ -35,11 +48,7 @@ final as (
         lifetime.churn_count,
         lifetime.current_mrr,
         lifetime.lifetime_revenue,
-        case
-            when lifetime.current_mrr > 0 and as_of_month.trailing_customer_churn_rate > 0
-                then {{ money('round(' ~ divide('lifetime.current_mrr', 'as_of_month.trailing_customer_churn_rate', 6)
-                              ~ ', ' ~ var('reporting_exponent') ~ ')') }}
-        end as predicted_ltv,
+        {{ predicted_ltv('lifetime.current_mrr', 'as_of_month.trailing_customer_churn_rate') }} as predicted_ltv,
         case
             when lifetime.current_mrr > 0 then 'active'
             when lifetime.first_paid_month is not null then 'churned'

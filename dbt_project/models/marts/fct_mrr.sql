@@ -1,5 +1,14 @@
+-- depends_on: {{ source('lake', 'changed_customers') }}
+{{ config(
+    materialized='incremental',
+    unique_key=['customer_id', 'month'],
+    incremental_strategy='delete+insert',
+    pre_hook="{{ delete_changed_rows('customer_id', 'changed_customers', 'customer_id') }}",
+) }}
+-- Incremental on customers: a build recomputes every month of the customers whose lake rows changed.
 with customer_months as (
     select * from {{ ref('int_customer_months_trimmed_to_paid_life') }}
+    where {{ only_changed('customer_id', 'changed_customers', 'customer_id') }}
 ),
 
 final as (

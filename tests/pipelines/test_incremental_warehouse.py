@@ -1,0 +1,119 @@
+"""An incrementally built warehouse equals a --full-refresh build of the same lake, row for row;
+the dead-letter ratio is judged over a window that means something."""
+
+import datetime as dt
+import json
+import shutil
+
+import duckdb
+import pytest
+from conftest import cfg, truth, write_lines
+
+from pipelines.ingest import run_ingest
+from pipelines.layout import DataLayout
+from pipelines.metrics import run_metrics
+from pipelines.quality import dead_letter_window, warehouse_gate
+from pipelines.transform import run_transform
+from pipelines.warehouse_lake import FILE_COLUMN, table_differences
+
+
+def build(data, **options):
+    """ingest -> metrics -> transform with the gate, as `revenue run` chains them."""
+    config = cfg(data, **{k: v for k, v in options.items() if k == "input_dir"})
+    if "input_dir" in options:
+        run_ingest(config)
+    config = cfg(data, **{k: v for k, v in options.items() if k != "input_dir"}).resolve_as_of()
+    run_metrics(config)
+    return run_transform(config, gate=warehouse_gate(config))
+
+
+@pytest.mark.slow
+def test_batches_built_incrementally_equal_a_full_refresh(generated, tmp_path):
+    files = sorted((generated / "events").rglob("*.jsonl*"))
+    first, second = tmp_path / "in1", tmp_path / "in2"
+    for i, path in enumerate(files):  # the generator shuffles events over files: each batch has late events
+        target = (first if i < len(files) // 2 else second) / path.relative_to(generated / "events")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    data = tmp_path / "data"
+    as_of = dt.date.fromisoformat(truth(generated)["as_of"])
+
+    # 1: half the files, as of six weeks before the end; 2: the rest, as of the latest event day
+    one = build(data, input_dir=first, as_of=as_of - dt.timedelta(days=42))
+    two = build(data, input_dir=second)
+    assert one.lake_load["mode"] == "full" and two.lake_load["mode"] == "incremental"
+    assert two.lake_load["changed_customers"] > 0 and two.lake_load["changed_days"] > 0
+
+    incremental = tmp_path / "incremental.duckdb"
+    shutil.copy(DataLayout(data).warehouse, incremental)
+    full = run_transform(cfg(data, full_refresh=True).resolve_as_of())
+    assert full.lake_load["mode"] == "full" and full.lake_load["reason"] == "--full-refresh"
+    assert table_differences(incremental, DataLayout(data).warehouse) == {}
+
+
+@pytest.mark.slow
+def test_a_micro_batch_with_one_bad_line_publishes_and_recomputes_one_customer(published, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    shutil.copytree(published / "warehouse", data / "warehouse")
+    # a micro-batch of ten lines, one of them bad: a new profile for a known customer, and usage
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    customer, day = con.execute("select customer_id, max(cast(occurred_at as date)) from lake.events "
+                                "group by 1 order by 2 desc, 1 limit 1").fetchall()[0]  # fmt: skip
+    rows_before = con.execute("select count(*) from fct_usage_monthly").fetchall()[0][0]
+    con.close()
+    at = f"{day.isoformat()}T12:00:00Z"
+    lines = [json.dumps({"event_id": "micro-profile", "event_type": "customer.created", "occurred_at": at,
+                         "customer_id": customer, "country": "NZ", "segment": "micro"})]  # fmt: skip
+    lines += [json.dumps({"event_id": f"micro-usage-{i}", "event_type": "usage.recorded", "occurred_at": at,
+                          "customer_id": customer, "meter": "micro_meter", "quantity": i + 1}) for i in range(8)]  # fmt: skip
+    lines.append("{not json")
+    write_lines(tmp_path / "in" / "micro.jsonl", lines)
+    result = build(data, input_dir=tmp_path / "in")  # 1 bad line in 10 (10 %) does not block publishing
+    assert result.lake_load["mode"] == "incremental" and result.lake_load["rows_added"]["usage"] == 8
+    assert result.lake_load["changed_customers"] == 1 and result.lake_load["changed_days"] == 0
+    judged = {s["suite"]: s for s in result.gate["suites"]}
+    assert judged["lake_ingest_summary"]["passed"]  # judged over the whole lake, not the ten lines
+    assert judged["lake_usage"]["rows"] == 8 and judged["lake_dead_letter"]["rows"] == 1  # only the new rows
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    assert con.execute("select country, segment from dim_customers where customer_id = ?",
+                       [customer]).fetchall() == [("NZ", "micro")]  # fmt: skip
+    assert con.execute("select count(*) from fct_usage_monthly").fetchall()[0][0] == rows_before + 1
+    assert con.execute(f"select count(distinct {FILE_COLUMN}) from lake.usage").fetchall()[0][0] > 1
+    con.close()
+
+
+@pytest.mark.parametrize("new_accepted, new_dead, accepted, dead, window, ratio", [
+    (9, 1, 5_000, 40, "lake", 40 / 5_040),           # a micro-batch with one bad line: the lake decides
+    (9, 1, 9, 1, "fewer than 100 lines", None),      # a first micro-batch: too few lines to judge
+    (94, 6, 94, 6, "new lines", 0.06),               # 100 new lines, 6 bad: judged on their own (fails 5 %)
+    (970, 30, 100_000, 40, "new lines", 0.03),       # a large run is judged on its own lines, not diluted
+])  # fmt: skip
+def test_the_dead_letter_ratio_is_judged_over_a_meaningful_window(new_accepted, new_dead, accepted, dead, window,
+                                                                   ratio):  # fmt: skip
+    judged = dead_letter_window(new_accepted, new_dead, accepted, dead, min_lines=100)
+    assert judged["window"] == window
+    assert judged["dead_letter_ratio"] == ratio
+
+
+def test_the_gate_reads_a_table_in_batches_and_adds_up_their_failures(published, tmp_path, monkeypatch):
+    import pyarrow as pa
+    from conftest import commit_rows
+
+    from pipelines import lake, quality
+
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    events = lake.read_table(DataLayout(data), "events")
+    paid = events.filter(pa.compute.is_valid(events["amount"]))
+    bad = pa.concat_tables([paid.slice(0, 1), paid.slice(paid.num_rows - 1, 1)])
+    bad = bad.set_column(bad.schema.get_field_index("amount"), bad.schema.field("amount"),
+                         pa.array([-1, -2], pa.int64()))  # fmt: skip
+    bad = bad.set_column(0, bad.schema.field("event_id"), pa.array(["evt_negative_1", "evt_negative_2"]))
+    commit_rows(data, "events", bad.cast(events.schema))
+    monkeypatch.setattr(quality, "BATCH_ROWS", 300)  # several DataFrames for one suite
+    result = quality.validate(cfg(data).resolve_as_of(), suites=("lake_events",))
+    [outcome] = result.suites
+    assert outcome.rows == events.num_rows + 2 > 2 * 300
+    [negative] = [f for f in outcome.critical_failures if f["column"] == "amount"]
+    assert negative["unexpected_count"] == 2
