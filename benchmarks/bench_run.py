@@ -123,6 +123,9 @@ def main() -> None:
         events = work / "input" / "events"
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
+    truth = events.parent / "ground_truth.json"
+    if truth.exists():
+        customers = json.loads(truth.read_text())["customers"]
     print(f"revenue run on {args.events:,} generated events ({customers:,} customers), repo {REPO}")
     full = run(data, events)
     show("full", full, None)
