@@ -278,9 +278,9 @@ class _StageMonthFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("fx_missing", pair)
         if staged.daily.num_rows:
             lake.write_partitioned(staged.daily, self.daily_root, "month",
-                                   f"part-{self.run_id}-{element.month:%Y%m}-{element.index:03d}.parquet",
+                                   f"part-{self.run_id}-m{element.month:%Y%m}-s{element.index:03d}.parquet",
                                    [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
-        name = f"{element.month.isoformat()}-{element.index:03d}.parquet"
+        name = f"{element.month.isoformat()}-s{element.index:03d}.parquet"
         for shard, piece in staged.partials:
             path = _write(piece, self.stage / "partials" / f"shard-{shard:04d}" / name)
             yield window.TimestampedValue((shard, path), month_timestamp(element.month))
@@ -329,7 +329,7 @@ class _ShardFactsFn(beam.DoFn):
         if facts is None:
             return
         months, lifetime = facts
-        name = f"part-{self.run_id}-{shard:04d}.parquet"
+        name = f"part-{self.run_id}-shard{shard:04d}.parquet"  # letters between digit runs: nothing card-like
         lake.write_partitioned(months, self.months_root, "month", name, [("customer_id", "ascending")])
         lake.write_partitioned(lifetime, self.lifetime_root, "as_of", name, [("customer_id", "ascending")])
         count = months.num_rows
