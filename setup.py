@@ -27,6 +27,6 @@ setup(
         "pika",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff"]},
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )
