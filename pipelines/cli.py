@@ -287,7 +287,8 @@ def publish(to: str, input_dir: Path) -> None:
 @currency_options
 def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None) -> None:
     """Write the month's finance report (self-contained HTML) and its tables as CSV and XLSX."""
-    from pipelines.report import build_report, parse_month
+    from pipelines.report import build_report
+    from transforms.calendar import parse_month
 
     config = build_config(data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates)
     result = build_report(config.resolve_as_of(), parse_month(month))
@@ -301,7 +302,8 @@ def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates:
 @data_dir_option
 def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
     """Close a month: freeze its reported figures; later changes to it become restatements."""
-    from pipelines.closes import close_month, parse_month
+    from pipelines.closes import close_month
+    from transforms.calendar import parse_month
 
     result = close_month(build_config(data_dir).layout, parse_month(month), acted_by, note)
     from transforms.money import format_money
@@ -319,7 +321,8 @@ def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
 @data_dir_option
 def reopen(month: str, acted_by: str, reason: str, data_dir: Path) -> None:
     """Reopen a closed month and every later closed month; their figures are live again until closed."""
-    from pipelines.closes import parse_month, reopen_month
+    from pipelines.closes import reopen_month
+    from transforms.calendar import parse_month
 
     result = reopen_month(build_config(data_dir).layout, parse_month(month), acted_by, reason)
     click.echo(f"reopened {', '.join(f'{m:%Y-%m}' for m in result.months)} at "

@@ -44,6 +44,7 @@ from pipelines.config import Materiality, RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
+from transforms.calendar import next_month
 from transforms.errors import InputError, LakeError
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,6 @@ class ActionResult:
     action_id: str
     frozen: dict = field(default_factory=dict)
     reporting_currency: str | None = None
-
-
-def parse_month(value: str) -> dt.date:
-    try:
-        year, month = (int(x) for x in value.split("-"))
-        return dt.date(year, month, 1)
-    except ValueError:
-        raise InputError(f"--month must be YYYY-MM, got {value!r}") from None
-
-
-def _next_month(month: dt.date) -> dt.date:
-    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
 
 
 # ------------------------------------------------------------------ state
@@ -291,7 +280,7 @@ def monthly_cash(con, month: dt.date) -> dict[str, Decimal]:
     cur = con.execute(
         "select coalesce(sum(gross_revenue_reporting), 0), coalesce(sum(tax_reporting), 0), "
         "coalesce(sum(refunds_reporting), 0), coalesce(sum(net_revenue_reporting), 0) from fct_revenue_daily "
-        "where \"date\" >= ? and \"date\" < ?", [month, _next_month(month)])  # fmt: skip
+        "where \"date\" >= ? and \"date\" < ?", [month, next_month(month)])  # fmt: skip
     return dict(zip(CASH_COLUMNS, cur.fetchall()[0], strict=True))
 
 
@@ -429,7 +418,7 @@ def _events_since_close(con, layout: DataLayout, month: dt.date, close: dict, co
     if arrived is None:
         return None, []
     start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
-    end = dt.datetime.combine(_next_month(month), dt.time(), tzinfo=dt.UTC)
+    end = dt.datetime.combine(next_month(month), dt.time(), tzinfo=dt.UTC)
     events = []
     for e in arrived:
         if e["event_type"] in SUBSCRIPTION_EVENTS and min(e["occurred_at"], e["effective_at"] or e["occurred_at"]) < end:

@@ -45,7 +45,7 @@ from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.calendar import CalendarMonthWindows, month_start
+from transforms.calendar import CalendarMonthWindows, month_start, months_between
 from transforms.errors import ConfigError, InputError
 from transforms.metrics import MonthSlice, month_of_timestamp, month_timestamp, shard_facts, stage_month
 from transforms.revenue import METRICS_EVENTS, METRICS_USAGE, PARTIAL, merge_partials
@@ -350,12 +350,7 @@ class _RecordFn(beam.DoFn):
 def _shards(layout: DataLayout, pinned: dict, requested: int | None) -> int:
     if requested:
         return requested
-    rows = 0
-    for table in ("events", "usage"):
-        delta = lake.open_table(layout, table, pinned.get(table)) if pinned.get(table) is not None else None
-        if delta is not None:
-            counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
-            rows += int(pc.sum(counts).as_py() or 0)
+    rows = sum(_rows(layout, t, pinned[t]) for t in ("events", "usage") if pinned.get(t) is not None)
     return max(1, math.ceil(rows / SHARD_ROWS))
 
 
@@ -453,8 +448,6 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     customers' rows kept, the changed customers' rows replaced), customer_lifetime (the changed
     customers' rows replaced, every row at the new as-of date) and the revenue_daily months
     holding a recomputed day. One commit per table, in the same order as a full run."""
-    from transforms.calendar import months_between
-
     layout, as_of = config.layout, config.as_of
     changed = pa.array(plan.customers, pa.string())
     committed, rewritten = {}, []
@@ -556,10 +549,10 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                            version=committed["customer_lifetime"])  # fmt: skip
     positive = cm.filter(pc.greater(cm["mrr"], pa.scalar(0, schemas.MONEY).cast(schemas.MONEY)))
     first = pc.min(life["first_event_month"]).as_py() if life.num_rows else month_start(as_of)
-    months = len(list(_months(first, month_start(as_of))))
+    months = len(list(months_between(first, month_start(as_of))))
     result = MetricsResult(
         run_id=run_id, as_of=as_of, reporting_currency=currency,
-        customer_months=sum(_rows(layout, "customer_months", committed["customer_months"])),
+        customer_months=_rows(layout, "customer_months", committed["customer_months"]),
         customers=life.num_rows, months=months,
         mrr_at_as_of=pc.sum(cm["mrr"]).as_py() if cm.num_rows else 0, active_customers_at_as_of=positive.num_rows,
         seconds=round(time.monotonic() - started, 3), lake_versions={**pinned, **committed},
@@ -581,16 +574,11 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
     return result
 
 
-def _months(first: dt.date, last: dt.date):
-    from transforms.calendar import months_between
-
-    return months_between(first, last)
-
-
-def _rows(layout: DataLayout, table: str, version: int):
+def _rows(layout: DataLayout, table: str, version: int) -> int:
+    """A table version's row count, from its log's file statistics (no data read)."""
     delta = lake.open_table(layout, table, version)
     counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
-    yield int(pc.sum(counts).as_py() or 0)
+    return int(pc.sum(counts).as_py() or 0)
 
 
 class _WriteLateFn(beam.DoFn):

@@ -15,6 +15,17 @@ def month_start(day: dt.date | dt.datetime) -> dt.date:
     return dt.date(day.year, day.month, 1)
 
 
+def parse_month(value: str) -> dt.date:
+    """``YYYY-MM`` (a ``--month`` flag) -> the month's first day; anything else is an input error."""
+    from transforms.errors import InputError
+
+    try:
+        year, month = (int(x) for x in value.split("-"))
+        return dt.date(year, month, 1)
+    except ValueError:
+        raise InputError(f"--month must be YYYY-MM, got {value!r}") from None
+
+
 def next_month(month: dt.date) -> dt.date:
     return dt.date(month.year + (month.month == 12), month.month % 12 + 1, 1)
 

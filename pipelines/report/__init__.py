@@ -20,7 +20,6 @@ from pipelines.config import RunConfig
 from pipelines.report.charts import render_charts
 from pipelines.report.export import export_tables, write_aside
 from pipelines.report.queries import latest_ingest_counts, read_month
-from transforms.errors import InputError
 from transforms.money import format_money, format_quantity
 
 warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
@@ -41,14 +40,6 @@ KPIS = [
     ("ltv", "Predicted LTV", "money", "ARPA / mean customer churn of the trailing 6 months"),
 ]
 PERCENT = Decimal(100)
-
-
-def parse_month(value: str) -> dt.date:
-    try:
-        year, month = (int(x) for x in value.split("-"))
-        return dt.date(year, month, 1)
-    except ValueError:
-        raise InputError(f"--month must be YYYY-MM, got {value!r}") from None
 
 
 def format_kpi(value, kind: str, currency: str) -> str:
