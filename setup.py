@@ -22,11 +22,11 @@ setup(
         "orjson",
         "iso4217",
         "plotly",
-        "openpyxl",
+        "xlsxwriter",
         "jinja2",
         "pika",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "openpyxl"]},
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )

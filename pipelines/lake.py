@@ -142,6 +142,15 @@ def read_table(layout: DataLayout, table: str, columns: list[str] | None = None,
     return data.to_table(columns=columns, filter=filter)
 
 
+def row_count(layout: DataLayout, table: str, version: int | None = None) -> int:
+    """A table version's row count, from its log's file statistics (no data read); 0 if never written."""
+    delta = open_table(layout, table, version)
+    if delta is None:
+        return 0
+    counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
+    return int(pc.sum(counts).as_py() or 0)
+
+
 def last_run_id(layout: DataLayout, table: str) -> str | None:
     """The run id recorded in the table's latest commit."""
     delta = open_table(layout, table)

@@ -206,7 +206,7 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
     customers = sorted({c for c, _, _ in changed})
     if not customers and as_of == old_as_of:
         return MetricsPlan("unchanged", "no new events or usage since the last metrics run")
-    known = lake.read_table(layout, "customer_lifetime", ["customer_id"]).num_rows
+    known = lake.row_count(layout, "customer_lifetime")
     if known >= SHARE_RULE_CUSTOMERS and len(customers) > MAX_INCREMENTAL_SHARE * known:
         return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed")
     first = min((month_start(f) for _, _, f in changed), default=month_start(as_of))
@@ -350,7 +350,7 @@ class _RecordFn(beam.DoFn):
 def _shards(layout: DataLayout, pinned: dict, requested: int | None) -> int:
     if requested:
         return requested
-    rows = sum(_rows(layout, t, pinned[t]) for t in ("events", "usage") if pinned.get(t) is not None)
+    rows = sum(lake.row_count(layout, t, pinned[t]) for t in ("events", "usage") if pinned.get(t) is not None)
     return max(1, math.ceil(rows / SHARD_ROWS))
 
 
@@ -552,7 +552,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
     months = len(list(months_between(first, month_start(as_of))))
     result = MetricsResult(
         run_id=run_id, as_of=as_of, reporting_currency=currency,
-        customer_months=_rows(layout, "customer_months", committed["customer_months"]),
+        customer_months=lake.row_count(layout, "customer_months", committed["customer_months"]),
         customers=life.num_rows, months=months,
         mrr_at_as_of=pc.sum(cm["mrr"]).as_py() if cm.num_rows else 0, active_customers_at_as_of=positive.num_rows,
         seconds=round(time.monotonic() - started, 3), lake_versions={**pinned, **committed},
@@ -572,13 +572,6 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             "seconds": result.seconds,
         })  # fmt: skip
     return result
-
-
-def _rows(layout: DataLayout, table: str, version: int) -> int:
-    """A table version's row count, from its log's file statistics (no data read)."""
-    delta = lake.open_table(layout, table, version)
-    counts = pa.table(delta.get_add_actions(flatten=True))["num_records"]
-    return int(pc.sum(counts).as_py() or 0)
 
 
 class _WriteLateFn(beam.DoFn):

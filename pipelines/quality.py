@@ -71,7 +71,7 @@ class GateResult:
         }
 
 
-BATCH_ROWS = 200_000  # rows per DataFrame handed to GX: memory follows this, not the table
+BATCH_ROWS = 100_000  # rows per DataFrame handed to GX: memory follows this, not the table
 
 
 @dataclass

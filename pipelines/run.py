@@ -28,6 +28,22 @@ class RunResult:
     summary: dict = field(default_factory=dict)
 
 
+def release_memory() -> None:
+    """Give the memory a finished stage freed back to the system: Python's garbage, Arrow's pool and
+    the C allocator's free lists (glibc keeps freed pages mapped until asked; other libcs: no-op)."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             on_finish: Callable[[RunResult], None] | None = None) -> RunResult:  # fmt: skip
     """Run every stage with ``config``; ``on_finish(result)`` sees the result (failed or not) before a raise."""
@@ -53,6 +69,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
         try:
             return fn()
         finally:
+            release_memory()  # the next stage starts from what the process needs, not this one's peak
             timings[name] = round(time.monotonic() - started, 3)
             progress.update(task, completed=1, description=f"{description} [dim]({timings[name]:.1f}s)[/dim]")
 

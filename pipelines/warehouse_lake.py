@@ -48,7 +48,7 @@ LOAD_FORMAT = 1  # bump when the layout of the lake copy changes: the next build
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 FILE_COLUMN = "_file"
 MEMORY_LIMIT_ENV = "REVENUE_DUCKDB_MEMORY_LIMIT"
-DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_MEMORY_LIMIT = "512MB"
 
 # Which keys a changed row of a lake table puts in the change tables (what the marts recompute):
 # (change table, key expression, rows that matter). Other tables (usage, dead_letter) feed no

@@ -40,17 +40,68 @@ def write_aside(path: Path, write) -> Path:
     return path
 
 
+XLSX_BATCH_ROWS = 50_000  # rows converted to Python values at a time: memory follows this, not the table
+EXACT_DIGITS = 15  # a decimal with at most this many significant digits survives Excel's double unchanged
+
+
+def _xlsx_column_writer(sheet, kind: pa.DataType, formats: dict):
+    """How one column's values go into cells, chosen once per column from its Arrow type."""
+    if pa.types.is_decimal(kind):
+        def write(row, col, value):  # exact: a number when a double keeps every digit, else its text
+            if len(value.as_tuple().digits) <= EXACT_DIGITS:
+                sheet.write_number(row, col, value)
+            else:
+                sheet.write_string(row, col, str(value))
+    elif pa.types.is_boolean(kind):
+        write = sheet.write_boolean
+    elif pa.types.is_integer(kind):
+        def write(row, col, value):
+            if abs(value) < 2**53:
+                sheet.write_number(row, col, value)
+            else:
+                sheet.write_string(row, col, str(value))
+    elif pa.types.is_floating(kind):
+        write = sheet.write_number
+    elif pa.types.is_timestamp(kind):
+        def write(row, col, value):  # Excel has no time zones: the UTC wall time, labelled in the format
+            sheet.write_datetime(row, col, value.replace(tzinfo=None), formats["timestamp"])
+    elif pa.types.is_date(kind):
+        def write(row, col, value):
+            sheet.write_datetime(row, col, value, formats["date"])
+    else:
+        def write(row, col, value):
+            sheet.write_string(row, col, neutralise(str(value)))
+    return write
+
+
+def write_xlsx(tables: dict[str, pa.Table], path: Path) -> None:
+    """One sheet per table, streamed to disk row by row (xlsxwriter's constant-memory mode): memory does
+    not grow with the table. Strings are never read as formulas, URLs or numbers."""
+    import xlsxwriter
+
+    options = {"constant_memory": True, "strings_to_formulas": False, "strings_to_urls": False,
+               "strings_to_numbers": False}  # fmt: skip
+    with xlsxwriter.Workbook(str(path), options) as book:
+        formats = {"date": book.add_format({"num_format": "yyyy-mm-dd"}),
+                   "timestamp": book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss \\U\\T\\C"}),
+                   "header": book.add_format({"bold": True})}  # fmt: skip
+        for name, table in tables.items():
+            sheet = book.add_worksheet(name[:31])
+            for col, column in enumerate(table.column_names):
+                sheet.write_string(0, col, column, formats["header"])
+            writers = [_xlsx_column_writer(sheet, kind, formats) for kind in table.schema.types]
+            row = 1
+            for batch in table.to_batches(XLSX_BATCH_ROWS):
+                columns = [c.to_pylist() for c in batch.columns]
+                for values in zip(*columns, strict=True):
+                    for col, value in enumerate(values):
+                        if value is not None:
+                            writers[col](row, col, value)
+                    row += 1
+
+
 def export_tables(tables: dict[str, pa.Table], out_dir: Path, xlsx_name: str) -> list[Path]:
-    import pandas as pd
-
-    frames = {name: _frame(table) for name, table in tables.items()}
-    written = [write_aside(out_dir / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False))
-               for name, frame in frames.items()]  # fmt: skip
-
-    def write_xlsx(path: Path) -> None:
-        with pd.ExcelWriter(path, engine="openpyxl") as writer:
-            for name, frame in frames.items():
-                frame.to_excel(writer, sheet_name=name[:31], index=False)
-
-    written.append(write_aside(out_dir / xlsx_name, write_xlsx))
+    written = [write_aside(out_dir / f"{name}.csv", lambda p, t=table: _frame(t).to_csv(p, index=False))
+               for name, table in tables.items()]  # fmt: skip
+    written.append(write_aside(out_dir / xlsx_name, lambda p: write_xlsx(tables, p)))
     return written

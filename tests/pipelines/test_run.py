@@ -223,3 +223,32 @@ def test_other_reporting_currencies_pass_the_gate_and_format_their_minor_unit(tm
     # every MRR figure is a whole number of the currency's minor unit
     off_unit = con.execute(f"select count(*) from fct_mrr where mrr <> round(mrr, {decimals})").fetchone()[0]
     assert off_unit == 0
+
+
+def test_the_workbook_holds_every_exported_row_with_exact_values(first_run):
+    """Each sheet of the month's XLSX equals the warehouse rows it exports: every row, every money
+    value to the cent (read back from the file), dates as dates."""
+    import datetime as dt
+
+    import openpyxl
+
+    data, _ = first_run
+    m = manifest(data, status="success")
+    month = dt.date.fromisoformat(m["as_of"][:7] + "-01")
+    book = openpyxl.load_workbook(data / "reports" / f"{month:%Y-%m}" / f"revenue-{month:%Y-%m}.xlsx", read_only=True)
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    cur = con.execute('select * from fct_mrr where "month" = ? order by customer_id', [month])
+    names, want = [d[0] for d in cur.description], cur.fetchall()
+    rows = list(book["fct_mrr"].iter_rows(values_only=True))
+    assert list(rows[0]) == names and len(rows) - 1 == len(want) > 0
+    for got, expected in zip(rows[1:], want, strict=True):
+        for name, cell, value in zip(names, got, expected, strict=True):
+            if isinstance(value, Decimal):
+                assert Decimal(str(cell)) == value, (name, cell, value)  # the cell's text is the exact decimal
+            elif isinstance(value, dt.date):
+                assert cell.date() == value, name
+            elif value is None:
+                assert cell is None, name
+            else:
+                assert cell == value, name
+    assert {s for s in book.sheetnames} >= {"mrr_monthly", "fct_mrr", "fct_revenue_daily", "fct_usage_monthly"}

@@ -82,3 +82,4 @@ def test_format_money_uses_the_currency_minor_unit(value, currency, text):
 ])  # fmt: skip
 def test_format_quantity_reads_like_a_number(value, text):
     assert format_quantity(value) == text
+
