@@ -268,7 +268,7 @@ def _stream_logging() -> None:
     batch_log.propagate = False
     logging.getLogger("pipelines.stream").setLevel(logging.INFO)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # queue-type probing closes channels on purpose
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python logs each reconnect attempt at WARNING
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python logs each lost connection; we log the retry
 
 
 @cli.command()

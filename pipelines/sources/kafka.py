@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "revenue-stream"
 TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_MS = 5_000  # a broker that does not answer: our backoff retries, not the client
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ def ensure_topic(address: KafkaAddress) -> list[int]:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=address.bootstrap, client_id="revenue",
-                             request_timeout_ms=TIMEOUT_MS)  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=address.bootstrap, client_id="revenue", request_timeout_ms=TIMEOUT_MS,
+                             bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)  # fmt: skip
     try:
         described = _describe(admin, address)
         if described is None:
@@ -185,7 +186,8 @@ def publish_lines(uri: str, lines, rate: float | None = None) -> Published:
     address = parse_kafka_uri(uri)
     partitions = ensure_topic(address)
     producer = KafkaProducer(bootstrap_servers=address.bootstrap, client_id="revenue-publish", acks="all",
-                             linger_ms=5, request_timeout_ms=TIMEOUT_MS)  # fmt: skip
+                             linger_ms=5, request_timeout_ms=TIMEOUT_MS,
+                             bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)  # fmt: skip
     result = Published(0, {})
     try:
         started = time.monotonic()
@@ -255,7 +257,8 @@ class KafkaReader:
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.address.bootstrap, client_id="revenue-stream", group_id=self.address.group,
             enable_auto_commit=False, auto_offset_reset="earliest", allow_auto_create_topics=False,
-            request_timeout_ms=TIMEOUT_MS, max_poll_records=self.max_records,
+            request_timeout_ms=TIMEOUT_MS, bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
+            max_poll_records=self.max_records,
         )  # fmt: skip
         assigned = [TopicPartition(self.address.topic, p) for p in self.partitions]
         self.consumer.assign(assigned)
