@@ -523,16 +523,22 @@ class _WarehousePublisher:
 
 
 class _Stop:
-    """SIGTERM/SIGINT: finish the batch in hand, publish, exit 0. A second signal stops at once."""
+    """SIGTERM/SIGINT (or ``stop_event``, for a consumer run in a thread): finish the batch in
+    hand, publish, exit 0. A second signal stops at once."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, event: threading.Event | None = None):
+        self.signalled = False
+        self.event = event
         self.previous = {}
 
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.event is not None and self.event.is_set())
+
     def __call__(self, signum, frame):
-        if self.requested:
+        if self.signalled:
             raise KeyboardInterrupt  # second signal: abandon (the lake is safe under a kill anyway)
-        self.requested = True
+        self.signalled = True
         log.warning("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
 
     def install(self):
@@ -555,11 +561,13 @@ class StreamResult:
     stopped_by: str = ""
 
 
-def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics | None = None) -> StreamResult:
+def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics | None = None,
+               stop_event: threading.Event | None = None) -> StreamResult:  # fmt: skip
     """Consume ``options.source`` into the lake and republish the warehouse until stopped.
 
     Returns when ``--stop-after-idle`` seconds pass with no message (after a last publish) or on
-    SIGTERM/SIGINT; a broker that is down or lost is retried with exponential backoff.
+    SIGTERM/SIGINT (or once ``stop_event`` is set); a broker that is down or lost is retried with
+    exponential backoff.
     """
     config = config.with_pii()
     layout = config.layout
@@ -568,7 +576,7 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
     metrics = metrics or StreamMetrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
-    stop = _Stop()
+    stop = _Stop(stop_event)
     stop.install()
     result = StreamResult()
     last_message = time.monotonic()

@@ -9,6 +9,7 @@ the same events (ground truth) and the published warehouse against a batch `reve
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -419,6 +420,90 @@ def test_classic_queue_commit_without_ack_is_redelivered_and_deduplicated(queue,
     assert len({event_id for event_id, _ in accepted}) == len(accepted) == truth(small_input.parent)["counts"]["accepted"]
     dead = _dead_letters(data_dir)
     assert len({d["raw_sha256"] for d in dead}) == len(dead) == truth(small_input.parent)["counts"]["dead_letters"]
+
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60)
+
+
+def _can_restart_broker() -> bool:
+    import shutil
+
+    if not _broker_up() or shutil.which("rabbitmqctl") is None:
+        return False
+    try:
+        return _rabbitmqctl("status").returncode == 0  # the node answers this user (the Erlang cookie)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_restart_broker(), reason="rabbitmqctl cannot control the local RabbitMQ node")
+@pytest.mark.slow
+@pytest.mark.parametrize("queue_type", ["stream", "classic"])
+def test_broker_restart_mid_stream_reconnects_and_ends_exactly_once(queue, small_input, tmp_path, caplog,
+                                                                   queue_type):  # fmt: skip
+    """`rabbitmqctl stop_app` / `start_app` while the consumer reads a durable queue: it logs the
+    loss, retries with doubling waits, reconnects and reads on; every event is in the lake once
+    (a stream queue resumes from the lake's offset, a classic queue redelivers what was not acked)."""
+    import threading
+
+    from pipelines.sources.amqp import publish_lines
+    from pipelines.stream import StreamMetrics, StreamOptions, run_stream
+    from tests.conftest import truth
+
+    uri = queue(type=queue_type)
+    lines = _lines(small_input)
+    publish_lines(uri, lines)
+    data_dir = tmp_path / "data"
+    counts = truth(small_input.parent)["counts"]
+    stop, failures, restarted = threading.Event(), [], []
+    metrics = StreamMetrics()
+
+    def caught_up() -> bool:  # cheap (polled): the consumer's own counts; the lake is checked below
+        lines_by = metrics.lines.labels
+        return (lines_by("written")._value.get() >= counts["accepted"]
+                and lines_by("dead_letter")._value.get() >= counts["dead_letters"])  # fmt: skip
+
+    def restart_broker() -> None:
+        try:
+            assert wait_until(lambda: _committed_batches(data_dir) >= 1, 60), "no batch before the restart"
+            try:
+                assert _rabbitmqctl("stop_app").returncode == 0
+                restarted.append(_recorded_offset(data_dir, uri))
+            finally:  # the machine's broker is always started again
+                started = _rabbitmqctl("start_app")
+                _rabbitmqctl("await_startup")
+            assert started.returncode == 0, started.stderr.decode()
+            assert wait_until(caught_up, 90), "the consumer did not catch up after the restart"
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failures.append(exc)
+        finally:
+            stop.set()
+
+    caplog.set_level(logging.INFO, logger="revenue.stream")
+    helper = threading.Thread(target=restart_broker, name="restart-broker")
+    helper.start()
+    try:
+        result = run_stream(cfg(data_dir), StreamOptions(uri, max_batch_events=50, max_batch_seconds=1,
+                                                         warehouse=False), metrics, stop_event=stop)  # fmt: skip
+    finally:
+        stop.set()
+        helper.join()
+    if failures:
+        raise failures[0]
+    assert restarted and restarted[0] < len(lines) - 1, "the restart came after the last message"
+    assert result.stopped_by == "signal" and result.reconnects >= 1
+    assert metrics.reconnects._value.get() == result.reconnects
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "revenue.stream"]
+    waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
+    assert waits and waits == [0.5 * 2**i for i in range(len(waits))], waits  # logged, doubling
+    accepted = _accepted(data_dir)
+    assert len({event_id for event_id, _ in accepted}) == len(accepted) == counts["accepted"]
+    dead = _dead_letters(data_dir)
+    assert len({d["raw_sha256"] for d in dead}) == len(dead) == counts["dead_letters"]
+    if queue_type == "stream":  # resumed by offset: the lake holds the last one
+        assert _recorded_offset(data_dir, uri) == len(lines) - 1
 
 
 # ------------------------------------------------------------------ against a Kafka-protocol broker
