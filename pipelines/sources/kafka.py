@@ -278,6 +278,15 @@ class KafkaReader:
             ]
         return records
 
+    def probe(self) -> None:
+        """Ask the broker for something (a partition's first offset): kafka-python reconnects
+        silently inside ``poll``, so an idle consumer would never notice a lost broker. Raises
+        ``KafkaTimeoutError`` when it does not answer."""
+        from kafka import TopicPartition
+
+        self.consumer.beginning_offsets([TopicPartition(self.address.topic, self.partitions[0])],
+                                        timeout_ms=CONNECT_TIMEOUT_MS)  # fmt: skip
+
     def commit(self, next_offsets: dict[int, int]) -> None:
         """Mirror the lake's positions into the group's committed offsets (advisory)."""
         from kafka import TopicPartition
