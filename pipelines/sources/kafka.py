@@ -99,7 +99,18 @@ def is_broker_error(exc: BaseException) -> bool:
 
 
 def ensure_topic(address: KafkaAddress) -> list[int]:
-    """The topic's partitions; an absent topic is created first (``max(partitions) + 1`` of them)."""
+    """The topic's partitions; an absent topic is created first (``max(partitions) + 1`` of them).
+
+    A broker that refuses access is a configuration error (retrying cannot fix it)."""
+    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
+
+    try:
+        return _ensure_topic(address)
+    except (AuthorizationError, SaslAuthenticationFailedError) as exc:
+        raise ConfigError(f"{address.key}: the broker refused access ({type(exc).__name__}: {exc})") from None
+
+
+def _ensure_topic(address: KafkaAddress) -> list[int]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -248,6 +259,7 @@ class KafkaReader:
         self.max_records = max_records
         self.consumer = None
         self.partitions: list[int] = []
+        self.commit_refused = False  # warned once
 
     def open(self, partitions: list[int], next_offsets: dict[int, int]) -> None:
         """Connect, assign ``partitions`` and seek each to its next offset (absent: the earliest)."""
@@ -257,6 +269,7 @@ class KafkaReader:
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.address.bootstrap, client_id="revenue-stream", group_id=self.address.group,
             enable_auto_commit=False, auto_offset_reset="earliest", allow_auto_create_topics=False,
+            isolation_level="read_committed",  # a transactional producer's aborted messages are not events
             request_timeout_ms=TIMEOUT_MS, bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
             max_poll_records=self.max_records,
         )  # fmt: skip
@@ -288,13 +301,28 @@ class KafkaReader:
                                         timeout_ms=CONNECT_TIMEOUT_MS)  # fmt: skip
 
     def commit(self, next_offsets: dict[int, int]) -> None:
-        """Mirror the lake's positions into the group's committed offsets (advisory)."""
+        """Mirror the lake's positions into the group's committed offsets (advisory).
+
+        A commit the group refuses (e.g. the group id is in use by members of a subscribed
+        group, or not authorized) is logged and skipped: no data depends on it. A lost
+        connection raises (the stream reconnects)."""
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        if next_offsets:
+        if not next_offsets:
+            return
+        try:
             self.consumer.commit({TopicPartition(self.address.topic, p): OffsetAndMetadata(o, "", -1)
                                   for p, o in next_offsets.items()}, timeout_ms=TIMEOUT_MS)  # fmt: skip
+        except KafkaError as exc:
+            if exc.retriable:
+                raise
+            if not self.commit_refused:
+                log.warning("group %s refused the advisory offset commit (%s: %s); the lake keeps the positions, "
+                            "lag monitors reading the group will not see them", self.address.group,
+                            type(exc).__name__, exc)  # fmt: skip
+            self.commit_refused = True
 
     def lag(self) -> int | None:
         """Messages past the consumer's position: each partition's high watermark (from the last
