@@ -783,12 +783,26 @@ def _kill_after_commit(uri: str, data_dir: Path, table: str, commits: int) -> No
         proc.wait()
 
 
+def _send_tombstone(uri: str) -> None:
+    from kafka import KafkaProducer
+
+    from pipelines.sources.kafka import parse_kafka_uri
+
+    address = parse_kafka_uri(uri)
+    producer = KafkaProducer(bootstrap_servers=address.bootstrap, acks="all")
+    try:
+        producer.send(address.topic, value=None, key=b"deleted", partition=0).get(timeout=10)
+    finally:
+        producer.close()
+
+
 @pytest.mark.slow
 def test_kafka_broker_lost_while_idle_is_reported_and_retried(small_input, tmp_path, tmp_path_factory, caplog):
     """kafka-python reconnects silently inside poll, so an idle consumer probes the broker: a lost
     broker is reported (unhealthy, a logged retry with doubling waits) and a broker answering on
     the address again is reconnected to. (The test broker keeps messages in memory only, so this
-    shows the reconnect, not a resume across the restart: the stream queue test shows that.)"""
+    shows the reconnect, not a resume across the restart: the stream queue test shows that.)
+    A tombstone (no value) is a dead letter at its position."""
     import threading
 
     from pipelines.sources.kafka import publish_lines
@@ -815,6 +829,7 @@ def test_kafka_broker_lost_while_idle_is_reported_and_retried(small_input, tmp_p
     try:
         broker.start()
         publish_lines(uri, _lines(small_input)[:20])
+        _send_tombstone(uri)  # offset 20: a message with no value
         helper = threading.Thread(target=lose_the_broker, name="lose-broker")
         helper.start()
         try:
@@ -827,7 +842,9 @@ def test_kafka_broker_lost_while_idle_is_reported_and_retried(small_input, tmp_p
         broker.stop()
     if failures:
         raise failures[0]
-    assert result.messages == 20 and result.reconnects >= 1 and seen == [0]
+    assert result.messages == 21 and result.reconnects >= 1 and seen == [0]
+    (tombstone,) = [d for d in _dead_letters(tmp_path / "data") if d["source_file"].endswith("#offset=20")]
+    assert tombstone["reason"] == "empty_line" and tombstone["source_file"] == f"{uri}/0#offset=20"
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "revenue.stream"]
     waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
     assert waits and waits == [0.5 * 2**i for i in range(len(waits))], waits
