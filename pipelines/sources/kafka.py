@@ -3,10 +3,10 @@
 URI: ``kafka://HOST:PORT/TOPIC[?partitions=0,1,2][&group=NAME]`` (one bootstrap server; no TLS
 or SASL in this release).
 
-- ``partitions``: the partitions to read (``revenue stream``) or to publish to
-  (``revenue publish``: keyed by event id, Kafka's default partitioner over these partitions). Default: every partition the topic has when the consumer
-  connects. A topic that does not exist yet is created with ``max(partitions) + 1`` partitions
-  (one without the parameter).
+- ``partitions``: the partitions to read (``revenue stream``) or to publish to (``revenue
+  publish``: keyed by event id, Kafka's default partitioner over these partitions). Default:
+  every partition the topic has when the consumer connects. A topic that does not exist yet is
+  created with ``max(partitions) + 1`` partitions (one without the parameter).
 - ``group``: the consumer group whose committed offsets mirror the lake's positions after each
   commit, for lag monitors (default ``revenue-stream``). The group is never joined: partitions are
   assigned explicitly, and those offsets are advisory; the lake's are the truth.
@@ -113,7 +113,7 @@ def ensure_topic(address: KafkaAddress) -> list[int]:
 def _ensure_topic(address: KafkaAddress) -> list[int]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=address.bootstrap, client_id="revenue", request_timeout_ms=TIMEOUT_MS,
                              bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)  # fmt: skip
@@ -126,9 +126,11 @@ def _ensure_topic(address: KafkaAddress) -> list[int]:
                 log.info("created topic %s with %d partition(s)", address.topic, count)
             except TopicAlreadyExistsError:
                 pass  # created meanwhile by another client
-            described = _describe(admin, address)
-        if not described:
-            raise ConfigError(f"{address.key}: the broker lists the topic without partitions")
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while not (described := _describe(admin, address)) or not described["partitions"]:
+                if time.monotonic() > deadline:  # a broker error: the stream retries with backoff
+                    raise KafkaTimeoutError(f"topic {address.topic} created but not listed with partitions")
+                time.sleep(0.1)  # a new topic's metadata can lag behind its creation
         existing = sorted(p["partition_index"] for p in described["partitions"])
     finally:
         admin.close()
