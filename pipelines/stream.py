@@ -199,7 +199,8 @@ class KafkaStreamSource:
             if first_at is not None and now - first_at >= self.options.max_batch_seconds:
                 break
             if first_at is None and (now - started >= IDLE_POLL_SECONDS or should_stop()):
-                self.reader.probe()  # idle: is the broker still there? (raises if not)
+                if not should_stop():
+                    self.reader.probe()  # idle: is the broker still there? (raises if not)
                 return None
             if should_stop():
                 break  # finish the batch in hand
