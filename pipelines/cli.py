@@ -280,8 +280,8 @@ def publish(to: str, input_dir: Path) -> None:
     """Send JSON Lines events to a broker, one event per message, with publisher confirms."""
     from pipelines.sources import publish_dir
 
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a failure is reported once, by the error boundary
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     sent = publish_dir(to, input_dir)
     click.echo(f"published {sent} messages to {to.split('@')[-1]}")
 

@@ -209,6 +209,18 @@ def test_unsupported_or_malformed_sources_are_configuration_errors(tmp_path):
             open_source(uri, StreamOptions(uri))
 
 
+@pytest.mark.slow
+def test_publish_to_an_unreachable_broker_is_a_one_line_error(small_input):
+    """`revenue publish` exits 1 with one line naming the broker (no password), not a traceback."""
+    closed = _free_port()
+    for uri in (f"amqp://guest:s3cret@127.0.0.1:{closed}/%2F?queue=q", f"kafka://127.0.0.1:{closed}/t"):
+        done = subprocess.run(_cli("publish", "--to", uri, "--input", str(small_input)), env=_env(),
+                              capture_output=True, timeout=60)  # fmt: skip
+        stderr = done.stderr.decode()
+        assert done.returncode == 1 and stderr.startswith(f"error: --to {uri.replace('s3cret', '***')}: "), stderr
+        assert len(stderr.strip().splitlines()) == 1 and "s3cret" not in stderr
+
+
 # ------------------------------------------------------------------ against RabbitMQ
 
 
