@@ -5,10 +5,10 @@
           -> acknowledge at the broker (advisory: the lake's position is the truth)
           -> every --publish-every seconds, if something was committed: metrics, dbt build, gate, publish
 
-Exactly once: a stream queue or a Kafka partition resumes from the offset the lake records; a classic/quorum queue
-is acknowledged only after the commit, and what it redelivers after a crash is deduplicated by
-event id (dead letters by their message identity); a landing folder's files are recorded one by
-one in the commits. The Beam ingest's deduplication makes any replay harmless.
+Exactly once: a stream queue or a Kafka partition resumes from the offset the lake records; a
+classic/quorum queue is acknowledged only after the commit, and what it redelivers after a crash
+is deduplicated by event id (dead letters by their message identity); a landing folder's files
+are recorded one by one in the commits. The Beam ingest's deduplication makes any replay harmless.
 """
 
 from __future__ import annotations
