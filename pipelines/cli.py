@@ -226,7 +226,8 @@ def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx
 
 @cli.command(context_settings=BEAM_ARGS)
 @click.option("--source", required=True, envvar="REVENUE_STREAM_SOURCE", show_envvar=True,
-              help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum] or file:///PATH.")
+              help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum], "
+                   "kafka://HOST:PORT/TOPIC[?partitions=0,1][&group=ID] or file:///PATH.")
 @data_dir_option
 @currency_options
 @threshold_options
@@ -267,16 +268,20 @@ def _stream_logging() -> None:
     batch_log.propagate = False
     logging.getLogger("pipelines.stream").setLevel(logging.INFO)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # queue-type probing closes channels on purpose
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python logs each lost connection; we log the retry
 
 
 @cli.command()
-@click.option("--to", "to", required=True, help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum]")
+@click.option("--to", "to", required=True,
+              help="amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME[&type=stream|classic|quorum] "
+                   "or kafka://HOST:PORT/TOPIC[?partitions=0,1] (messages keyed by event id).")
 @input_option
 def publish(to: str, input_dir: Path) -> None:
     """Send JSON Lines events to a broker, one event per message, with publisher confirms."""
     from pipelines.sources import publish_dir
 
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a failure is reported once, by the error boundary
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     sent = publish_dir(to, input_dir)
     click.echo(f"published {sent} messages to {to.split('@')[-1]}")
 

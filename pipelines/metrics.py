@@ -574,37 +574,3 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
     return result
 
 
-class _WriteLateFn(beam.DoFn):
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
-        self.written = beam.metrics.Metrics.counter("metrics", "too_late_rows_written")
-
-    def process(self, table: pa.Table, timestamp=beam.DoFn.TimestampParam):
-        import uuid
-
-        rows = table.num_rows
-        late = pa.table({
-            "customer_id": table["customer_id"], "measure": table["measure"], "key": table["key"],
-            "amount": table["amount"], "count": table["count"],
-            "event_time": pa.array([timestamp.micros] * rows, pa.int64()).cast(schemas.TS),
-            "month": table["month"],
-        })  # fmt: skip
-        layout = DataLayout(Path(self.data_dir))
-        name = f"late-{uuid.uuid4().hex}"
-        written = lake.write_partitioned(late, layout.table("late_events"), "month", f"part-{name}.parquet",
-                                         [("customer_id", "ascending")])  # fmt: skip
-        lake.commit(layout, "late_events", written, name)  # one append per element: visible whole, or not at all
-        self.written.inc(rows)
-        yield from (str(p) for p in written)
-
-
-class WriteLateEvents(beam.PTransform):
-    """Sink for ``RouteLateEvents``' ``too_late`` output: the lake's ``late_events`` Delta table
-    (one append commit per element)."""
-
-    def __init__(self, layout: DataLayout):
-        super().__init__()
-        self.data_dir = str(layout.root)
-
-    def expand(self, too_late):
-        return too_late | "WriteLateEvents" >> beam.ParDo(_WriteLateFn(self.data_dir))

@@ -5,10 +5,10 @@
           -> acknowledge at the broker (advisory: the lake's position is the truth)
           -> every --publish-every seconds, if something was committed: metrics, dbt build, gate, publish
 
-Exactly once: a stream queue resumes from the offset the lake records; a classic/quorum queue
-is acknowledged only after the commit, and what it redelivers after a crash is deduplicated by
-event id (dead letters by their message identity); a landing folder's files are recorded one by
-one in the commits. The Beam ingest's deduplication makes any replay harmless.
+Exactly once: a stream queue or a Kafka partition resumes from the offset the lake records; a
+classic/quorum queue is acknowledged only after the commit, and what it redelivers after a crash
+is deduplicated by event id (dead letters by their message identity); a landing folder's files
+are recorded one by one in the commits. The Beam ingest's deduplication makes any replay harmless.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Batch:
     metadata: dict[str, str]
     messages: MessageBatch | None = None
     files: list[tuple[int, str, str]] | None = None
-    acks: list = field(default_factory=list)
+    acks: list | dict = field(default_factory=list)  # what acknowledge() confirms at the source
     first_received: float = 0.0  # wall clock of the first message (lag figures)
 
 
@@ -150,6 +150,91 @@ class AmqpStreamSource:
         return isinstance(exc, px.AMQPError | OSError)
 
 
+class KafkaStreamSource:
+    """A Kafka topic: assigned partitions read by offset from the lake's positions; the group's
+    committed offsets are set to the same positions after each commit (advisory)."""
+
+    def __init__(self, uri: str, options: StreamOptions):
+        from pipelines.sources.kafka import parse_kafka_uri
+
+        self.address = parse_kafka_uri(uri)
+        self.key = self.address.key
+        self.options = options
+        self.reader = None
+
+    def positions(self, layout, partitions) -> dict[int, int]:
+        """Each partition's next offset as every ingest table records it (the smallest: a kill
+        between a batch's table commits leaves the earlier tables ahead); absent: not recorded."""
+        found = {}
+        for partition in partitions:
+            recorded = [lake.app_version(layout, t, self.address.app_id(partition)) for t in INGEST_TABLES]
+            if all(v is not None for v in recorded):
+                found[partition] = min(recorded)
+        return found
+
+    def open(self, layout) -> None:
+        from pipelines.sources.kafka import KafkaReader, ensure_topic
+
+        partitions = ensure_topic(self.address)
+        resume = self.positions(layout, partitions)
+        self.reader = KafkaReader(self.address, self.options.max_batch_events)
+        self.reader.open(partitions, resume)
+        log.info("consuming %s partitions %s from %s", self.key, partitions,
+                 ", ".join(f"{p}:{resume.get(p, 'earliest')}" for p in partitions))  # fmt: skip
+
+    def collect(self, should_stop) -> Batch | None:
+        records = []
+        started = time.monotonic()
+        first_at = None
+        first_wall = 0.0
+        while True:
+            got = self.reader.poll(self.options.max_batch_events - len(records))
+            now = time.monotonic()
+            if got:
+                if first_at is None:
+                    first_at, first_wall = now, time.time()
+                records += got
+                if len(records) >= self.options.max_batch_events:
+                    break
+            if first_at is not None and now - first_at >= self.options.max_batch_seconds:
+                break
+            if first_at is None and (now - started >= IDLE_POLL_SECONDS or should_stop()):
+                if not should_stop():
+                    self.reader.probe()  # idle: is the broker still there? (raises if not)
+                return None
+            if should_stop():
+                break  # finish the batch in hand
+        first: dict[int, int] = {}
+        following: dict[int, int] = {}  # partition -> next offset after the batch
+        for r in records:
+            first.setdefault(r.partition, r.offset)
+            following[r.partition] = max(following.get(r.partition, 0), r.offset + 1)
+        bodies = [r.body for r in records]
+        sources = [MessageSource.of(r.label(self.address), r.offset, r.body) for r in records]
+        metadata = {"stream_source": self.key, "stream_messages": str(len(records)),
+                    "stream_first_offset": ",".join(f"{p}:{o}" for p, o in sorted(first.items())),
+                    "stream_last_offset": ",".join(f"{p}:{o - 1}" for p, o in sorted(following.items()))}  # fmt: skip
+        return Batch(len(records), {self.address.app_id(p): o for p, o in following.items()}, metadata,
+                     messages=MessageBatch(bodies, sources), acks=following, first_received=first_wall)  # fmt: skip
+
+    def acknowledge(self, batch: Batch) -> None:
+        self.reader.commit(batch.acks)
+
+    def lag(self) -> int | None:
+        return self.reader.lag() if self.reader is not None else None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    @staticmethod
+    def is_broker_error(exc: BaseException) -> bool:
+        from pipelines.sources.kafka import is_broker_error
+
+        return is_broker_error(exc)
+
+
 class FileStreamSource:
     """A landing folder: each settled new event file once, whole; up to --max-batch-events files a batch."""
 
@@ -206,8 +291,8 @@ def open_source(uri: str, options: StreamOptions):
     if scheme == "file":
         return FileStreamSource(uri, options)
     if scheme == "kafka":
-        raise ConfigError("kafka:// sources are not implemented in this release (amqp:// and file:// are)")
-    raise ConfigError(f"--source {uri.split('@')[-1]}: unsupported scheme (amqp://, file://)")
+        return KafkaStreamSource(uri, options)
+    raise ConfigError(f"--source {uri.split('@')[-1]}: unsupported scheme (amqp://, kafka://, file://)")
 
 
 # ------------------------------------------------------------------ observability
@@ -440,16 +525,22 @@ class _WarehousePublisher:
 
 
 class _Stop:
-    """SIGTERM/SIGINT: finish the batch in hand, publish, exit 0. A second signal stops at once."""
+    """SIGTERM/SIGINT (or ``stop_event``, for a consumer run in a thread): finish the batch in
+    hand, publish, exit 0. A second signal stops at once."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, event: threading.Event | None = None):
+        self.signalled = False
+        self.event = event
         self.previous = {}
 
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.event is not None and self.event.is_set())
+
     def __call__(self, signum, frame):
-        if self.requested:
+        if self.signalled:
             raise KeyboardInterrupt  # second signal: abandon (the lake is safe under a kill anyway)
-        self.requested = True
+        self.signalled = True
         log.warning("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
 
     def install(self):
@@ -472,11 +563,13 @@ class StreamResult:
     stopped_by: str = ""
 
 
-def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics | None = None) -> StreamResult:
+def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics | None = None,
+               stop_event: threading.Event | None = None) -> StreamResult:  # fmt: skip
     """Consume ``options.source`` into the lake and republish the warehouse until stopped.
 
     Returns when ``--stop-after-idle`` seconds pass with no message (after a last publish) or on
-    SIGTERM/SIGINT; a broker that is down or lost is retried with exponential backoff.
+    SIGTERM/SIGINT (or once ``stop_event`` is set); a broker that is down or lost is retried with
+    exponential backoff.
     """
     config = config.with_pii()
     layout = config.layout
@@ -485,7 +578,7 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
     metrics = metrics or StreamMetrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
-    stop = _Stop()
+    stop = _Stop(stop_event)
     stop.install()
     result = StreamResult()
     last_message = time.monotonic()

@@ -37,6 +37,11 @@ class MissingFxRate(FxError):
         self.day = day
 
 
+class BrokerUnavailable(RevenueError):
+    """A message broker could not be reached or refused a publish (``revenue publish``; the
+    stream retries instead)."""
+
+
 class LakeError(RevenueError):
     """The lake is busy (another run holds its lock) or damaged."""
 

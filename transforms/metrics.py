@@ -1,4 +1,4 @@
-"""The metrics stage's transforms: pre-aggregation per month, customer-shard facts, calendar-month windows.
+"""The metrics stage's transforms: pre-aggregation per month and customer-shard facts.
 
 ``stage_month`` (pure)
     One ``MonthSlice`` (a calendar month of lake rows as Arrow tables) -> its partial
@@ -7,18 +7,11 @@
 ``shard_facts`` (pure)
     All months of one customer shard -> ``customer_months`` rows (subscription replay,
     movements) and ``customer_lifetime`` rows.
-``CalendarMonthAggregate``
-    Windows ``(key, PARTIAL)`` into ``CalendarMonthWindows`` and merges partials per key
-    and month. Trigger: after the watermark, with optional early firings (every N
-    elements) and late firings (every late element) within ``allowed_lateness``;
-    panes accumulate. Output: ``(key, month, PARTIAL, pane timing)``.
-``RouteLateEvents``
-    Stateful, keyed by month: once the watermark has passed a month's end plus the
-    allowed lateness, later elements for that month go to the ``too_late`` output
-    (counted: ``metrics/too_late_events``) instead of being dropped by the window.
 
-``pipelines.metrics`` wires the batch pipeline (files between stages, windows over file
-references); the last two are the streaming forms, proven with ``TestStream``.
+``pipelines.metrics`` wires the pipeline (files between stages, calendar-month windows over
+file references). There is no event-time streaming form: the live mode (``revenue stream``)
+commits micro-batches to the lake and recomputes the months from the lake at each publish,
+as a batch run does, so a late event restates its month with no special path.
 """
 
 from __future__ import annotations
@@ -26,27 +19,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger as tr
-from apache_beam.transforms import userstate, window
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from transforms.calendar import (
-    CalendarMonthWindows,
     date_to_micros,
     month_of_timestamp,
     month_window,
-    next_month,
 )
 from transforms.fx import FxTable
 from transforms.revenue import (
     SUB_COLUMNS,
     add_movements,
     customer_lifetime,
-    empty_partial,
     merge_partials,
     next_changes,
     pivot_customer_months,
@@ -126,96 +112,5 @@ def month_timestamp(month: dt.date) -> Timestamp:
     return Timestamp(micros=date_to_micros(month))
 
 
-class MergePartials(beam.CombineFn):
-    """Combine PARTIAL tables: concatenation plus a grouped sum (associative, commutative)."""
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, table):
-        acc.append(table)
-        if len(acc) >= 32:  # bound memory: fold as we go
-            acc[:] = [merge_partials(acc)]
-        return acc
-
-    def merge_accumulators(self, accs):
-        return [merge_partials([t for acc in accs for t in acc])]
-
-    def extract_output(self, acc):
-        return merge_partials(acc) if acc else empty_partial()
-
-
-class _WithPane(beam.DoFn):
-    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        key, table = element
-        month = month_of_timestamp(win.start)
-        yield key, month, table, pane.timing
-
-
-class CalendarMonthAggregate(beam.PTransform):
-    def __init__(self, allowed_lateness_days: int = 0, early_every: int | None = None):
-        super().__init__()
-        if allowed_lateness_days < 0:
-            raise ValueError("allowed_lateness_days must be >= 0")
-        self.lateness = Duration(seconds=allowed_lateness_days * 86400)
-        self.early_every = early_every
-
-    def expand(self, partials):
-        early = tr.AfterCount(self.early_every) if self.early_every else None
-        late = tr.AfterCount(1) if self.lateness.micros > 0 else None
-        return (
-            partials
-            | "CalendarMonths" >> beam.WindowInto(
-                CalendarMonthWindows(),
-                trigger=tr.AfterWatermark(early=early, late=late),
-                accumulation_mode=tr.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.lateness,
-            )
-            | "MergePerMonth" >> beam.CombinePerKey(MergePartials())
-            | "WithMonth" >> beam.ParDo(_WithPane()).with_output_types(object)
-        )
-
-
-class _RouteLateFn(beam.DoFn):
-    """Keyed by month: a watermark timer at month end + lateness closes the month."""
-
-    CLOSED = userstate.ReadModifyWriteStateSpec("closed", beam.coders.BooleanCoder())
-    EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
-
-    def __init__(self, lateness_days: int):
-        self.lateness = Duration(seconds=lateness_days * 86400)
-        self.too_late = Metrics.counter("metrics", "too_late_events")
-
-    def process(self, element, closed=beam.DoFn.StateParam(CLOSED), expiry=beam.DoFn.TimerParam(EXPIRY),
-                timestamp=beam.DoFn.TimestampParam):  # fmt: skip
-        month_key, value = element
-        if closed.read():
-            self.too_late.inc()
-            yield beam.pvalue.TaggedOutput("too_late", value)
-            return
-        month = dt.date.fromisoformat(month_key)
-        expiry.set(Timestamp(micros=date_to_micros(next_month(month))) + self.lateness)
-        yield window.TimestampedValue(value, timestamp)
-
-    @userstate.on_timer(EXPIRY)
-    def on_expiry(self, closed=beam.DoFn.StateParam(CLOSED)):
-        closed.write(True)
-
-
-class RouteLateEvents(beam.PTransform):
-    """Timestamped values -> main output (on time or within lateness) and ``too_late``."""
-
-    def __init__(self, allowed_lateness_days: int = 0):
-        super().__init__()
-        self.lateness_days = allowed_lateness_days
-
-    def expand(self, values):
-        return (
-            values
-            | "KeyByMonth" >> beam.Map(lambda v, ts=beam.DoFn.TimestampParam: (month_of_timestamp(ts).isoformat(), v))
-            | "Route" >> beam.ParDo(_RouteLateFn(self.lateness_days)).with_outputs("too_late", main="on_time")
-        )
-
-
-__all__ = ["CalendarMonthAggregate", "MergePartials", "MonthSlice", "RouteLateEvents", "StagedMonth",
-           "month_of_timestamp", "month_timestamp", "month_window", "shard_facts", "stage_month"]
+__all__ = ["MonthSlice", "StagedMonth", "month_of_timestamp", "month_timestamp", "month_window", "shard_facts",
+           "stage_month"]

@@ -140,19 +140,6 @@ CUSTOMER_LIFETIME = pa.schema(
     ]
 )
 
-# Streaming only: contributions that arrived after their month's allowed lateness. They are
-# the pre-aggregated (partial) rows of transforms.revenue.PARTIAL, kept here instead of dropped.
-LATE_EVENTS = pa.schema(
-    [
-        pa.field("customer_id", pa.string()),
-        pa.field("measure", pa.string()),
-        pa.field("key", pa.string()),
-        pa.field("amount", pa.decimal128(38, 9)),
-        pa.field("count", pa.int64()),
-        pa.field("event_time", TS),  # the element's event timestamp
-    ]
-)
-
 # Derived by the metrics stage: one row per day x original currency of paid invoices and refunds,
 # each payment converted once (transforms.revenue.convert_payments) at its own day's rate.
 REVENUE_DAILY = pa.schema(
@@ -245,7 +232,6 @@ PARTITION_COLUMNS = {
     "customer_months": ("month", pa.date32()),
     "revenue_daily": ("month", pa.date32()),
     "customer_lifetime": ("as_of", pa.date32()),
-    "late_events": ("month", pa.date32()),
     "period_closes": ("month", pa.date32()),
     "closed_figures": ("month", pa.date32()),
     "restatements": ("month", pa.date32()),
@@ -261,7 +247,7 @@ DERIVED_TABLES = ("customer_months", "customer_lifetime", "revenue_daily")
 # every lake table's schema, by table name (the partition column may live only in the directory names)
 LAKE_SCHEMAS = {
     "events": EVENTS, "usage": USAGE, "dead_letter": DEAD_LETTER, "customer_months": CUSTOMER_MONTHS,
-    "customer_lifetime": CUSTOMER_LIFETIME, "revenue_daily": REVENUE_DAILY, "late_events": LATE_EVENTS,
+    "customer_lifetime": CUSTOMER_LIFETIME, "revenue_daily": REVENUE_DAILY,
     "period_closes": PERIOD_CLOSES, "closed_figures": CLOSED_FIGURES, "restatements": RESTATEMENTS,
     "restatement_events": RESTATEMENT_EVENTS,
 }  # fmt: skip

@@ -65,17 +65,17 @@ class AmqpAddress:
 def parse_amqp_uri(uri: str) -> AmqpAddress:
     parts = urlsplit(uri)
     if parts.scheme != "amqp":
-        raise ConfigError(f"{_safe(uri)}: not an amqp:// URI")
+        raise ConfigError(f"{safe_uri(uri)}: not an amqp:// URI")
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = set(query) - {"queue", "type", "prefetch"}
     if unknown:
-        raise ConfigError(f"{_safe(uri)}: unknown parameter(s) {', '.join(sorted(unknown))} (queue, type, prefetch)")
+        raise ConfigError(f"{safe_uri(uri)}: unknown parameter(s) {', '.join(sorted(unknown))} (queue, type, prefetch)")
     queue = query.get("queue", "")
     if not queue:
-        raise ConfigError(f"{_safe(uri)}: give the queue as ?queue=NAME")
+        raise ConfigError(f"{safe_uri(uri)}: give the queue as ?queue=NAME")
     queue_type = query.get("type") or None
     if queue_type is not None and queue_type not in QUEUE_TYPES:
-        raise ConfigError(f"{_safe(uri)}: type must be one of {', '.join(QUEUE_TYPES)}")
+        raise ConfigError(f"{safe_uri(uri)}: type must be one of {', '.join(QUEUE_TYPES)}")
     prefetch = None
     if "prefetch" in query:
         try:
@@ -83,12 +83,12 @@ def parse_amqp_uri(uri: str) -> AmqpAddress:
         except ValueError:
             prefetch = 0
         if not 1 <= prefetch <= MAX_PREFETCH:
-            raise ConfigError(f"{_safe(uri)}: prefetch must be an integer 1..{MAX_PREFETCH}")
+            raise ConfigError(f"{safe_uri(uri)}: prefetch must be an integer 1..{MAX_PREFETCH}")
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     try:
         port = parts.port or 5672
     except ValueError:
-        raise ConfigError(f"{_safe(uri)}: bad port") from None
+        raise ConfigError(f"{safe_uri(uri)}: bad port") from None
     return AmqpAddress(
         host=parts.hostname or "localhost", port=port, vhost=unquote(path) if path else "/", queue=queue,
         user=unquote(parts.username) if parts.username else "guest",
@@ -97,7 +97,7 @@ def parse_amqp_uri(uri: str) -> AmqpAddress:
     )  # fmt: skip
 
 
-def _safe(uri: str) -> str:
+def safe_uri(uri: str) -> str:
     """A URI for messages: the password replaced."""
     parts = urlsplit(uri)
     if parts.password:

