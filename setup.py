@@ -27,6 +27,9 @@ setup(
         "pika",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff"]},
+    extras_require={
+        "s3": ["boto3"],  # an object-store lake's writer lease (pipelines.lease); data I/O needs only pyarrow/deltalake
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "boto3", "moto[server]"],
+    },
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )
