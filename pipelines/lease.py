@@ -151,7 +151,9 @@ class ObjectLease:
                 self.etag = self._put(IfNoneMatch="*")
                 return
             except ClientError:
-                raise LakeError(f"another run is writing to {self.where} (lease held); wait for it to finish") from None
+                raise LakeError(
+                    f"another run is writing to {self.where} (lease held); wait for it to finish"
+                ) from None
         holder = json.loads(held["Body"].read() or b"{}")
         age = (dt.datetime.now(dt.UTC) - held["LastModified"]).total_seconds()
         ttl = int(holder.get("seconds") or self.seconds)

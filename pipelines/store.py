@@ -62,7 +62,9 @@ def check_lake_uri(uri: str) -> str:
 @functools.lru_cache(maxsize=8)
 def _s3_filesystem(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
                    token: str | None) -> pafs.FileSystem:  # fmt: skip
-    kwargs: dict = {"allow_delayed_open": True}  # a small file is one PUT, not a three-request multipart upload
+    kwargs: dict = {
+        "allow_delayed_open": True
+    }  # a small file is one PUT, not a three-request multipart upload
     if endpoint:
         parts = urlsplit(endpoint)
         kwargs.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
@@ -154,7 +156,11 @@ class LakeStore:
         """A Parquet file's row count, from its footer (one ranged read when the size is known)."""
         import pyarrow.dataset as ds
 
-        return ds.ParquetFileFormat().make_fragment(path, filesystem=self.filesystem, file_size=size).metadata.num_rows
+        return (
+            ds.ParquetFileFormat()
+            .make_fragment(path, filesystem=self.filesystem, file_size=size)
+            .metadata.num_rows
+        )
 
     def read_parquet(self, path: str, **options) -> pa.Table:
         return pq.read_table(path, filesystem=self.filesystem, **options)
@@ -187,7 +193,9 @@ class LakeStore:
         """Names of the immediate sub-folders of ``folder``."""
         selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
         infos = self.filesystem.get_file_info(selector)
-        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory)
+        return sorted(
+            posixpath.basename(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory
+        )
 
     def info(self, path: str) -> pafs.FileInfo:
         return self.filesystem.get_file_info(path)
@@ -209,4 +217,4 @@ class LakeStore:
         prefix = root.rstrip("/\\") + ("/" if not self.is_local else os.sep)
         if not path.startswith(prefix):
             raise ValueError(f"{path} is not under {root}")
-        return path[len(prefix):].replace(os.sep, "/")
+        return path[len(prefix) :].replace(os.sep, "/")

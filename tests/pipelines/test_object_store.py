@@ -57,7 +57,12 @@ def endpoint():
 @pytest.fixture
 def s3_env(endpoint, monkeypatch):
     """The AWS variables of the endpoint, in this process (reads) and for the CLI subprocesses."""
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1"}
+    env = {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_S3_ALLOW_UNSAFE_RENAME", raising=False)
@@ -138,7 +143,9 @@ def test_ingest_and_metrics_on_an_object_store_equal_a_local_run(s3_env, bucket,
         assert c["lines_read"] == c["rows_written"] + c["duplicates"] + c["dead_letters"]
     data, first = max(done, key=lambda pair: pair[1]["counts"]["rows_written"])
     assert sum(r["counts"]["rows_written"] for r in runs) == first["counts"]["rows_written"] > 10_000
-    revenue("metrics", "--data-dir", str(data), env={"REVENUE_LAKE_URI": uri})  # the lake from the environment
+    revenue(
+        "metrics", "--data-dir", str(data), env={"REVENUE_LAKE_URI": uri}
+    )  # the lake from the environment
 
     # the same input, run locally
     local = tmp_path / "local"
@@ -148,7 +155,9 @@ def test_ingest_and_metrics_on_an_object_store_equal_a_local_run(s3_env, bucket,
     remote = DataLayout(data, uri)
     assert counts(remote) == counts(DataLayout(local))
     assert sorted_rows(remote, "customer_months") == sorted_rows(DataLayout(local), "customer_months")
-    assert lake.versions(remote, INGEST_TABLES) == {t: 1 for t in INGEST_TABLES}  # one commit each, no duplicates
+    assert lake.versions(remote, INGEST_TABLES) == {
+        t: 1 for t in INGEST_TABLES
+    }  # one commit each, no duplicates
     assert lake.last_run_id(remote, "events") == first["run_id"]
 
     # a rerun of the same input: every line a duplicate or an already-recorded dead letter, no new rows
@@ -158,7 +167,10 @@ def test_ingest_and_metrics_on_an_object_store_equal_a_local_run(s3_env, bucket,
     assert again["rows_written"] == 0
     assert again["lines_read"] == first["counts"]["lines_read"] == again["duplicates"] + again["dead_letters"]
     assert counts(remote) == before
-    assert pc.count_distinct(lake.read_table(remote, "events", ["event_id"])["event_id"]).as_py() == before["events"]
+    assert (
+        pc.count_distinct(lake.read_table(remote, "events", ["event_id"])["event_id"]).as_py()
+        == before["events"]
+    )
 
     # maintenance on the object store: compaction, checkpoint, vacuum; the same rows
     revenue("maintain", "--data-dir", str(data), "--lake", uri, "--retention-hours", "0")
@@ -171,11 +183,15 @@ def test_ingest_and_metrics_on_an_object_store_equal_a_local_run(s3_env, bucket,
             for o in page.get("Contents", [])]  # fmt: skip
     assert keys and all(k.startswith("lake/") for k in keys)
     # (pyarrow leaves an empty "lake/_staging/" folder marker when it deletes a run's scratch folder)
-    assert not [k for k in keys if k.startswith("lake/_staging/") and not k.endswith("/") or k == "lake/_lease.json"]
+    assert not [
+        k for k in keys if k.startswith("lake/_staging/") and not k.endswith("/") or k == "lake/_lease.json"
+    ]
     assert any(k.startswith("lake/events/_delta_log/") for k in keys)
 
 
-def test_the_lease_admits_one_writer_and_is_taken_over_when_its_holder_died(s3_env, bucket, tmp_path, monkeypatch):
+def test_the_lease_admits_one_writer_and_is_taken_over_when_its_holder_died(
+    s3_env, bucket, tmp_path, monkeypatch
+):
     from pipelines import lease
     from pipelines.layout import DataLayout
     from transforms.errors import LakeError
@@ -186,16 +202,26 @@ def test_the_lease_admits_one_writer_and_is_taken_over_when_its_holder_died(s3_e
             with lease.writer_lease(layout):
                 pass
     # a holder that died without releasing (kill -9): a process of this host that no longer exists
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    client.put_object(Bucket=bucket, Key="lake/_lease.json", Body=json.dumps(
-        {"token": "gone", "host": socket.gethostname(), "pid": int(dead.stdout), "seconds": 600}).encode())
+    client.put_object(
+        Bucket=bucket,
+        Key="lake/_lease.json",
+        Body=json.dumps(
+            {"token": "gone", "host": socket.gethostname(), "pid": int(dead.stdout), "seconds": 600}
+        ).encode(),
+    )
     with lease.writer_lease(layout):
         held = json.loads(client.get_object(Bucket=bucket, Key="lake/_lease.json")["Body"].read())
         assert held["pid"] == os.getpid()
     # another machine's live lease is respected until it expires
-    client.put_object(Bucket=bucket, Key="lake/_lease.json", Body=json.dumps(
-        {"token": "other", "host": "another-machine", "pid": 1, "seconds": 600}).encode())
+    client.put_object(
+        Bucket=bucket,
+        Key="lake/_lease.json",
+        Body=json.dumps({"token": "other", "host": "another-machine", "pid": 1, "seconds": 600}).encode(),
+    )
     with pytest.raises(LakeError, match="lease held by pid 1 on another-machine"):
         with lease.writer_lease(layout):
             pass
@@ -219,7 +245,9 @@ def test_unsafe_rename_is_refused(s3_env, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_commit_on_top_of_a_stale_version_fails_instead_of_adding_a_second_runs_rows(where, request, tmp_path):
+def test_a_commit_on_top_of_a_stale_version_fails_instead_of_adding_a_second_runs_rows(
+    where, request, tmp_path
+):
     """The guard behind the lease: a run commits on top of the version it read; if another writer
     committed to the table since, Delta's conflict check (app transaction ``revenue-<table>``)
     refuses it with one line, and nothing of the run is visible."""
