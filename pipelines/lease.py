@@ -80,8 +80,12 @@ def lease_seconds() -> int:
 
 def s3_client():
     """A boto3 S3 client configured from the standard AWS environment variables."""
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise LakeError("an object-store lake needs boto3 for its writer lease: "
+                        "pip install 'revenue-analytics[s3]'") from None  # fmt: skip
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
