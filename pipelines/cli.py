@@ -23,7 +23,8 @@ from pipelines.config import (
     RunConfig,
     build_config,
 )
-from transforms.errors import RevenueError
+from pipelines.store import LAKE_URI_ENV
+from transforms.errors import ConfigError, RevenueError
 
 log = logging.getLogger("revenue")
 USAGE_EXIT = 1
@@ -62,6 +63,20 @@ def data_dir_option(func):
     return click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, envvar="REVENUE_DATA_DIR",
                         show_default=True, show_envvar=True,
                         help="Where the lake, warehouse, reports and manifests live.")(func)  # fmt: skip
+
+
+def lake_option(func):
+    return click.option("--lake", "lake_uri", default=None, envvar=LAKE_URI_ENV, show_envvar=True,
+                        help="Where the lake lives: s3://bucket/prefix (endpoint and credentials from the AWS_* "
+                             "variables) or a folder (default: DATA_DIR/lake).")(func)  # fmt: skip
+
+
+def local_lake_only(command: str) -> None:
+    """Stages other than ingest, metrics and maintain read the lake from ``DATA_DIR/lake``."""
+    uri = os.environ.get(LAKE_URI_ENV)
+    if uri and "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(f"revenue {command} reads the lake from DATA_DIR/lake, not {uri}: copy the lake there "
+                          f"(e.g. aws s3 sync) and unset {LAKE_URI_ENV}; ingest, metrics and maintain take --lake")
 
 
 def input_option(func):
@@ -136,29 +151,32 @@ def _umask() -> int:
 @cli.command(context_settings=BEAM_ARGS)
 @input_option
 @data_dir_option
+@lake_option
 @click.option("--shards", type=click.IntRange(1, 1024), default=None, help="Dedup shards (default: by input size).")
 @click.pass_context
-def ingest(ctx, input_dir: Path, data_dir: Path, shards: int | None) -> None:
-    """Parse, validate and deduplicate events into the Parquet lake. Extra args go to Beam."""
+def ingest(ctx, input_dir: Path, data_dir: Path, lake_uri: str | None, shards: int | None) -> None:
+    """Parse, validate and deduplicate events into the Delta lake. Extra args go to Beam."""
     from pipelines.ingest import run_ingest
     from pipelines.summary import print_ingest
 
-    print_ingest(run_ingest(_config(ctx, data_dir=data_dir, input_dir=input_dir, shards=shards)))
+    print_ingest(run_ingest(_config(ctx, data_dir=data_dir, input_dir=input_dir, shards=shards, lake_uri=lake_uri)))
 
 
 @cli.command(context_settings=BEAM_ARGS)
 @data_dir_option
+@lake_option
 @currency_options
 @click.option("--full-refresh", is_flag=True,
               help="Rebuild every derived table from the lake instead of only what new events change.")
 @click.pass_context
-def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, full_refresh: bool) -> None:
+def metrics(ctx, data_dir: Path, lake_uri: str | None, as_of, reporting_currency: str, fx_rates: Path | None,
+            full_refresh: bool) -> None:  # fmt: skip
     """Compute customer_months and customer_lifetime (calendar-month windows) from the lake."""
     from pipelines.metrics import run_metrics
     from pipelines.summary import print_metrics
 
     config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
-                     full_refresh=full_refresh)  # fmt: skip
+                     full_refresh=full_refresh, lake_uri=lake_uri)  # fmt: skip
     print_metrics(run_metrics(config))
 
 
@@ -174,6 +192,7 @@ def metrics(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path 
 def transform(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, no_gate: bool,
               full_refresh: bool, **thresholds) -> None:  # fmt: skip
     """dbt build into a fresh warehouse copy; publish it atomically if tests (and the gate) pass."""
+    local_lake_only("transform")
     from pipelines.quality import warehouse_gate
     from pipelines.summary import print_gate, print_transform
     from pipelines.transform import run_transform
@@ -191,6 +210,7 @@ def transform(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Pat
 @click.pass_context
 def validate(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, **thresholds) -> None:
     """Run the Great Expectations suites on the lake and the published warehouse; exit 2 on a critical failure."""
+    local_lake_only("validate")
     from pipelines.quality import raise_on_failure
     from pipelines.quality import validate as run_validate
     from pipelines.summary import print_gate
@@ -216,6 +236,7 @@ def validate(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path
 def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, quiet: bool,
         full_refresh: bool, **thresholds) -> None:  # fmt: skip
     """Ingest, metrics, dbt build, quality gate, publish and report. Exit 0 ok, 1 error, 2 quality gate failed."""
+    local_lake_only("run")
     from pipelines.run import run_all
     from pipelines.summary import print_gate, print_run
 
@@ -247,6 +268,7 @@ def stream(ctx, source: str, data_dir: Path, as_of, reporting_currency: str, fx_
            stop_after_idle: float | None, **thresholds) -> None:  # fmt: skip
     """Live mode: consume a broker queue or landing folder into the lake in micro-batches, exactly once,
     and keep the warehouse published. Extra args go to Beam."""
+    local_lake_only("stream")
     from pipelines.stream import StreamOptions, run_stream
 
     config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
@@ -292,6 +314,7 @@ def publish(to: str, input_dir: Path) -> None:
 @currency_options
 def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None) -> None:
     """Write the month's finance report (self-contained HTML) and its tables as CSV and XLSX."""
+    local_lake_only("report")
     from pipelines.report import build_report
     from transforms.calendar import parse_month
 
@@ -307,6 +330,7 @@ def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates:
 @data_dir_option
 def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
     """Close a month: freeze its reported figures; later changes to it become restatements."""
+    local_lake_only("close")
     from pipelines.closes import close_month
     from transforms.calendar import parse_month
 
@@ -326,6 +350,7 @@ def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
 @data_dir_option
 def reopen(month: str, acted_by: str, reason: str, data_dir: Path) -> None:
     """Reopen a closed month and every later closed month; their figures are live again until closed."""
+    local_lake_only("reopen")
     from pipelines.closes import reopen_month
     from transforms.calendar import parse_month
 
@@ -336,13 +361,14 @@ def reopen(month: str, acted_by: str, reason: str, data_dir: Path) -> None:
 
 @cli.command()
 @data_dir_option
+@lake_option
 @click.option("--retention-hours", type=click.IntRange(0), default=7 * 24, show_default=True,
               help="Keep every table version younger than this readable (time travel); vacuum the rest.")
-def maintain(data_dir: Path, retention_hours: int) -> None:
+def maintain(data_dir: Path, lake_uri: str | None, retention_hours: int) -> None:
     """Compact small files, checkpoint and vacuum every lake table (files of killed runs included)."""
     from pipelines.maintain import run_maintain
 
-    result = run_maintain(build_config(data_dir), retention_hours)
+    result = run_maintain(build_config(data_dir, lake_uri=lake_uri), retention_hours)
     for table, stats in result.tables.items():
         click.echo(f"{table}: version {stats['version']}, {stats['files_compacted']} small files compacted into "
                    f"{stats['files_written']}, {stats['files_vacuumed']} files vacuumed")  # fmt: skip

@@ -9,6 +9,7 @@ Environment variables (each also a flag; the flag wins):
     REVENUE_REPORTING_CURRENCY  --reporting-currency
     REVENUE_FX_RATES            --fx-rates
     REVENUE_PII_KEY             key for email hashes (unset: emails are not stored)
+    REVENUE_LAKE_URI            --lake (ingest, metrics, maintain): s3://bucket/prefix or a folder
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pipelines.layout import DataLayout
+from pipelines.store import check_lake_uri
 from transforms.errors import ConfigError, FxError, InputError, UnknownCurrency
 from transforms.fx import FxTable, load_fx
 from transforms.money import currency_exponent, minor_unit
@@ -204,7 +206,8 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
                  fx_rates: Path | str | None = None, input_dir: Path | str | None = None,
                  as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
                  shards: int | None = None, pii_key: bytes | None = None,
-                 full_refresh: bool = False, materiality: tuple | None = None) -> RunConfig:  # fmt: skip
+                 full_refresh: bool = False, materiality: tuple | None = None,
+                 lake_uri: str | None = None) -> RunConfig:  # fmt: skip
     """Validate every setting (nothing is written) and load the FX table once."""
     currency = (reporting_currency or "").strip().upper()
     try:
@@ -220,8 +223,10 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
     if thresholds and thresholds.dead_letter_ratio_warning > thresholds.dead_letter_ratio_critical:
         raise ConfigError("--dead-letter-warning must not exceed --dead-letter-critical")
     limits = Materiality() if materiality is None else check_materiality(*materiality)
+    if lake_uri and "://" in lake_uri and not lake_uri.startswith("file://"):
+        lake_uri = check_lake_uri(lake_uri)
     return RunConfig(
-        materiality=limits, layout=DataLayout(Path(data_dir)), reporting_currency=currency, fx=fx,
+        materiality=limits, layout=DataLayout(Path(data_dir), lake_uri or None), reporting_currency=currency, fx=fx,
         fx_source=str(Path(fx_rates).absolute()) if fx_rates else "bundled",
         input_dir=Path(input_dir) if input_dir is not None else None,
         as_of=check_as_of(as_of) if as_of else None, beam_args=tuple(beam_args),

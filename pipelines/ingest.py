@@ -4,6 +4,9 @@
       -> GroupByShard -> DeduplicateShard (lookups in the lake's committed tables, pinned versions)
       -> GroupByTableMonth -> WritePartitions (data files into the Delta tables' folders, uncommitted)
     then, in the driver: check conservation, one Delta commit per table, write the manifest.
+
+Scratch files (``_staging/<run>/``) and data files live in the lake's store (a local folder or an
+object store, ``pipelines.store``): workers share nothing else. Input files are read locally.
 """
 
 from __future__ import annotations
@@ -12,23 +15,21 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
 from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
+from pipelines.store import LakeStore
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, LineChunk, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
 from transforms.messages import LabelMessageSources, MessageSource
@@ -106,8 +107,8 @@ class _SpillFn(beam.DoFn):
 
     FLUSH_ROWS = 500_000
 
-    def __init__(self, stage: str, tag: str, shards: int):
-        self.stage, self.tag, self.shards = stage, tag, shards
+    def __init__(self, store: LakeStore, stage: str, tag: str, shards: int):
+        self.store, self.stage, self.tag, self.shards = store, stage, tag, shards
 
     def start_bundle(self):
         self.buffer: list[pa.Table] = []
@@ -130,18 +131,16 @@ class _SpillFn(beam.DoFn):
         self.buffer, self.rows = [], 0
         key = "raw_sha256" if self.tag == "dead_letter" else "event_id"
         for shard, part in split_by_shard(table, key, self.shards):
-            path = Path(self.stage) / "parsed" / self.tag / f"{uuid.uuid4().hex}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(part, path, compression="lz4")
-            yield shard, (self.tag, str(path))
+            path = self.store.join(self.stage, "parsed", self.tag, f"{uuid.uuid4().hex}.parquet")
+            yield shard, (self.tag, self.store.write_parquet(part, path, compression="lz4"))
 
 
 class _LinesFn(beam.DoFn):
-    def __init__(self, stage: str):
-        self.stage = stage
+    def __init__(self, store: LakeStore, stage: str):
+        self.store, self.stage = store, stage
 
     def process(self, total: int):
-        lake.write_atomic_bytes(Path(self.stage) / "stats" / "lines.json", json.dumps({"lines": total}).encode())
+        self.store.put_bytes(self.store.join(self.stage, "stats", "lines.json"), json.dumps({"lines": total}).encode())
         yield total
 
 
@@ -182,34 +181,32 @@ class LakeKeys:
 
 
 class _DedupShardFn(beam.DoFn):
-    def __init__(self, stage: str, data_dir: str, pinned: dict[str, int]):
-        self.stage, self.data_dir, self.pinned = stage, data_dir, pinned
+    def __init__(self, stage: str, layout: DataLayout, pinned: dict[str, int]):
+        self.stage, self.layout, self.pinned = stage, layout, pinned
 
     def setup(self):
-        self.keys = LakeKeys(DataLayout(Path(self.data_dir)), self.pinned)
+        self.keys = LakeKeys(self.layout, self.pinned)
+        self.store = self.layout.store
 
     def process(self, element):
         shard, refs = element
+        store = self.store
         parts = {tag: [] for tag in TAGS}
         for tag, path in refs:
-            parts[tag].append(pq.read_table(path))
+            parts[tag].append(store.read_parquet(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
         result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
                              self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
         # kept rows go aside by (table, month); one writer per table-month then writes one file per
         # partition, so the number of files does not grow with the number of dedup shards
-        kept = Path(self.stage) / "kept"
+        kept = store.join(self.stage, "kept")
         for tag, table in (("events", result.events), ("usage", result.usage)):
             for month, part in _split_by_month(table):
-                path = kept / tag / month / f"shard-{shard:03d}.parquet"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(part, path, compression="lz4")
-                yield (tag, month), str(path)
+                path = store.join(kept, tag, month, f"shard-{shard:03d}.parquet")
+                yield (tag, month), store.write_parquet(part, path, compression="lz4")
         if result.dead_letter.num_rows:
-            path = kept / "dead_letter" / "all" / f"shard-{shard:03d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(result.dead_letter, path, compression="lz4")
-            yield ("dead_letter", "all"), str(path)
+            path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.parquet")
+            yield ("dead_letter", "all"), store.write_parquet(result.dead_letter, path, compression="lz4")
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -217,7 +214,7 @@ class _DedupShardFn(beam.DoFn):
             "duplicates": result.duplicates,
             "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
         }
-        lake.write_atomic_bytes(Path(self.stage) / "stats" / f"shard-{shard:03d}.json", json.dumps(stats).encode())
+        store.put_bytes(store.join(self.stage, "stats", f"shard-{shard:03d}.json"), json.dumps(stats).encode())
 
 
 def _split_by_month(table: pa.Table):
@@ -233,20 +230,21 @@ class _WritePartitionsFn(beam.DoFn):
     """All kept rows of one table-month (from every shard) -> one sorted data file per partition,
     written into the lake table's folder (uncommitted: the driver commits the run's files at once)."""
 
-    def __init__(self, data_dir: str, run_id: str):
-        self.data_dir, self.run_id = data_dir, run_id
+    def __init__(self, layout: DataLayout, run_id: str):
+        self.layout, self.run_id = layout, run_id
 
     def process(self, element):
         (tag, _), paths = element
-        table = pa.concat_tables([pq.read_table(p) for p in sorted(paths)])
-        out = DataLayout(Path(self.data_dir)).table(tag)
+        store = self.layout.store
+        table = pa.concat_tables([store.read_parquet(p) for p in sorted(paths)])
+        out = self.layout.table_path(tag)
         name = f"part-{self.run_id}.parquet"
         if tag == "dead_letter":
             written = lake.write_partitioned(table, out, "reason", name,
-                                             [("source_file", "ascending"), ("source_line", "ascending")])  # fmt: skip
+                                             [("source_file", "ascending"), ("source_line", "ascending")], store)  # fmt: skip
         else:
             written = lake.write_partitioned(table, out, "event_date", name,
-                                             [("occurred_at", "ascending"), ("event_id", "ascending")])  # fmt: skip
+                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store)  # fmt: skip
         yield len(written)
 
 
@@ -274,7 +272,7 @@ def _tag_label(tag: str) -> str:
     return tag.title().replace("_", "")
 
 
-def build_pipeline(p: beam.Pipeline, files, stage: Path, layout: DataLayout, pinned: dict[str, int], run_id: str,
+def build_pipeline(p: beam.Pipeline, files, stage: str, layout: DataLayout, pinned: dict[str, int], run_id: str,
                    shards: int, pii: PiiPolicy, chunk_lines: int,
                    messages: MessageBatch | None = None):  # fmt: skip
     """Files (``(index, path, relative path)``), or a batch of broker ``messages``, into the lake's folders."""
@@ -288,18 +286,19 @@ def build_pipeline(p: beam.Pipeline, files, stage: Path, layout: DataLayout, pin
     if messages is not None:
         outputs = {tag: outputs[tag] | f"LabelSources{_tag_label(tag)}" >> LabelMessageSources(messages.sources, tag)
                    for tag in TAGS}  # fmt: skip
-    _ = parsed.lines | "CountLines" >> beam.CombineGlobally(sum) | "RecordLines" >> beam.ParDo(_LinesFn(str(stage)))
+    store = layout.store
+    _ = parsed.lines | "CountLines" >> beam.CombineGlobally(sum) | "RecordLines" >> beam.ParDo(_LinesFn(store, stage))
     spilled = [
-        outputs[tag] | f"Spill{_tag_label(tag)}" >> beam.ParDo(_SpillFn(str(stage), tag, shards))
+        outputs[tag] | f"Spill{_tag_label(tag)}" >> beam.ParDo(_SpillFn(store, stage, tag, shards))
         for tag in TAGS
     ]
     return (
         spilled
         | "MergeShards" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
-        | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(str(stage), str(layout.root), pinned))
+        | "DeduplicateShard" >> beam.ParDo(_DedupShardFn(stage, layout, pinned))
         | "GroupByTableMonth" >> beam.GroupByKey()
-        | "WritePartitions" >> beam.ParDo(_WritePartitionsFn(str(layout.root), run_id))
+        | "WritePartitions" >> beam.ParDo(_WritePartitionsFn(layout, run_id))
     )
 
 
@@ -342,16 +341,16 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
     shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))
     with lake.lake_lock(layout):
         pinned = lake.versions(layout, INGEST_TABLES)  # duplicates are checked against these versions
-        stage = layout.staging(run_id)
-        stage.mkdir(parents=True)
+        store, stage = layout.store, layout.staging_path(run_id)
         with lake.run_writes(layout, run_id, INGEST_TABLES) as committed_tables:
             with beam.Pipeline(options=pipeline_options(config.beam_args)) as p:
                 build_pipeline(p, files, stage, layout, pinned, run_id, shards, config.pii, chunk_lines, messages)
-            lines = json.loads((stage / "stats" / "lines.json").read_text())["lines"]
+            lines = json.loads(store.get_bytes(store.join(stage, "stats", "lines.json")))["lines"]
             totals = {"events": 0, "usage": 0, "dead_letters": 0, "duplicates": 0}
             by_reason: dict[str, int] = {}
-            for path in sorted((stage / "stats").glob("shard-*.json")):
-                stats = json.loads(path.read_text())
+            shard_stats = [f.path for f in store.files(store.join(stage, "stats")) if f.base_name.startswith("shard-")]
+            for path in shard_stats:
+                stats = json.loads(store.get_bytes(path))
                 for k in totals:
                     totals[k] += stats[k]
                 for reason, n in stats["dead_by_reason"].items():
@@ -366,9 +365,10 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
             committed = {}
             for table in INGEST_TABLES:
                 committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                                               read_version=pinned.get(table),
                                                **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
-        shutil.rmtree(stage, ignore_errors=True)
+        store.delete_dir(stage)
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
         duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,

@@ -1,6 +1,8 @@
 """The lake: Delta Lake tables (the open Delta protocol, through ``deltalake`` / delta-rs).
 
-Each table lives under ``DATA_DIR/lake/<table>/`` (paths from ``pipelines.layout``): Parquet
+Each table lives under ``DATA_DIR/lake/<table>/``, or under an object-store prefix
+(``--lake s3://bucket/prefix``; paths from ``pipelines.layout``, I/O through ``pipelines.store``:
+pyarrow.fs and deltalake, never ``os`` or ``Path``): Parquet
 data files, hive-partitioned as ``transforms.schemas.PARTITION_COLUMNS`` says, and the
 ``_delta_log/`` that says which files make each version. Writers put new data files into the
 table folder (invisible: no version names them yet) and then make them visible in ONE commit
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -29,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.layout import DataLayout
+from pipelines.lease import writer_lease
+from pipelines.store import LakeStore
 from transforms import schemas
 from transforms.errors import LakeError
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
 DELTA_LOG = "_delta_log"
+IO_THREADS = 16  # concurrent requests to an object store when writing or reading many small files
 APP_ID = "revenue"  # app transactions: "revenue-<table>" -> the number of runs committed to the table
 
 
@@ -51,13 +54,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """A local file replaced whole (manifests, local state; lake files go through ``LakeStore``)."""
+    LakeStore(str(path.parent)).put_bytes(str(path), payload)
     fsync_dir(path.parent)
 
 
@@ -66,12 +64,15 @@ def partition_dir(partition: str, value) -> str:
 
 
 def write_partitioned(
-    table: pa.Table, root: Path, partition: str, file_name: str, sort_keys: list[tuple[str, str]]
-) -> list[Path]:
-    """Write ``table`` as ``root/<partition>=<value>/<file_name>``, one file per value, rows sorted.
+    table: pa.Table, root: Path | str, partition: str, file_name: str, sort_keys: list[tuple[str, str]],
+    store: LakeStore | None = None,
+) -> list[str]:
+    """Write ``table`` as ``root/<partition>=<value>/<file_name>``, one file per value, rows sorted;
+    ``root`` is a path in ``store``'s namespace (a local folder when no store is given).
 
     Under a lake table's folder these files are uncommitted until ``commit`` names them.
     """
+    store = store or LakeStore(str(root))
     if table.num_rows == 0:
         return []
     table = table.sort_by([(partition, "ascending"), *sort_keys])
@@ -85,21 +86,30 @@ def write_partitioned(
         starts = np.array([i for i in range(len(raw_list)) if i == 0 or raw_list[i] != raw_list[i - 1]])
     ends = np.r_[starts[1:], table.num_rows]
     body = table.drop_columns([partition])
-    written = []
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        directory = root / partition_dir(partition, values[start].as_py())
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / file_name
-        pq.write_table(body.slice(start, end - start), path, **PARQUET_OPTIONS)
-        written.append(path)
-    return written
+    pieces = [(body.slice(start, end - start), store.join(str(root), partition_dir(partition, values[start].as_py()),
+                                                          file_name))
+              for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]  # fmt: skip
+
+    def write(piece) -> str:
+        return store.write_parquet(piece[0], piece[1], **PARQUET_OPTIONS)
+
+    if store.is_local or len(pieces) == 1:
+        return [write(p) for p in pieces]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:  # an object store: one round trip per file
+        return list(pool.map(write, pieces))
 
 
 # ------------------------------------------------------------------ reading
 
 
 def is_table(layout: DataLayout, table: str) -> bool:
-    return (layout.table(table) / DELTA_LOG).is_dir()
+    if layout.lake_is_local:
+        return (layout.table(table) / DELTA_LOG).is_dir()
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(layout.table_uri(table), storage_options=layout.store.storage_options)
 
 
 def open_table(layout: DataLayout, table: str, version: int | None = None):
@@ -108,7 +118,7 @@ def open_table(layout: DataLayout, table: str, version: int | None = None):
 
     if not is_table(layout, table):
         return None
-    return DeltaTable(str(layout.table(table)), version=version)
+    return DeltaTable(layout.table_uri(table), version=version, storage_options=layout.store.storage_options)
 
 
 def table_version(layout: DataLayout, table: str) -> int | None:
@@ -188,20 +198,31 @@ def counts_by(table: pa.Table, column: str) -> dict[str, int]:
 # ------------------------------------------------------------------ committing
 
 
-def _add_action(table_root: Path, path: Path, partition: str):
+def _add_actions(store: LakeStore, table_root: str, paths: list[str], partition: str) -> list:
+    """Add actions for data files under a table's root: size and time of each file, row count from
+    its footer (in parallel on an object store, where each is a round trip; the cost follows the
+    files committed, not the table's size)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from deltalake.transaction import AddAction
 
-    rel = path.relative_to(table_root).as_posix()
-    value = rel.split("/", 1)[0].split("=", 1)[1]
-    stat = path.stat()
-    rows = pq.ParquetFile(path).metadata.num_rows
-    return AddAction(rel, stat.st_size, {partition: value}, int(stat.st_mtime * 1000), True,
-                     json.dumps({"numRecords": rows}))  # fmt: skip
+    def action(path: str):
+        rel = store.relative(path, table_root)
+        value = rel.split("/", 1)[0].split("=", 1)[1]
+        info = store.info(path)
+        rows = store.parquet_rows(path, info.size)
+        mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else int(time.time() * 1000)
+        return AddAction(rel, info.size, {partition: value}, mtime, True, json.dumps({"numRecords": rows}))
+
+    if store.is_local:
+        return [action(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        return list(pool.map(action, paths))
 
 
-def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode: str = "append",
+def commit(layout: DataLayout, table: str, files: list[str], run_id: str, mode: str = "append",
            metadata: dict[str, str] | None = None, replace_partitions=None, always: bool = False,
-           app_transactions: dict[str, int] | None = None) -> int | None:  # fmt: skip
+           app_transactions: dict[str, int] | None = None, read_version: int | None = None) -> int | None:  # fmt: skip
     """Make ``files`` (written under the table's folder) visible in one commit; returns the new version.
 
     ``mode="overwrite"`` replaces the table's content with exactly these files (derived tables).
@@ -214,23 +235,33 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
     ``app_transactions`` (``{app_id: version}``) are recorded in the same commit, e.g. a stream
     consumer's source position (``stream:<source>`` -> last offset); an app id whose recorded
     version is already at or past the given one is left as it is.
+    ``read_version``: the table version the run read when it started (``versions`` under the
+    writer lease). The commit is made on top of it, so if any other writer committed to the table
+    since (which the lease should make impossible), Delta's conflict check on the app transaction
+    fails this commit instead of letting two runs' rows in (a ``LakeError``).
     """
     from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import CommitProperties, RemoveAction, Transaction
 
-    root = layout.table(table)
+    store, uri, options = layout.store, layout.table_uri(table), layout.store.storage_options
+    root = layout.table_path(table)
     schema = schemas.with_partition_column(table)
     partition = schemas.PARTITION_COLUMNS[table][0]
     if not files and mode == "append" and not replace_partitions and not always:
         return table_version(layout, table)
-    root.mkdir(parents=True, exist_ok=True)
-    delta = DeltaTable.create(str(root), schema, partition_by=[partition], mode="ignore")
+    if store.is_local:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    if read_version is not None:
+        delta = DeltaTable(uri, version=read_version, storage_options=options)
+    else:
+        delta = DeltaTable.create(uri, schema, partition_by=[partition], mode="ignore", storage_options=options)
     if mode == "overwrite":  # a table an older release created may lack columns added since
         have = {f.name for f in delta.schema().fields}
         missing = [f for f in _delta_fields(schema) if f.name not in have]
         if missing:
             delta.alter.add_columns(missing)
-            delta = DeltaTable(str(root))
+            delta = DeltaTable(uri, storage_options=options)
     app_id = f"{APP_ID}-{table}"
     runs = delta.transaction_version(app_id) or 0
     transactions = [Transaction(app_id, runs + 1)]
@@ -238,7 +269,7 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
         current = delta.transaction_version(other)
         if current is None or version > current:
             transactions.append(Transaction(other, int(version)))
-    actions = [_add_action(root, Path(f), partition) for f in sorted(files)]
+    actions = _add_actions(store, root, sorted(map(str, files)), partition)
     if replace_partitions:
         wanted = {v.isoformat() if hasattr(v, "isoformat") else str(v) for v in replace_partitions}
         current = pa.table(delta.get_add_actions(flatten=True))
@@ -248,12 +279,17 @@ def commit(layout: DataLayout, table: str, files: list[Path], run_id: str, mode:
             text = value.isoformat() if hasattr(value, "isoformat") else str(value)
             if text in wanted:
                 actions.append(RemoveAction(path, True, now, size, {partition: text}))
-    delta.create_write_transaction(
-        actions, mode, schema, partition_by=[partition],
-        commit_properties=CommitProperties(custom_metadata={"run_id": run_id, **(metadata or {})},
-                                           app_transactions=transactions),
-    )  # fmt: skip
-    return DeltaTable(str(root)).version()
+    try:
+        delta.create_write_transaction(
+            actions, mode, schema, partition_by=[partition],
+            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, **(metadata or {})},
+                                               app_transactions=transactions),
+        )  # fmt: skip
+    except CommitFailedError as exc:
+        reason = str(exc).splitlines()[0]
+        raise LakeError(f"another run committed to {table} while run {run_id} was writing ({reason}); "
+                        "nothing of this run is in that table: rerun it") from None  # fmt: skip
+    return DeltaTable(uri, storage_options=options).version()
 
 
 def _delta_fields(schema: pa.Schema):
@@ -270,19 +306,25 @@ def commit_metadata(layout: DataLayout, table: str) -> dict:
     return (delta.history(1) or [{}])[0]
 
 
-def files_by_partition(layout: DataLayout, table: str, version: int | None = None, rows: dict | None = None) -> dict:
-    """``{partition value: [absolute file URIs]}`` of one committed version (from the log: no data read).
-    ``rows``, when given, receives ``{partition value: row count}`` (the log's statistics)."""
+def files_by_partition(layout: DataLayout, table: str, version: int | None = None, rows: dict | None = None,
+                       sizes: dict | None = None) -> dict:  # fmt: skip
+    """``{partition value: [file paths]}`` of one committed version (from the log: no data read): paths
+    in the lake store's filesystem namespace (absolute paths of a local lake), read them through it.
+    ``rows``, when given, receives ``{partition value: row count}`` (the log's statistics);
+    ``sizes`` receives ``{file path: bytes}``."""
     delta = open_table(layout, table, version)
     if delta is None:
         return {}
     column = schemas.PARTITION_COLUMNS[table][0]
     actions = pa.table(delta.get_add_actions(flatten=True))
-    root = layout.table(table)
+    store, root = layout.store, layout.table_path(table)
     out: dict = {}
-    for path, value, count in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(),
-                                  actions["num_records"].to_pylist(), strict=True):  # fmt: skip
-        out.setdefault(value, []).append(str(root / path))
+    for path, value, count, size in zip(actions["path"].to_pylist(), actions[f"partition.{column}"].to_pylist(),
+                                        actions["num_records"].to_pylist(), actions["size_bytes"].to_pylist(),
+                                        strict=True):  # fmt: skip
+        out.setdefault(value, []).append(store.join(root, path))
+        if sizes is not None:
+            sizes[out[value][-1]] = size
         if rows is not None:
             rows[value] = rows.get(value, 0) + (count or 0)
     return out
@@ -294,10 +336,17 @@ def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:
     return delta.transaction_version(app_id) if delta is not None else None
 
 
-def run_files(layout: DataLayout, table: str, run_id: str) -> list[Path]:
-    """The data files a run wrote under a table's folder (``part-<run_id>*.parquet``)."""
-    root = layout.table(table)
-    return sorted(root.glob(f"*/part-{run_id}*.parquet")) if root.is_dir() else []
+def run_files(layout: DataLayout, table: str, run_id: str) -> list[str]:
+    """The data files a run wrote under a table's folder (``<partition>/part-<run_id>*.parquet``)."""
+    store, root = layout.store, layout.table_path(table)
+    found = []
+    for info in store.files(root):
+        rel = store.relative(info.path, root)
+        folder, _, name = rel.rpartition("/")
+        if folder and "/" not in folder and "=" in folder and name.startswith(f"part-{run_id}") \
+                and name.endswith(".parquet"):
+            found.append(info.path)
+    return found
 
 
 @contextlib.contextmanager
@@ -311,7 +360,7 @@ def run_writes(layout: DataLayout, run_id: str, tables):
         for table in tables:
             if table not in committed:
                 for path in run_files(layout, table, run_id):
-                    path.unlink(missing_ok=True)
+                    layout.store.delete_file(path)
         raise
 
 
@@ -320,30 +369,21 @@ def run_writes(layout: DataLayout, run_id: str, tables):
 
 @contextlib.contextmanager
 def lake_lock(layout: DataLayout):
-    """One writing run per data dir (a second one exits 1 with one line)."""
-    root = layout.lake
-    root.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock_file, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LakeError(f"another run is writing to {root} (lock held); wait for it to finish") from None
-        try:
-            upgrade(layout)
-            clean_staging(layout)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One writing run per lake (a second one exits 1 with one line): ``pipelines.lease``."""
+    with writer_lease(layout):
+        upgrade(layout)
+        clean_staging(layout)
+        yield
 
 
 def clean_staging(layout: DataLayout) -> list[str]:
     """Remove the scratch files of interrupted runs (never part of any table version)."""
     removed = []
-    if layout.staging_root.is_dir():
-        for leftover in layout.staging_root.iterdir():
-            log.warning("removing scratch files of interrupted run %s", leftover.name)
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.append(leftover.name)
+    store = layout.store
+    for leftover in store.children(layout.staging_root_path):
+        log.warning("removing scratch files of interrupted run %s", leftover)
+        store.delete_dir(store.join(layout.staging_root_path, leftover))
+        removed.append(leftover)
     return removed
 
 
@@ -352,7 +392,7 @@ def _old_format_tables(layout: DataLayout) -> list[str]:
 
     (Parquet files under a table with no log and no such index are a killed run's uncommitted
     files, never data.)"""
-    if not (layout.lake / "_index").is_dir():
+    if not layout.lake_is_local or not (layout.lake / "_index").is_dir():  # that release wrote local lakes only
         return []
     return [t for t in schemas.LAKE_SCHEMAS if layout.table(t).is_dir() and not is_table(layout, t)
             and any(layout.table(t).glob("*=*/*.parquet"))]  # fmt: skip

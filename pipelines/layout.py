@@ -6,13 +6,19 @@
       lake/<table>/_delta_log/                     a Delta table's versions (CONTRACT section 3)
       lake/<table>/<partition>=<value>/*.parquet   its data files (only those a version names count)
       lake/_staging/<run_id>/                      scratch files of a run in progress (never read as data)
-      lake/.lock                                   one writing run at a time
+      lake/.lock                                   one writing run at a time (a local lake)
+      lake/_lease.json                             one writing run at a time (an object-store lake)
       warehouse/revenue.duckdb                     the published warehouse
       warehouse/.build-<run_id>/                   a build in progress (removed by the next run if killed)
       runs/<run_id>-<command>.json                 one manifest per command run
       quality/                                     gate results and Data Docs (duckdb.tmp/: the gate's spill)
       reports/<YYYY-MM>/                           the monthly finance report and its tables
       secrets/redaction.key                        generated key for redaction when REVENUE_PII_KEY is unset
+
+The lake can live elsewhere: ``lake_uri`` (``s3://bucket/prefix``) puts every ``lake/...`` entry
+above under that prefix (``pipelines.store``). Lake data is then reached through ``store`` and the
+``*_path`` / ``table_uri`` methods (filesystem paths and deltalake URIs), never through ``Path``;
+the ``Path`` properties (``lake``, ``table``) name the local lake only.
 
 No other module joins paths under the data directory: they ask this object.
 """
@@ -24,6 +30,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.store import LakeStore
+
 WAREHOUSE_NAME = "revenue.duckdb"
 BUILD_PREFIX = ".build-"
 
@@ -31,14 +39,53 @@ BUILD_PREFIX = ".build-"
 @dataclass(frozen=True)
 class DataLayout:
     root: Path
+    lake_uri: str | None = None  # s3://bucket/prefix, or another local folder; None: DATA_DIR/lake
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).absolute())
+        uri = self.lake_uri
+        if uri and "://" not in uri or (uri or "").startswith("file://"):
+            object.__setattr__(self, "lake_uri", str(Path(uri.removeprefix("file://")).absolute()))
 
-    # ------------------------------------------------------------------ lake
+    # ------------------------------------------------------------------ lake (any store)
+    @property
+    def store(self) -> LakeStore:
+        return LakeStore(str(self.lake) if self.lake_is_local else self.lake_uri)
+
+    @property
+    def lake_is_local(self) -> bool:
+        return self.lake_uri is None or "://" not in self.lake_uri
+
+    @property
+    def lake_location(self) -> str:
+        """The lake's root as a user names it (a folder or an URI), for messages."""
+        return self.lake_uri or str(self.lake)
+
+    def table_path(self, name: str) -> str:
+        """A table's root in the store's filesystem namespace."""
+        return self.store.path(name)
+
+    def table_uri(self, name: str) -> str:
+        """A table's root as deltalake opens it."""
+        return self.store.uri(self.table_path(name))
+
+    @property
+    def staging_root_path(self) -> str:
+        return self.store.path("_staging")
+
+    def staging_path(self, run_id: str) -> str:
+        """A run's scratch folder, in the lake's store (workers on other machines share it)."""
+        return self.store.path("_staging", run_id)
+
+    @property
+    def lease_path(self) -> str:
+        return self.store.path("_lease.json")
+
+    # ------------------------------------------------------------------ lake (local folder)
     @property
     def lake(self) -> Path:
-        return self.root / "lake"
+        """The local lake folder (``DATA_DIR/lake`` unless ``lake_uri`` names another folder)."""
+        return Path(self.lake_uri) if self.lake_uri and self.lake_is_local else self.root / "lake"
 
     def table(self, name: str) -> Path:
         return self.lake / name

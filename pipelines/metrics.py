@@ -1,8 +1,9 @@
 """`revenue metrics`: the lake's events/ and usage/ -> customer_months/, customer_lifetime/, revenue_daily/.
 
 Memory is bounded by one month of events and one customer shard, never by the lake: data moves
-between the Beam stages as staged Parquet files (under ``lake/_staging/<run>/``, beside the
-tables, so workers that share only the lake's storage can run it); shuffles carry file names.
+between the Beam stages as staged Parquet files (under the lake's ``_staging/<run>/``, beside the
+tables and in the same store, local or object storage, so workers that share only the lake's
+storage can run it); shuffles carry file names. All lake I/O goes through ``pipelines.store``.
 
     ListMonths -> ReadMonth (one calendar month, pinned Delta versions)
       -> StageMonth: pre-aggregate per customer-month (Arrow), convert payments once;
@@ -28,15 +29,12 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.transforms import window
 
 from pipelines import lake
@@ -44,6 +42,7 @@ from pipelines.beam_options import pipeline_options
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
+from pipelines.store import LakeStore
 from transforms import schemas
 from transforms.calendar import CalendarMonthWindows, month_start, months_between
 from transforms.errors import ConfigError, InputError
@@ -126,8 +125,9 @@ def _duck():
     return con
 
 
-def _uri_list(files) -> str:
-    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+def _scan(store: LakeStore, files: list, schema: pa.Schema | None = None):
+    """A pyarrow dataset over some data files of the lake's store (paths or ``(path, size)``)."""
+    return store.dataset(files, schema)
 
 
 def _changed_rows(layout: DataLayout, table: str, old: int | None, new: int | None, as_of: dt.date):
@@ -143,11 +143,15 @@ def _changed_rows(layout: DataLayout, table: str, old: int | None, new: int | No
         return []
     effective = "effective_at" if table == "events" else "occurred_at"
     select = (f"select event_id, customer_id, cast(occurred_at as date) as day, "
-              f"cast(least(occurred_at, coalesce({effective}, occurred_at)) as date) as first_day from read_parquet")  # fmt: skip
+              f"cast(least(occurred_at, coalesce({effective}, occurred_at)) as date) as first_day from")  # fmt: skip
     empty = "select null::varchar as event_id, null::varchar as customer_id, null::date as day, null::date as first_day where false"
-    a = f"{select}({_uri_list(added)})" if added else empty
-    r = f"{select}({_uri_list(removed)})" if removed else empty
     con = _duck()
+    columns = sorted({"event_id", "customer_id", "occurred_at", effective})
+    for name, files in (("added_rows", added), ("removed_rows", removed)):
+        if files:
+            con.register(name, _scan(layout.store, files).to_table(columns=columns))
+    a = f"{select} added_rows" if added else empty
+    r = f"{select} removed_rows" if removed else empty
     rows = con.execute(f"""
         with a as ({a}), r as ({r})
         select customer_id, day, first_day from a where event_id not in (select event_id from r)
@@ -166,8 +170,9 @@ def _window_rows(layout: DataLayout, table: str, version: int | None, after: dt.
         return []
     effective = "effective_at" if table == "events" else "occurred_at"
     con = _duck()
+    con.register("window_rows", _scan(layout.store, files).to_table(columns=sorted({"customer_id", "occurred_at", effective})))
     rows = con.execute(f"select customer_id, cast(occurred_at as date), cast(least(occurred_at, "
-                       f"coalesce({effective}, occurred_at)) as date) from read_parquet({_uri_list(files)})").fetchall()  # fmt: skip
+                       f"coalesce({effective}, occurred_at)) as date) from window_rows").fetchall()  # fmt: skip
     con.close()
     return rows
 
@@ -217,23 +222,15 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
 # ------------------------------------------------------------------ Beam stages
 
 
-def _read_files(files: list[str], schema: pa.Schema, customers: tuple[str, ...] | None = None) -> pa.Table:
-    """Rows of some data files of one committed version (listed from its log), typed by ``schema``;
-    with ``customers``, only their rows (DuckDB pushes the filter into the scan)."""
-    import pyarrow.dataset as ds
-
+def _read_files(store: LakeStore, files: list, schema: pa.Schema,
+                customers: tuple[str, ...] | None = None) -> pa.Table:  # fmt: skip
+    """Rows of some data files of one committed version (listed from its log), typed by ``schema``
+    (only its columns are read; a column a file lacks reads as nulls); with ``customers``, only
+    their rows (the filter is pushed into the scan)."""
     if not files:
         return schema.empty_table()
-    if customers is None:  # only the schema's columns are read
-        return ds.dataset(files, schema=schema, format="parquet").to_table()
-    con = _duck()
-    con.execute("set TimeZone = 'UTC'")
-    con.register("wanted", pa.table({"customer_id": pa.array(customers, pa.string())}))
-    columns = ", ".join(f'"{name}"' for name in schema.names)
-    data = con.sql(f"select {columns} from read_parquet({_uri_list(files)}, union_by_name = true) "
-                   "where customer_id in (select customer_id from wanted)").to_arrow_table()  # fmt: skip
-    con.close()
-    return data.cast(schema)
+    wanted = None if customers is None else pc.field("customer_id").isin(pa.array(customers, pa.string()))
+    return _scan(store, files, schema).to_table(filter=wanted)
 
 
 class _ReadMonthFn(beam.DoFn):
@@ -242,7 +239,8 @@ class _ReadMonthFn(beam.DoFn):
     With customers (an incremental run), only their rows, plus every event of the listed days'
     files for revenue_daily."""
 
-    def __init__(self):
+    def __init__(self, store: LakeStore):
+        self.store = store
         self.rows_read = beam.metrics.Metrics.counter("metrics", "lake_rows_read")
         self.day_rows_read = beam.metrics.Metrics.counter("metrics", "lake_day_rows_read")
 
@@ -250,26 +248,24 @@ class _ReadMonthFn(beam.DoFn):
         month, index, files, customers, day_files = element
         tables = {}
         for table, schema in (("events", METRICS_EVENTS), ("usage", METRICS_USAGE)):
-            tables[table] = _read_files(files[table], schema, customers)
+            tables[table] = _read_files(self.store, files[table], schema, customers)
             self.rows_read.inc(tables[table].num_rows)
         daily = None
         if customers is not None:
-            daily = _read_files(day_files, METRICS_EVENTS)
+            daily = _read_files(self.store, day_files, METRICS_EVENTS)
             self.day_rows_read.inc(daily.num_rows)
         yield MonthSlice(month, tables["events"], tables["usage"], daily, index)
 
 
-def _write(table: pa.Table, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, **lake.PARQUET_OPTIONS)
-    return str(path)
+def _write(store: LakeStore, table: pa.Table, path: str) -> str:
+    return store.write_parquet(table, path, **lake.PARQUET_OPTIONS)
 
 
 class _StageMonthFn(beam.DoFn):
     """A month slice -> staged (shard, month) partial and subscription files, the month's revenue_daily file."""
 
-    def __init__(self, stage: str, run_id: str, config: RunConfig, shards: int, daily_root: str):
-        self.stage, self.run_id, self.shards, self.daily_root = Path(stage), run_id, shards, Path(daily_root)
+    def __init__(self, store: LakeStore, stage: str, run_id: str, config: RunConfig, shards: int, daily_root: str):
+        self.store, self.stage, self.run_id, self.shards, self.daily_root = store, stage, run_id, shards, daily_root
         self.fx, self.currency, self.as_of = config.fx, config.reporting_currency, config.as_of
 
     def process(self, element: MonthSlice):
@@ -279,14 +275,15 @@ class _StageMonthFn(beam.DoFn):
         if staged.daily.num_rows:
             lake.write_partitioned(staged.daily, self.daily_root, "month",
                                    f"part-{self.run_id}-m{element.month:%Y%m}-s{element.index:03d}.parquet",
-                                   [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
+                                   [("date", "ascending"), ("currency", "ascending")], self.store)  # fmt: skip
         name = f"{element.month.isoformat()}-s{element.index:03d}.parquet"
+        store = self.store
         for shard, piece in staged.partials:
-            path = _write(piece, self.stage / "partials" / f"shard-{shard:04d}" / name)
+            path = _write(store, piece, store.join(self.stage, "partials", f"shard-{shard:04d}", name))
             yield window.TimestampedValue((shard, path), month_timestamp(element.month))
         for shard, piece in staged.subscriptions:
-            yield beam.pvalue.TaggedOutput("subscriptions",
-                                           (shard, _write(piece, self.stage / "subs" / f"shard-{shard:04d}" / name)))
+            path = _write(store, piece, store.join(self.stage, "subs", f"shard-{shard:04d}", name))
+            yield beam.pvalue.TaggedOutput("subscriptions", (shard, path))
         del staged
         pa.default_memory_pool().release_unused()
 
@@ -294,8 +291,8 @@ class _StageMonthFn(beam.DoFn):
 class _MergeMonthFn(beam.DoFn):
     """One calendar-month window's partial files of a shard -> one file (merged when there are several)."""
 
-    def __init__(self, stage: str):
-        self.stage = Path(stage)
+    def __init__(self, store: LakeStore, stage: str):
+        self.store, self.stage = store, stage
 
     def process(self, element, win=beam.DoFn.WindowParam):
         shard, paths = element
@@ -304,23 +301,25 @@ class _MergeMonthFn(beam.DoFn):
             yield shard, paths[0]
             return
         month = month_of_timestamp(win.start)
-        merged = merge_partials(pq.read_table(p).cast(PARTIAL) for p in paths)
-        yield shard, _write(merged, self.stage / "partials" / f"shard-{shard:04d}" / f"{month.isoformat()}-merged.parquet")
+        store = self.store
+        merged = merge_partials(store.read_parquet(p).cast(PARTIAL) for p in paths)
+        path = store.join(self.stage, "partials", f"shard-{shard:04d}", f"{month.isoformat()}-merged.parquet")
+        yield shard, _write(store, merged, path)
 
 
 class _ShardFactsFn(beam.DoFn):
     """One customer shard's files -> its customer_months and customer_lifetime data files."""
 
-    def __init__(self, run_id: str, config: RunConfig, months_root: str, lifetime_root: str):
-        self.run_id, self.months_root, self.lifetime_root = run_id, Path(months_root), Path(lifetime_root)
+    def __init__(self, store: LakeStore, run_id: str, config: RunConfig, months_root: str, lifetime_root: str):
+        self.store, self.run_id, self.months_root, self.lifetime_root = store, run_id, months_root, lifetime_root
         self.fx, self.currency, self.as_of = config.fx, config.reporting_currency, config.as_of
 
     def process(self, element):
         from transforms.fx import MissingFxRate
 
         shard, files = element
-        partials = [pq.read_table(p).cast(PARTIAL) for p in sorted(files["partials"])]
-        subs = [pq.read_table(p) for p in sorted(files["subscriptions"])]
+        partials = [self.store.read_parquet(p).cast(PARTIAL) for p in sorted(files["partials"])]
+        subs = [self.store.read_parquet(p) for p in sorted(files["subscriptions"])]
         try:
             facts = shard_facts(partials, subs, self.fx, self.as_of, self.currency)
         except MissingFxRate as exc:
@@ -330,8 +329,8 @@ class _ShardFactsFn(beam.DoFn):
             return
         months, lifetime = facts
         name = f"part-{self.run_id}-shard{shard:04d}.parquet"  # letters between digit runs: nothing card-like
-        lake.write_partitioned(months, self.months_root, "month", name, [("customer_id", "ascending")])
-        lake.write_partitioned(lifetime, self.lifetime_root, "as_of", name, [("customer_id", "ascending")])
+        lake.write_partitioned(months, self.months_root, "month", name, [("customer_id", "ascending")], self.store)
+        lake.write_partitioned(lifetime, self.lifetime_root, "as_of", name, [("customer_id", "ascending")], self.store)
         count = months.num_rows
         del months, lifetime, facts, partials, subs
         pa.default_memory_pool().release_unused()  # one shard at a time: give its memory back before the next
@@ -339,11 +338,11 @@ class _ShardFactsFn(beam.DoFn):
 
 
 class _RecordFn(beam.DoFn):
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, store: LakeStore, path: str):
+        self.store, self.path = store, path
 
     def process(self, items):
-        lake.write_atomic_bytes(Path(self.path), json.dumps(sorted({(c, d.isoformat()) for c, d in items})).encode())
+        self.store.put_bytes(self.path, json.dumps(sorted({(c, d.isoformat()) for c, d in items})).encode())
         yield len(items)
 
 
@@ -354,31 +353,32 @@ def _shards(layout: DataLayout, pinned: dict, requested: int | None) -> int:
     return max(1, math.ceil(rows / SHARD_ROWS))
 
 
-def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage: Path,
-             roots: dict[str, Path]) -> tuple[list, int, int]:  # fmt: skip
+def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage: str,
+             roots: dict[str, str]) -> tuple[list, int, int]:  # fmt: skip
     """Run the Beam pipeline; returns the (currency, day) pairs with no FX rate, the lake rows read for
     the customers recomputed, and those read for the revenue_daily days recomputed."""
+    store = config.layout.store
     p = beam.Pipeline(options=pipeline_options(config.beam_args))
     slices = (p | "ListMonths" >> beam.Create(elements, reshuffle=False)
-              | "ReadMonth" >> beam.ParDo(_ReadMonthFn()))  # fmt: skip
+              | "ReadMonth" >> beam.ParDo(_ReadMonthFn(store)))  # fmt: skip
     staged = slices | "StageMonth" >> beam.ParDo(
-        _StageMonthFn(str(stage), run_id, config, shards, str(roots["revenue_daily"]))
+        _StageMonthFn(store, stage, run_id, config, shards, roots["revenue_daily"])
     ).with_outputs("subscriptions", "fx_missing", main="partials")
     monthly = (
         staged.partials
         | "CalendarMonths" >> beam.WindowInto(CalendarMonthWindows())
         | "GroupShardMonth" >> beam.GroupByKey()
-        | "MergeMonth" >> beam.ParDo(_MergeMonthFn(str(stage)))
+        | "MergeMonth" >> beam.ParDo(_MergeMonthFn(store, stage))
         | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
     )
     facts = ({"partials": monthly, "subscriptions": staged.subscriptions}
              | "GroupByShard" >> beam.CoGroupByKey()
-             | "ShardFacts" >> beam.ParDo(_ShardFactsFn(run_id, config, str(roots["customer_months"]),
-                                                        str(roots["customer_lifetime"])))
+             | "ShardFacts" >> beam.ParDo(_ShardFactsFn(store, run_id, config, roots["customer_months"],
+                                                        roots["customer_lifetime"]))
              .with_outputs("fx_missing", main="rows"))  # fmt: skip
     _ = ((staged.fx_missing, facts.fx_missing) | "AllFxMissing" >> beam.Flatten()
          | "CollectFxMissing" >> beam.combiners.ToList()
-         | "RecordFxMissing" >> beam.ParDo(_RecordFn(str(stage / "fx_missing.json"))))  # fmt: skip
+         | "RecordFxMissing" >> beam.ParDo(_RecordFn(store, store.join(stage, "fx_missing.json"))))  # fmt: skip
     result = p.run()
     result.wait_until_finish()
 
@@ -386,7 +386,7 @@ def _compute(config: RunConfig, run_id: str, elements: list, shards: int, stage:
         found = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
         return sum(c.committed or c.attempted or 0 for c in found)
 
-    missing = json.loads((stage / "fx_missing.json").read_text())
+    missing = json.loads(store.get_bytes(store.join(stage, "fx_missing.json")))
     return missing, counter("lake_rows_read"), counter("lake_day_rows_read")
 
 
@@ -411,8 +411,10 @@ def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: Metr
     """Elements ``(month, slice, files, customers, day files)``: each calendar month with data on or
     before the as-of date, cut into slices of whole days of at most SLICE_ROWS lake rows (memory)."""
     rows: dict = {}
-    parts = {t: lake.files_by_partition(layout, t, pinned[t], rows) if pinned.get(t) is not None else {}
+    sizes: dict = {}  # file sizes from the log: readers skip a HEAD request per file on an object store
+    parts = {t: lake.files_by_partition(layout, t, pinned[t], rows, sizes) if pinned.get(t) is not None else {}
              for t in ("events", "usage")}  # fmt: skip
+    parts = {t: {d: [(f, sizes[f]) for f in fs] for d, fs in by_day.items()} for t, by_day in parts.items()}
     days = sorted({d for t in parts for d in parts[t] if d <= as_of})
     if not days:
         raise InputError(f"no events on or before the as-of date {as_of}")
@@ -430,20 +432,20 @@ def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: Metr
     return elements
 
 
-def _read_staged(root: Path, partition: str, kind) -> pa.Table | None:
+def _read_staged(store: LakeStore, root: str, partition: str, kind) -> pa.Table | None:
     import pyarrow.dataset as ds
 
-    files = sorted(root.glob("*/*.parquet")) if root.is_dir() else []
+    files = [f.path for f in store.files(root) if f.base_name.endswith(".parquet")]
     if not files:
         return None
-    data = ds.dataset([str(f) for f in files], format="parquet",
+    data = ds.dataset(files, format="parquet", filesystem=store.filesystem,
                       partitioning=ds.partitioning(pa.schema([pa.field(partition, kind)]), flavor="hive"),
-                      partition_base_dir=str(root))  # fmt: skip
+                      partition_base_dir=root)  # fmt: skip
     return data.to_table()
 
 
-def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: dict[str, Path],
-                        meta: dict) -> tuple[dict, list]:  # fmt: skip
+def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: dict[str, str],
+                        meta: dict, read_versions: dict[str, int]) -> tuple[dict, list]:  # fmt: skip
     """Rewrite only what changed: the customer_months partitions from ``plan.from_month`` (other
     customers' rows kept, the changed customers' rows replaced), customer_lifetime (the changed
     customers' rows replaced, every row at the new as-of date) and the revenue_daily months
@@ -453,7 +455,7 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     committed, rewritten = {}, []
     # customer_months
     cm_schema = schemas.with_partition_column("customer_months")
-    new_rows = _read_staged(out["customer_months"], "month", pa.date32())
+    new_rows = _read_staged(layout.store, out["customer_months"], "month", pa.date32())
     files = []
     for month in months_between(plan.from_month, month_start(as_of)):
         existing = lake.read_table(layout, "customer_months", filter=pc.field("month") == pa.scalar(month, pa.date32()))
@@ -462,28 +464,29 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
         if new_rows is not None:
             mine = new_rows.filter(pc.equal(new_rows["month"], pa.scalar(month, pa.date32())))
             parts.append(mine.select(cm_schema.names).cast(cm_schema))
-        files += lake.write_partitioned(pa.concat_tables(parts), layout.table("customer_months"), "month",
-                                        f"part-{run_id}-inc.parquet", [("customer_id", "ascending")])  # fmt: skip
+        files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_months"), "month",
+                                        f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
         rewritten.append(month)
     committed["customer_months"] = lake.commit(layout, "customer_months", files, run_id, metadata=meta,
-                                               replace_partitions=rewritten, always=True)  # fmt: skip
+                                               replace_partitions=rewritten, always=True,
+                                               read_version=read_versions.get("customer_months"))  # fmt: skip
     # customer_lifetime: one partition (the as-of date), rewritten whole (one row per customer)
     lt_schema = schemas.with_partition_column("customer_lifetime")
     existing = lake.read_table(layout, "customer_lifetime")
     keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed)))
     keep = keep.set_column(keep.schema.get_field_index("as_of"), "as_of", pa.array([as_of] * keep.num_rows, pa.date32()))
     parts = [keep.select(lt_schema.names).cast(lt_schema)]
-    new_life = _read_staged(out["customer_lifetime"], "as_of", pa.date32())
+    new_life = _read_staged(layout.store, out["customer_lifetime"], "as_of", pa.date32())
     if new_life is not None:
         parts.append(new_life.select(lt_schema.names).cast(lt_schema))
-    files = lake.write_partitioned(pa.concat_tables(parts), layout.table("customer_lifetime"), "as_of",
-                                   f"part-{run_id}-inc.parquet", [("customer_id", "ascending")])  # fmt: skip
+    files = lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_lifetime"), "as_of",
+                                   f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
     committed["customer_lifetime"] = lake.commit(layout, "customer_lifetime", files, run_id, mode="overwrite",
-                                                 metadata=meta)  # fmt: skip
+                                                 metadata=meta, read_version=read_versions.get("customer_lifetime"))  # fmt: skip
     # revenue_daily: the months of the recomputed days
     rd_schema = schemas.with_partition_column("revenue_daily")
     days = pa.array(plan.daily_days, pa.date32())
-    new_daily = _read_staged(out["revenue_daily"], "month", pa.date32())
+    new_daily = _read_staged(layout.store, out["revenue_daily"], "month", pa.date32())
     months = sorted({month_start(d) for d in plan.daily_days})
     files = []
     for month in months:
@@ -492,10 +495,12 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
         if new_daily is not None:
             mine = new_daily.filter(pc.equal(new_daily["month"], pa.scalar(month, pa.date32())))
             parts.append(mine.select(rd_schema.names).cast(rd_schema))
-        files += lake.write_partitioned(pa.concat_tables(parts), layout.table("revenue_daily"), "month",
-                                        f"part-{run_id}-inc.parquet", [("date", "ascending"), ("currency", "ascending")])  # fmt: skip
+        files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("revenue_daily"), "month",
+                                        f"part-{run_id}-inc.parquet", [("date", "ascending"), ("currency", "ascending")],
+                                        layout.store)  # fmt: skip
     committed["revenue_daily"] = lake.commit(layout, "revenue_daily", files, run_id, metadata=meta,
-                                             replace_partitions=months, always=True)  # fmt: skip
+                                             replace_partitions=months, always=True,
+                                             read_version=read_versions.get("revenue_daily"))  # fmt: skip
     return committed, rewritten
 
 
@@ -510,6 +515,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
         config = config.resolve_as_of()
         as_of = config.as_of
         pinned = lake.versions(layout, ("events", "usage"))  # this run reads exactly these versions
+        read_versions = lake.versions(layout, schemas.DERIVED_TABLES)  # and commits on top of these
         plan = plan_run(config, pinned)
         log.info("metrics: %s (%s)", plan.mode, plan.reason)
         meta = {STATE_KEY: json.dumps(_state(config, pinned), sort_keys=True)}
@@ -518,11 +524,10 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             committed = lake.versions(layout, schemas.DERIVED_TABLES)
         else:
             elements = _month_elements(layout, pinned, as_of, plan)
-            stage = layout.staging(run_id)
-            stage.mkdir(parents=True)
+            store, stage = layout.store, layout.staging_path(run_id)
             incremental = plan.mode == "incremental"
-            out = ({t: stage / "out" / t for t in schemas.DERIVED_TABLES} if incremental
-                   else {t: layout.table(t) for t in schemas.DERIVED_TABLES})  # fmt: skip
+            out = ({t: store.join(stage, "out", t) for t in schemas.DERIVED_TABLES} if incremental
+                   else {t: layout.table_path(t) for t in schemas.DERIVED_TABLES})  # fmt: skip
             n_shards = 1 if incremental else _shards(layout, pinned, shards or config.shards)
             with lake.run_writes(layout, run_id, schemas.DERIVED_TABLES) as committed_tables:
                 missing, rows_read, day_rows_read = _compute(config, run_id, elements, n_shards, stage, out)
@@ -532,16 +537,17 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                     raise ConfigError(f"no FX rate for {missing_currency} -> {currency} on or before {day}{more}; "
                                       "add it to the FX file (--fx-rates)")  # fmt: skip
                 if incremental:
-                    committed, rewritten = _commit_incremental(config, run_id, plan, out, meta)
+                    committed, rewritten = _commit_incremental(config, run_id, plan, out, meta, read_versions)
                     committed_tables.update(schemas.DERIVED_TABLES)
                 else:
                     # each derived table replaced whole, one commit each, all carrying this run's state: a
                     # kill between them leaves them from different runs, and the next run rebuilds them all
                     for table in schemas.DERIVED_TABLES:
                         committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
-                                                       mode="overwrite", metadata=meta)  # fmt: skip
+                                                       mode="overwrite", metadata=meta,
+                                                       read_version=read_versions.get(table))  # fmt: skip
                         committed_tables.add(table)
-            shutil.rmtree(stage, ignore_errors=True)
+            store.delete_dir(stage)
     cm = lake.read_table(layout, "customer_months", ["customer_id", "month", "mrr"],
                          version=committed["customer_months"],
                          filter=pc.field("month") == pa.scalar(month_start(as_of), pa.date32()))  # fmt: skip

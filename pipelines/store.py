@@ -1,0 +1,220 @@
+"""Where the lake lives: a local folder or an S3-compatible object store.
+
+Every read and write of lake data (Delta tables and the run's scratch files under ``_staging/``)
+goes through a ``LakeStore``: ``pyarrow.fs`` for data files and ``deltalake`` with
+``storage_options`` for the tables' logs, so Beam workers on other machines that share only the
+object store can run every stage that writes the lake.
+
+The location is ``DATA_DIR/lake`` by default, or an URI (``--lake s3://bucket/prefix`` or
+``REVENUE_LAKE_URI``). The endpoint and credentials of an S3 location come from the standard
+AWS variables: ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), ``AWS_REGION`` (or
+``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+and ``AWS_ALLOW_HTTP=true`` for a plain-HTTP endpoint (a local test server).
+
+Delta commits on S3: delta-rs writes each log entry with a put-if-absent (``If-None-Match: *``,
+``conditional_put=etag``); the unsafe-rename fallback is refused (``AWS_S3_ALLOW_UNSAFE_RENAME``
+would let two writers overwrite each other's commits).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from transforms.errors import ConfigError
+
+LAKE_URI_ENV = "REVENUE_LAKE_URI"
+SCHEMES = ("s3",)
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_lake_uri(uri: str) -> str:
+    """An object-store lake location (``s3://bucket[/prefix]``), normalised (no trailing slash)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in SCHEMES or not parts.netloc:
+        raise ConfigError(f"--lake {uri!r}: expected a local folder or s3://bucket/prefix")
+    if _true(os.environ.get("AWS_S3_ALLOW_UNSAFE_RENAME")):
+        raise ConfigError("AWS_S3_ALLOW_UNSAFE_RENAME=true lets two writers overwrite each other's Delta commits "
+                          "on S3; unset it (delta-rs commits with put-if-absent)")  # fmt: skip
+    endpoint = _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint and urlsplit(endpoint).scheme == "http" and not _true(os.environ.get("AWS_ALLOW_HTTP")):
+        raise ConfigError(f"AWS_ENDPOINT_URL {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
+                   token: str | None) -> pafs.FileSystem:  # fmt: skip
+    kwargs: dict = {
+        "allow_delayed_open": True
+    }  # a small file is one PUT, not a three-request multipart upload
+    if endpoint:
+        parts = urlsplit(endpoint)
+        kwargs.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
+    if region:
+        kwargs["region"] = region
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass(frozen=True)
+class LakeStore:
+    """The lake's root: ``uri`` is an absolute local folder or ``s3://bucket/prefix``.
+
+    Paths handed around (``path``) are in the filesystem's namespace: an absolute local path, or
+    ``bucket/prefix/...`` on S3; ``uri`` turns one into what deltalake opens."""
+
+    location: str
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.location
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        return _s3_filesystem(_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+                              _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY"), _env("AWS_SESSION_TOKEN"))  # fmt: skip
+
+    @property
+    def root(self) -> str:
+        """The lake root in the filesystem's namespace."""
+        return self.location if self.is_local else self.location.split("://", 1)[1]
+
+    def path(self, *parts: str) -> str:
+        """A path under the lake root."""
+        return self.join(self.root, *parts)
+
+    def join(self, base: str, *parts: str) -> str:
+        """``base`` (a path of this store) joined with relative ``parts``."""
+        return os.path.join(base, *parts) if self.is_local else posixpath.join(base, *parts)
+
+    def uri(self, path: str) -> str:
+        """What deltalake (and a user) opens for a filesystem path of this store."""
+        return path if self.is_local else f"{self.location.split('://', 1)[0]}://{path}"
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """deltalake's options for this store (None for a local folder)."""
+        if self.is_local:
+            return None
+        options = {"conditional_put": "etag", "AWS_S3_ALLOW_UNSAFE_RENAME": "false"}
+        for option, names in (("AWS_ENDPOINT_URL", ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")),
+                              ("AWS_REGION", ("AWS_REGION", "AWS_DEFAULT_REGION")),
+                              ("AWS_ACCESS_KEY_ID", ("AWS_ACCESS_KEY_ID",)),
+                              ("AWS_SECRET_ACCESS_KEY", ("AWS_SECRET_ACCESS_KEY",)),
+                              ("AWS_SESSION_TOKEN", ("AWS_SESSION_TOKEN",)),
+                              ("AWS_ALLOW_HTTP", ("AWS_ALLOW_HTTP",))):  # fmt: skip
+            value = _env(*names)
+            if value:
+                options[option] = value
+        return options
+
+    # ------------------------------------------------------------------ files
+
+    def _parent(self, path: str) -> None:
+        if self.is_local:  # object stores have no folders to create
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write_parquet(self, table: pa.Table, path: str, **options) -> str:
+        self._parent(path)
+        pq.write_table(table, path, filesystem=self.filesystem, **options)
+        return path
+
+    def dataset(self, files, schema: pa.Schema | None = None):
+        """A pyarrow dataset over Parquet files of this store: paths, or ``(path, size)`` pairs (a
+        known size saves a HEAD request per file on an object store)."""
+        import pyarrow.dataset as ds
+
+        if schema is None or not all(isinstance(f, tuple) for f in files):
+            return ds.dataset([f[0] if isinstance(f, tuple) else f for f in files], schema=schema, format="parquet",
+                              filesystem=self.filesystem)  # fmt: skip
+        fmt, fs = ds.ParquetFileFormat(), self.filesystem
+        fragments = [fmt.make_fragment(path, filesystem=fs, file_size=size) for path, size in files]
+        return ds.FileSystemDataset(fragments, schema, fmt, fs)
+
+    def parquet_rows(self, path: str, size: int | None = None) -> int:
+        """A Parquet file's row count, from its footer (one ranged read when the size is known)."""
+        import pyarrow.dataset as ds
+
+        return (
+            ds.ParquetFileFormat()
+            .make_fragment(path, filesystem=self.filesystem, file_size=size)
+            .metadata.num_rows
+        )
+
+    def read_parquet(self, path: str, **options) -> pa.Table:
+        return pq.read_table(path, filesystem=self.filesystem, **options)
+
+    def put_bytes(self, path: str, payload: bytes) -> None:
+        """Write a small object whole: a PUT on an object store, write-then-rename on a local disk."""
+        self._parent(path)
+        if self.is_local:
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            return
+        with self.filesystem.open_output_stream(path) as out:
+            out.write(payload)
+
+    def get_bytes(self, path: str) -> bytes:
+        with self.filesystem.open_input_stream(path) as handle:
+            return handle.read()
+
+    def files(self, folder: str, recursive: bool = True) -> list[pafs.FileInfo]:
+        """Files under ``folder`` (none if it does not exist), sorted by path."""
+        selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+        found = [f for f in self.filesystem.get_file_info(selector) if f.type == pafs.FileType.File]
+        return sorted(found, key=lambda f: f.path)
+
+    def children(self, folder: str) -> list[str]:
+        """Names of the immediate sub-folders of ``folder``."""
+        selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
+        infos = self.filesystem.get_file_info(selector)
+        return sorted(
+            posixpath.basename(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory
+        )
+
+    def info(self, path: str) -> pafs.FileInfo:
+        return self.filesystem.get_file_info(path)
+
+    def delete_file(self, path: str) -> None:
+        try:
+            self.filesystem.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def delete_dir(self, folder: str) -> None:
+        try:
+            self.filesystem.delete_dir(folder)
+        except FileNotFoundError:
+            pass
+
+    def relative(self, path: str, root: str) -> str:
+        """``path`` relative to ``root`` (both in this store's namespace), with forward slashes."""
+        prefix = root.rstrip("/\\") + ("/" if not self.is_local else os.sep)
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under {root}")
+        return path[len(prefix) :].replace(os.sep, "/")
