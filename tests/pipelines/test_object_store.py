@@ -261,22 +261,21 @@ def test_a_commit_on_top_of_a_stale_version_fails_instead_of_adding_a_second_run
     uri = None if where == "local" else f"s3://{request.getfixturevalue('bucket')}/lake"
     layout = DataLayout(tmp_path, uri)
     import datetime as dt
-    from decimal import Decimal
 
-    table = pa.Table.from_pylist([{"customer_id": "c", "measure": "usage", "key": "api_calls", "amount": Decimal(1),
-                                   "count": 1, "event_time": dt.datetime(2025, 1, 2, tzinfo=dt.UTC),
+    table = pa.Table.from_pylist([{"action": "close", "acted_at": dt.datetime(2025, 2, 1, tzinfo=dt.UTC),
+                                   "acted_by": "finance", "note": None, "lake_versions": "{}",
                                    "month": dt.date(2025, 1, 1)}],
-                                 schema=schemas.with_partition_column("late_events"))  # fmt: skip
+                                 schema=schemas.with_partition_column("period_closes"))  # fmt: skip
 
     def write(run: str) -> list[str]:
-        return lake.write_partitioned(table, layout.table_path("late_events"), "month", f"part-{run}.parquet",
-                                      [("customer_id", "ascending")], layout.store)  # fmt: skip
+        return lake.write_partitioned(table, layout.table_path("period_closes"), "month", f"part-{run}.parquet",
+                                      [("acted_at", "ascending")], layout.store)  # fmt: skip
 
-    lake.commit(layout, "late_events", write("runa"), "runa")
-    read = lake.table_version(layout, "late_events")  # both runs start from here
-    lake.commit(layout, "late_events", write("runb"), "runb", read_version=read)
-    with pytest.raises(LakeError, match="another run committed to late_events") as raised:
-        lake.commit(layout, "late_events", write("runc"), "runc", read_version=read)
+    lake.commit(layout, "period_closes", write("runa"), "runa")
+    read = lake.table_version(layout, "period_closes")  # both runs start from here
+    lake.commit(layout, "period_closes", write("runb"), "runb", read_version=read)
+    with pytest.raises(LakeError, match="another run committed to period_closes") as raised:
+        lake.commit(layout, "period_closes", write("runc"), "runc", read_version=read)
     assert "\n" not in str(raised.value)
-    assert lake.read_table(layout, "late_events").num_rows == 2
-    assert lake.last_run_id(layout, "late_events") == "runb"
+    assert lake.read_table(layout, "period_closes").num_rows == 2
+    assert lake.last_run_id(layout, "period_closes") == "runb"
