@@ -70,21 +70,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_rss(pid: int) -> tuple[float, dict[int, float]]:
-    """RSS MB of the consumer's child processes (the publishing process and what it runs), and the
-    CPU seconds of each (a long-lived child is not in the consumer's waited-for children's CPU)."""
-    total, cpu = 0.0, {}
+def tree_rss(pid: int) -> float:
+    """RSS MB of the consumer's child processes (the publishing process and what it runs)."""
+    total = 0.0
     for child in descendants(pid):
         try:
             status = Path(f"/proc/{child}/status").read_text()
-            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        cpu[child] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
-    return total, cpu
+    return total
 
 
 def start_tansu(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -228,7 +225,6 @@ def main() -> None:
     reader.start()
     samples: list[tuple[float, float]] = []
     child_samples: list[float] = []
-    child_cpu: dict[int, float] = {}  # pid -> latest CPU seconds seen
     peak = cpu = 0.0
     started = time.time()
     publisher = threading.Thread(target=publish_all, daemon=True)
@@ -237,12 +233,14 @@ def main() -> None:
         try:
             rss, peak, cpu = proc_stats(consumer.pid)
             samples.append((time.time() - started, rss))
-            rss_children, cpu_children = tree_rss(consumer.pid)
-            child_samples.append(rss_children)
-            child_cpu.update(cpu_children)
+            child_samples.append(tree_rss(consumer.pid))
         except (OSError, KeyError):
             pass
         time.sleep(1.0)
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the consumer and every process it waited for
+    tree_cpu = usage.ru_utime + usage.ru_stime
     reader.join(timeout=5)
     publisher.join(timeout=5)
     conn["publisher"].close()
@@ -288,8 +286,8 @@ def main() -> None:
         child_thirds = [max(child_samples[int(i * len(child_samples) / 3):int((i + 1) * len(child_samples) / 3)] or [0])
                         for i in range(3)]  # fmt: skip
         print(f"child processes (publishing process, dbt): peak RSS {max(child_samples):.0f} MB; peak per third "
-              f"of the run {' / '.join(f'{m:.0f}' for m in child_thirds)} MB; CPU seen in child processes "
-              f"{sum(child_cpu.values()):.0f}s (sampled each second: may overlap the consumer's CPU above)")
+              f"of the run {' / '.join(f'{m:.0f}' for m in child_thirds)} MB")
+    print(f"CPU of the consumer and all its child processes: {tree_cpu:.0f}s")
 
 
 if __name__ == "__main__":
