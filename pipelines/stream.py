@@ -63,6 +63,41 @@ class Batch:
     first_received: float = 0.0  # wall clock of the first message (lag figures)
 
 
+class _BatchWindow:
+    """When a batch closes: ``--max-batch-seconds`` after its first message reached the consumer.
+
+    Messages that arrive while the previous batch commits wait in the client's buffer (the broker
+    pushes up to the prefetch count); their window counts from the end of the previous collection,
+    not from when the loop comes back to read them, so the commit time is not paid twice (once
+    waiting for the commit, once more waiting for a fresh window). What is already buffered when
+    that window has run out is still read (``DRAIN_SECONDS`` at least), so a batch is never cut
+    to a single message. After an idle poll the next batch's window starts at its first message.
+    """
+
+    DRAIN_SECONDS = 0.25
+
+    def __init__(self, max_batch_seconds: float):
+        self.max_batch_seconds = max_batch_seconds
+        self.resume_at: tuple[float, float] | None = None  # (monotonic, wall) the previous collection ended
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.first: tuple[float, float] | None = None
+
+    def received(self, now: float) -> None:
+        if self.first is None:
+            self.first = self.resume_at if self.resume_at is not None else (now, time.time())
+
+    def closed(self, now: float) -> bool:
+        return self.first is not None and now >= max(self.first[0] + self.max_batch_seconds,
+                                                     self.started + self.DRAIN_SECONDS)  # fmt: skip
+
+    def finish(self, got_batch: bool) -> float:
+        """The collection ended; returns the batch's first-message wall clock (0.0: no batch)."""
+        self.resume_at = (time.monotonic(), time.time()) if got_batch else None
+        return self.first[1] if got_batch and self.first is not None else 0.0
+
+
 # ------------------------------------------------------------------ sources
 
 
@@ -76,6 +111,7 @@ class AmqpStreamSource:
         self.key = self.address.key
         self.app_id = f"stream:{self.key}"
         self.options = options
+        self.window = _BatchWindow(options.max_batch_seconds)
         self.consumer = None
         self.batches = 0  # a classic queue's batch counter (its app transaction: no replayable position)
 
@@ -84,6 +120,7 @@ class AmqpStreamSource:
 
         recorded = [lake.app_version(layout, t, self.app_id) for t in INGEST_TABLES]
         position = None if any(v is None for v in recorded) else min(recorded)
+        self.window.resume_at = None
         self.consumer = AmqpConsumer(self.address, self.options.max_batch_events)
         self.consumer.open(position + 1 if position is not None else None)
         self.batches = max((v for v in recorded if v is not None), default=0)
@@ -93,24 +130,24 @@ class AmqpStreamSource:
 
     def collect(self, should_stop) -> Batch | None:
         deliveries = []
-        started = time.monotonic()
-        first_at = None
-        first_wall = 0.0
+        window = self.window
+        window.start()
         while True:
             delivery = self.consumer.poll()
             now = time.monotonic()
             if delivery is not None:
-                if first_at is None:
-                    first_at, first_wall = now, time.time()
+                window.received(now)
                 deliveries.append(delivery)
                 if len(deliveries) >= self.options.max_batch_events:
                     break
-            if first_at is not None and now - first_at >= self.options.max_batch_seconds:
+            if window.closed(now):
                 break
-            if first_at is None and (now - started >= IDLE_POLL_SECONDS or should_stop()):
+            if not deliveries and (now - window.started >= IDLE_POLL_SECONDS or should_stop()):
+                window.finish(False)
                 return None
             if should_stop():
                 break  # finish the batch in hand
+        first_wall = window.finish(True)
         bodies = [d.body for d in deliveries]
         sources = [MessageSource.of(d.label, d.position, d.body) for d in deliveries]
         if self.consumer.is_stream:
@@ -160,6 +197,7 @@ class KafkaStreamSource:
         self.address = parse_kafka_uri(uri)
         self.key = self.address.key
         self.options = options
+        self.window = _BatchWindow(options.max_batch_seconds)
         self.reader = None
 
     def positions(self, layout, partitions) -> dict[int, int]:
@@ -177,6 +215,7 @@ class KafkaStreamSource:
 
         partitions = ensure_topic(self.address)
         resume = self.positions(layout, partitions)
+        self.window.resume_at = None
         self.reader = KafkaReader(self.address, self.options.max_batch_events)
         self.reader.open(partitions, resume)
         log.info("consuming %s partitions %s from %s", self.key, partitions,
@@ -184,26 +223,26 @@ class KafkaStreamSource:
 
     def collect(self, should_stop) -> Batch | None:
         records = []
-        started = time.monotonic()
-        first_at = None
-        first_wall = 0.0
+        window = self.window
+        window.start()
         while True:
             got = self.reader.poll(self.options.max_batch_events - len(records))
             now = time.monotonic()
             if got:
-                if first_at is None:
-                    first_at, first_wall = now, time.time()
+                window.received(now)
                 records += got
                 if len(records) >= self.options.max_batch_events:
                     break
-            if first_at is not None and now - first_at >= self.options.max_batch_seconds:
+            if window.closed(now):
                 break
-            if first_at is None and (now - started >= IDLE_POLL_SECONDS or should_stop()):
+            if not records and (now - window.started >= IDLE_POLL_SECONDS or should_stop()):
+                window.finish(False)
                 if not should_stop():
                     self.reader.probe()  # idle: is the broker still there? (raises if not)
                 return None
             if should_stop():
                 break  # finish the batch in hand
+        first_wall = window.finish(True)
         first: dict[int, int] = {}
         following: dict[int, int] = {}  # partition -> next offset after the batch
         for r in records:
@@ -394,12 +433,17 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     """
     from pipelines.metrics import run_metrics
     from pipelines.quality import warehouse_gate
-    from pipelines.transform import run_transform
+    from pipelines.transform import LAKE_SOURCES, run_transform
 
     config = config.resolve_as_of()
     metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
+    # the build reads the events and usage versions the metrics read (batches go on committing meanwhile)
+    # and the derived tables those metrics wrote; the dead letters as they are now
+    pinned = {**lake.versions(config.layout, ("dead_letter",)),
+              **{t: v for t, v in metrics.lake_versions.items() if t in LAKE_SOURCES}}  # fmt: skip
     gate = warehouse_gate(config, run_id=run_id)
-    transform = _waiting_for_lake(lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False))
+    transform = _waiting_for_lake(lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,
+                                                        pinned=pinned))  # fmt: skip
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
@@ -419,22 +463,38 @@ def _waiting_for_lake(step):
             waited += LOCK_RETRY_SECONDS
 
 
-def _child_publish(config: RunConfig, run_id: str, conn) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for this publish
+def _publish_worker(conn) -> None:
+    """The publishing process: imports the stages (Beam, dbt's orchestration, Great Expectations)
+    once, then runs ``publish_warehouse`` for each request until told to stop (``None``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for a publish
     _die_with_parent()
-    try:
-        conn.send(("ok", publish_warehouse(config, run_id)))
-    except RevenueError as exc:
-        conn.send(("error", exc))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
-        conn.send(("crash", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
+    import great_expectations  # noqa: F401 - imported once here (seconds), not in every publish
+
+    import pipelines.metrics  # noqa: F401
+    import pipelines.quality  # noqa: F401
+    import pipelines.transform  # noqa: F401
+
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        config, run_id = request
+        try:
+            conn.send(("ok", publish_warehouse(config, run_id)))
+        except RevenueError as exc:
+            conn.send(("error", exc))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
+            conn.send(("crash", f"{type(exc).__name__}: {exc}"))
+            return
 
 
 def _die_with_parent() -> None:
-    """Linux: a consumer killed with -9 takes its publishing child with it (a killed publish is safe:
-    the warehouse is replaced atomically, the lake's commits are whole or absent)."""
+    """Linux: a consumer killed with -9 takes its publishing process with it (a killed publish is safe:
+    the warehouse is replaced atomically, the lake's commits are whole or absent). The kernel sends
+    the signal when the thread that started the process ends: start it from the consumer's main thread."""
     try:
         import ctypes
 
@@ -443,26 +503,63 @@ def _die_with_parent() -> None:
         pass
 
 
-def _publish_in_child(config: RunConfig, run_id: str) -> dict:
-    """``publish_warehouse`` in a child process: its Python work (metrics, the gate) does not share
-    the consumer's interpreter lock, so batches keep their pace while the warehouse is rebuilt."""
-    import multiprocessing
+class _PublishProcess:
+    """A long-lived child process that runs ``publish_warehouse``: its Python work (metrics, the gate)
+    does not share the consumer's interpreter lock, so batches keep their pace while the warehouse is
+    rebuilt, and its imports and start-up are paid once, not at every publish. Replaced after
+    ``MAX_PUBLISHES`` publishes (memory stays bounded whatever the libraries cache) or a crash."""
 
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_publish, args=(config, run_id, send), name="publish-warehouse")
-    child.start()
-    send.close()
-    try:
-        kind, value = receive.recv()
-    except EOFError:
-        kind, value = "crash", f"the publishing process died (exit {child.join() or child.exitcode})"
-    child.join()
-    if kind == "ok":
-        return value
-    if kind == "error":
-        raise value
-    raise RuntimeError(value)
+    MAX_PUBLISHES = 40
+
+    def __init__(self):
+        self.process = None
+        self.conn = None
+        self.publishes = 0
+
+    def ensure_started(self) -> None:
+        """(Re)start the process if needed; call from the consumer's main thread (see _die_with_parent)."""
+        if self.process is not None and self.process.is_alive() and self.publishes < self.MAX_PUBLISHES:
+            return
+        self.stop()
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_conn = context.Pipe(duplex=True)
+        self.process = context.Process(target=_publish_worker, args=(child_conn,), name="publish-warehouse",
+                                       daemon=True)  # fmt: skip
+        self.process.start()
+        child_conn.close()
+        self.publishes = 0
+
+    def publish(self, config: RunConfig, run_id: str) -> dict:
+        self.publishes += 1
+        try:
+            self.conn.send((config, run_id))
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            kind, value = "crash", f"the publishing process died (exit {self.process.exitcode})"
+        if kind == "crash":
+            self.publishes = self.MAX_PUBLISHES  # replaced before the next publish
+        if kind == "ok":
+            return value
+        if kind == "error":
+            raise value
+        raise RuntimeError(value)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        self.process = self.conn = None
 
 
 class _WarehousePublisher:
@@ -473,12 +570,21 @@ class _WarehousePublisher:
         self.config, self.metrics, self.result = config, metrics, result
         self.thread: threading.Thread | None = None
         self.crash: BaseException | None = None
+        self.worker = _PublishProcess()
+
+    def prepare(self) -> None:
+        """Start the publishing process ahead of the first publish (its imports take seconds)."""
+        self.worker.ensure_started()
+
+    def close(self) -> None:
+        self.worker.stop()
 
     @property
     def busy(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
     def start(self, reason: str, received: float) -> None:
+        self.worker.ensure_started()  # here, in the consumer's main thread
         self.thread = threading.Thread(target=self._run, args=(reason, received), name="publish-warehouse",
                                        daemon=True)  # fmt: skip
         self.thread.start()
@@ -499,7 +605,7 @@ class _WarehousePublisher:
         started = time.monotonic()
         record = {"kind": "publish", "run_id": run_id, "reason": reason}
         try:
-            record.update(_publish_in_child(self.config, run_id))
+            record.update(self.worker.publish(self.config, run_id))
             record["status"] = "success"
             self.metrics.published_received = received
             self.result.publishes += 1
@@ -589,6 +695,8 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
     connected = False
 
     publisher = _WarehousePublisher(config, metrics, result)
+    if options.warehouse:
+        publisher.prepare()
 
     def publish(reason: str) -> None:
         """Start a background publish of what the lake holds now (if none is running)."""
@@ -659,6 +767,8 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
         stop.restore()
         source.close()
         metrics.stop()
+        if not publisher.busy:  # a second signal may leave a publish running: the process dies with us
+            publisher.close()
     summary = {"stopped_by": result.stopped_by, "batches": result.batches, "messages": result.messages,
                "publishes": result.publishes, "publish_failures": result.publish_failures,
                "reconnects": result.reconnects}  # fmt: skip

@@ -182,8 +182,12 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
                pinned: dict[str, int]) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
     """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
     ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes."""
-    project, target = build_root / "project", build_root / "target"
-    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"))
+    workspace = config.layout.dbt_workspace
+    project, target = workspace / "project", workspace / "target"
+    shutil.rmtree(project, ignore_errors=True)  # a fresh copy, at the same path as the previous build's
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"),
+                    copy_function=shutil.copyfile)  # new files under the umask: this copy stays between builds
+    (target / "run_results.json").unlink(missing_ok=True)  # only this build's results are read back
     _write_fx_seed(project, config)
     loaded = _start_build(config, project, build_file, pinned)
     closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
@@ -219,9 +223,11 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
     published = layout.warehouse
     with warehouse_lock(layout):
-        build_root = layout.build_dir(run_id)
+        # the build file's path is in dbt's profile: a path that changed would make dbt parse everything again
+        build_root = layout.dbt_workspace / "build"
         build_file = build_root / published.name
         try:
+            shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
             build_root.mkdir(parents=True)
             dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published

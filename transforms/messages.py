@@ -56,25 +56,30 @@ def label_table(table: pa.Table, sources: list[MessageSource], tag: str) -> pa.T
 
 
 class _LabelFn(beam.DoFn):
-    def __init__(self, sources: list[MessageSource], tag: str):
+    def __init__(self, sources, tag: str):
         self.sources, self.tag = sources, tag
 
+    def setup(self):
+        self.loaded = self.sources() if callable(self.sources) else self.sources
+
     def process(self, table: pa.Table):
-        yield label_table(table, self.sources, self.tag)
+        yield label_table(table, self.loaded, self.tag)
 
 
 class LabelMessageSources(beam.PTransform):
     """Staging tables of one tag (``events``, ``usage`` or ``dead_letter``) parsed from a message
     batch -> the same rows with their message's label, position and (dead letters) key.
 
-    Configured with the batch's ``MessageSource`` list (index = line number - 1); bounded input.
+    Configured with the batch's ``MessageSource`` list (index = line number - 1), or a picklable
+    callable that returns it in the workers' ``setup`` (a large batch then does not travel inside
+    the pipeline's definition, which Beam pickles and compresses); bounded input.
     """
 
-    def __init__(self, sources: list[MessageSource], tag: str):
+    def __init__(self, sources, tag: str):
         super().__init__()
         if tag not in ("events", "usage", "dead_letter"):
             raise ValueError(f"unknown tag {tag!r}")
-        self.sources, self.tag = list(sources), tag
+        self.sources, self.tag = (sources if callable(sources) else list(sources)), tag
 
     def expand(self, tables):
         return tables | "Label" >> beam.ParDo(_LabelFn(self.sources, self.tag))

@@ -860,3 +860,39 @@ def test_kafka_broker_lost_while_idle_is_reported_and_retried(small_input, tmp_p
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "revenue.stream"]
     waits = [r["retry_in"] for r in records if r["kind"] == "broker_unavailable"]
     assert waits and waits == [0.5 * 2**i for i in range(len(waits))], waits
+
+
+def test_batch_window_counts_buffered_messages_from_the_end_of_the_previous_collection(monkeypatch):
+    """Messages that arrived while the previous batch committed do not wait for a fresh window;
+    after an idle poll, a batch's window starts at its first message; buffered messages are
+    still drained for a moment when the window has already run out."""
+    from pipelines import stream
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(stream.time, "monotonic", lambda: clock["now"])
+    window = stream._BatchWindow(max_batch_seconds=5.0)
+
+    window.start()  # first batch: the window starts at its first message
+    clock["now"] = 101.0
+    window.received(clock["now"])
+    assert not window.closed(105.9) and window.closed(106.0)
+    clock["now"] = 106.0
+    window.finish(True)  # collection ends at 106; the commit then takes 3 s
+
+    clock["now"] = 109.0
+    window.start()
+    window.received(109.0)  # buffered during the commit: counts from 106
+    assert not window.closed(110.9) and window.closed(111.0)
+
+    clock["now"] = 111.0
+    window.finish(True)
+    clock["now"] = 119.0  # a commit longer than the window: drain what is buffered, briefly
+    window.start()
+    window.received(119.0)
+    assert not window.closed(119.1) and window.closed(119.0 + stream._BatchWindow.DRAIN_SECONDS)
+
+    window.finish(False)  # an idle poll: the next window starts at its own first message
+    clock["now"] = 130.0
+    window.start()
+    window.received(131.0)
+    assert not window.closed(135.9) and window.closed(136.0)
