@@ -265,35 +265,36 @@ _MESSAGES_SCHEMA = pa.schema([("body", pa.binary()), ("label", pa.string()), ("p
                               ("digest", pa.string())])  # fmt: skip
 
 
-def stage_messages(messages: MessageBatch, stage: Path) -> str:
+def stage_messages(messages: MessageBatch, store, stage: str) -> str:
     """Write a message batch into the run's staging folder (Arrow IPC); the pipeline reads it from there.
 
     Handing the bodies to ``beam.Create`` instead would put them in the pipeline's definition, which
     Beam pickles, compresses and unpickles again: about a third of a 5,000-message batch's time."""
-    path = stage / "messages.arrow"
+    path = store.join(stage, "messages.arrow")
     table = pa.table({"body": pa.array(messages.bodies, pa.binary()),
                       "label": pa.array([s.label for s in messages.sources], pa.string()),
                       "position": pa.array([s.position for s in messages.sources], pa.int64()),
                       "digest": pa.array([s.digest for s in messages.sources], pa.string())},
                      schema=_MESSAGES_SCHEMA)  # fmt: skip
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _MESSAGES_SCHEMA) as writer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, _MESSAGES_SCHEMA) as writer:
         writer.write_table(table)
-    return str(path)
+    store.put_bytes(path, sink.getvalue().to_pybytes())  # in the lake's store: workers elsewhere read it too
+    return path
 
 
-def _read_staged_messages(path: str) -> pa.Table:
-    with pa.memory_map(path) as source:
-        return pa.ipc.open_file(source).read_all()
+def _read_staged_messages(store, path: str) -> pa.Table:
+    return pa.ipc.open_file(pa.BufferReader(store.get_bytes(path))).read_all()
 
 
 class StagedMessageSources:
     """The ``MessageSource`` list of a staged batch, loaded where the labelling runs (picklable)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, store, path: str):
+        self.store, self.path = store, path
 
     def __call__(self) -> list[MessageSource]:
-        table = _read_staged_messages(self.path)
+        table = _read_staged_messages(self.store, self.path)
         return [MessageSource(label, position, digest) for label, position, digest in
                 zip(table["label"].to_pylist(), table["position"].to_pylist(), table["digest"].to_pylist(),
                     strict=True)]  # fmt: skip
@@ -302,11 +303,11 @@ class StagedMessageSources:
 class _MessageChunksFn(beam.DoFn):
     """A staged message batch -> ``LineChunk``s of one pseudo-file (line = index in the batch + 1)."""
 
-    def __init__(self, chunk_lines: int):
-        self.chunk_lines = chunk_lines
+    def __init__(self, store, chunk_lines: int):
+        self.store, self.chunk_lines = store, chunk_lines
 
     def process(self, path: str):
-        bodies = _read_staged_messages(path)["body"].to_pylist()
+        bodies = _read_staged_messages(self.store, path)["body"].to_pylist()
         for start in range(0, len(bodies), self.chunk_lines):
             yield LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, tuple(bodies[start:start + self.chunk_lines]))
 
@@ -323,13 +324,13 @@ def build_pipeline(p: beam.Pipeline, files, stage: str, layout: DataLayout, pinn
         chunks = (p | "ListFiles" >> beam.Create(files, reshuffle=False)
                   | "ReadEventFiles" >> ReadEventFiles(chunk_lines))  # fmt: skip
     else:
-        staged = stage_messages(messages, stage)
+        staged = stage_messages(messages, layout.store, stage)
         chunks = (p | "StagedMessages" >> beam.Create([staged], reshuffle=False)
-                  | "MessageChunks" >> beam.ParDo(_MessageChunksFn(chunk_lines)))  # fmt: skip
+                  | "MessageChunks" >> beam.ParDo(_MessageChunksFn(layout.store, chunk_lines)))  # fmt: skip
     parsed = chunks | "ParseEventLines" >> ParseEventLines(pii)
     outputs = {tag: parsed[tag] for tag in TAGS}
     if messages is not None:
-        sources = StagedMessageSources(staged)
+        sources = StagedMessageSources(layout.store, staged)
         outputs = {tag: outputs[tag] | f"LabelSources{_tag_label(tag)}" >> LabelMessageSources(sources, tag)
                    for tag in TAGS}  # fmt: skip
     store = layout.store
