@@ -27,7 +27,7 @@ browser:
 	@command -v chromium >/dev/null || { echo "chromium is needed for the report test (Debian: apt-get install chromium)"; exit 1; }
 
 test: venv lint browser
-	.venv/bin/python -m pytest -q -n 2 --dist loadfile
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf data/lake data/warehouse data/reports data/quality data/runs dbt_project/target dbt_project/logs
