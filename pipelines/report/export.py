@@ -46,20 +46,17 @@ EXACT_DIGITS = 15  # a decimal with at most this many significant digits survive
 
 def _xlsx_column_writer(sheet, kind: pa.DataType, formats: dict):
     """How one column's values go into cells, chosen once per column from its Arrow type."""
-    if pa.types.is_decimal(kind):
-        def write(row, col, value):  # exact: a number when a double keeps every digit, else its text
-            if len(value.as_tuple().digits) <= EXACT_DIGITS:
+    if pa.types.is_decimal(kind) or pa.types.is_integer(kind):
+        exact = ((lambda v: len(v.as_tuple().digits) <= EXACT_DIGITS) if pa.types.is_decimal(kind)
+                 else (lambda v: abs(v) < 2**53))  # fmt: skip
+
+        def write(row, col, value):  # a number when Excel's double keeps every digit, else its exact text
+            if exact(value):
                 sheet.write_number(row, col, value)
             else:
                 sheet.write_string(row, col, str(value))
     elif pa.types.is_boolean(kind):
         write = sheet.write_boolean
-    elif pa.types.is_integer(kind):
-        def write(row, col, value):
-            if abs(value) < 2**53:
-                sheet.write_number(row, col, value)
-            else:
-                sheet.write_string(row, col, str(value))
     elif pa.types.is_floating(kind):
         write = sheet.write_number
     elif pa.types.is_timestamp(kind):

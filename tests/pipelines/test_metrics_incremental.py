@@ -56,7 +56,9 @@ def derived(data_dir: Path) -> dict[str, list]:
     return out
 
 
-def run_batches(root: Path, batches: list[list[str]]) -> list:
+def run_batches(root: Path, batches: list[list[str]], after=None) -> list:
+    """Each non-empty batch ingested then run through metrics into ``root/seq``; ``after(data_dir)``,
+    when given, runs after each batch's metrics (e.g. a warehouse build)."""
     data = root / "seq"
     results = []
     for i, batch in enumerate(batches):
@@ -67,6 +69,8 @@ def run_batches(root: Path, batches: list[list[str]]) -> list:
             continue
         run_ingest(cfg(data, input_dir=folder), write_run_manifest=False)
         results.append(run_metrics(cfg(data), write_run_manifest=False))
+        if after is not None:
+            after(data)
     return results
 
 
@@ -250,14 +254,7 @@ def test_incremental_warehouse_equals_one_shot_warehouse(lines, tmp_path_factory
     root = tmp_path_factory.mktemp("incremental-warehouse")
     data = root / "seq"
     loads = []
-    for i, batch in enumerate(split):
-        folder = root / f"batch-{i}"
-        folder.mkdir()
-        (folder / "events.jsonl").write_text("".join(batch))
-        run_ingest(cfg(data, input_dir=folder), write_run_manifest=False)
-        config = cfg(data).resolve_as_of()
-        run_metrics(config, write_run_manifest=False)
-        loads.append(run_transform(config).lake_load)
+    run_batches(root, split, after=lambda d: loads.append(run_transform(cfg(d).resolve_as_of()).lake_load))
     assert [load["mode"] for load in loads] == ["full", "incremental"], loads
 
     one = run_once(root, split)
