@@ -90,14 +90,22 @@ class Frame:
         if self.frame is not None:
             yield self.frame
             return
+        import pyarrow as pa
+
+        # DuckDB hands out record batches of any size up to the one asked for (often one vector of
+        # 2,048 rows): gather them into batches of BATCH_ROWS, so that a row-set expectation such as
+        # uniqueness sees the whole frame whenever it fits in one batch, whatever the scan order
         reader = self.con.sql(self.sql, params=self.params).to_arrow_reader(BATCH_ROWS)
-        seen = False
+        pending, rows, seen = [], 0, False
         for batch in reader:
-            if batch.num_rows or not seen:
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= BATCH_ROWS:
                 seen = True
-                yield _to_pandas(batch)
-        if not seen:
-            yield _to_pandas(reader.schema.empty_table())
+                yield _to_pandas(pa.Table.from_batches(pending, reader.schema))
+                pending, rows = [], 0
+        if rows or not seen:
+            yield _to_pandas(pa.Table.from_batches(pending, reader.schema))
 
 
 def _to_pandas(data):

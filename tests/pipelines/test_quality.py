@@ -108,3 +108,22 @@ def test_events_after_the_as_of_date_are_a_reported_warning(ingested, tmp_path):
     assert result.passed
     warned = {(o.suite, w["column"]) for o in result.suites for w in o.warnings}
     assert ("lake_events", "occurred_at") in warned and ("lake_usage", "occurred_at") in warned
+
+
+def test_frame_batches_gather_duckdb_chunks_up_to_the_batch_size(monkeypatch):
+    """DuckDB returns small record batches; the gate validates batches of BATCH_ROWS, so a table that
+    fits in one batch is validated as a whole (a duplicate id is seen whatever the scan order)."""
+    import duckdb
+
+    from pipelines import quality
+
+    monkeypatch.setattr(quality, "BATCH_ROWS", 5_000)
+    con = duckdb.connect()
+    con.execute("create table t as select i, i % 11_999 as id from range(12_000) r(i)")  # ids 0 and 11999 collide
+    sizes = [len(f) for f in quality.Frame(con, "select * from t").batches()]
+    assert sum(sizes) == 12_000 and all(s >= 5_000 for s in sizes[:-1]) and len(sizes) == 3
+    monkeypatch.setattr(quality, "BATCH_ROWS", 100_000)
+    (whole,) = list(quality.Frame(con, "select * from t").batches())
+    assert whole["id"].duplicated().sum() == 1
+    (empty,) = list(quality.Frame(con, "select * from t where false").batches())
+    assert len(empty) == 0 and list(empty.columns) == ["i", "id"]
