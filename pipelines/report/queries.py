@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from pipelines import lake
 from pipelines.config import RunConfig
-from pipelines.report.period import PeriodFigures, read_period
+from pipelines.report.period import PeriodFigures, arrow, read_period
 from transforms.errors import ConfigError, InputError
 
 # the month's rows of these tables are exported as CSV and XLSX
@@ -85,7 +85,7 @@ def read_month(config: RunConfig, month: dt.date) -> MonthFigures:
                                'order by 1, 2', [month, month, month]),
             usage=_rows(con, 'select meter, sum(quantity) as quantity, sum(usage_revenue) as usage_revenue '
                              'from fct_usage_monthly where "month" = ? group by 1 order by 1', [month]),
-            tables={name: _arrow(con.execute(sql, [month])) for name, sql in EXPORTS.items()},
+            tables={name: arrow(con, sql, [month]) for name, sql in EXPORTS.items()},
         )  # fmt: skip
         figures.period = read_period(con, month)
         figures.tables.update(figures.period.tables)
@@ -97,10 +97,6 @@ def read_month(config: RunConfig, month: dt.date) -> MonthFigures:
     figures.dead_by_reason = sorted(lake.counts_by(lake.read_table(layout, "dead_letter", ["reason"]), "reason").items())
     figures.lake_counts = {t: lake.row_count(layout, t) for t in ("events", "usage")}  # from the log: no data read
     return figures
-
-
-def _arrow(cursor) -> pa.Table:
-    return cursor.to_arrow_table()
 
 
 def latest_ingest_counts(config: RunConfig) -> dict | None:
