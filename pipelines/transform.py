@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import closes, lake, warehouse_lake
+from pipelines import closes, lake, quality, warehouse_lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -229,6 +229,8 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         try:
             shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
             build_root.mkdir(parents=True)
+            if gate is not None:
+                quality.prewarm()  # the gate's imports load while dbt builds
             dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
             gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
             restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
