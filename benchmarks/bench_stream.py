@@ -70,10 +70,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_rss(pid: int) -> float:
-    """RSS MB of the consumer's child processes (the publishing process and what it runs)."""
+def tree_rss(pid: int, direct_only: bool = False) -> float:
+    """RSS MB of the consumer's child processes (the publishing process and what it runs; with
+    ``direct_only``, the publishing process alone, without its dbt runs)."""
     total = 0.0
-    for child in descendants(pid):
+    children = descendants(pid)
+    if direct_only:
+        children = [c for c in children if _parent(c) == pid]
+    for child in children:
         try:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:
@@ -82,6 +86,13 @@ def tree_rss(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start_tansu(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -227,7 +238,8 @@ def main() -> None:
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     samples: list[tuple[float, float]] = []
-    child_samples: list[float] = []
+    child_samples: list[tuple[float, float]] = []
+    publisher_samples: list[tuple[float, float]] = []
     peak = cpu = 0.0
     load_start = os.getloadavg()[0]
     started = time.time()
@@ -238,6 +250,7 @@ def main() -> None:
             rss, peak, cpu = proc_stats(consumer.pid)
             samples.append((time.time() - started, rss))
             child_samples.append((time.time() - started, tree_rss(consumer.pid)))
+            publisher_samples.append((time.time() - started, tree_rss(consumer.pid, direct_only=True)))
         except (OSError, KeyError):
             pass
         time.sleep(1.0)
@@ -297,15 +310,19 @@ def main() -> None:
                         for i in range(3)]  # fmt: skip
         print(f"child processes (publishing process, dbt): peak RSS {max(child_rss):.0f} MB; peak per third "
               f"of the run {' / '.join(f'{m:.0f}' for m in child_thirds)} MB")
+    publisher_rss = [m for _, m in publisher_samples if m > 0]
+    if publisher_rss:
+        print(f"publishing process alone (without its dbt runs): RSS at its start {publisher_rss[0]:.0f} MB, "
+              f"at the end {publisher_rss[-1]:.0f} MB, peak {max(publisher_rss):.0f} MB")
     print(f"CPU of the consumer and all its child processes: {tree_cpu:.0f}s")
     segments = args.segments or max(1, min(10, round(args.seconds / 60)))
     print_segments(segments, started, sent_at, lake_lag_by_offset, warehouse_lag_by_offset, batches, publishes,
-                   samples, child_samples)  # fmt: skip
+                   samples, child_samples, publisher_samples)  # fmt: skip
     print_lake_files(data_dir)
 
 
 def print_segments(segments: int, started: float, sent_at, lake_lags: dict, warehouse_lags: dict, batches,
-                   publishes, samples, child_samples) -> None:  # fmt: skip
+                   publishes, samples, child_samples, publisher_samples) -> None:  # fmt: skip
     """Lags (by publish time of the message), batch and publish durations (by when they ended) and RSS
     per segment of the publishing time: flat figures mean a stream that does not slow down as it goes."""
     if not sent_at:
@@ -317,9 +334,10 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
         return min(segments - 1, max(0, int((t - t0) / width)))
 
     print(f"per segment of {width:.0f}s of publishing (lags by publish time; batches, publishes and RSS by wall "
-          "clock; RSS: the consumer at the segment's end, its child processes' peak in it):")
+          "clock; RSS: the consumer at the segment's end, its child processes' peak in it, the publishing process's "
+          "own peak in it):")
     print("  segment | lake p50 / p95 / max | warehouse p50 / p95 / max | batches, mean s | publishes, mean s "
-          "| consumer RSS | children peak")
+          "| consumer RSS | children peak | publisher peak")
     for i in range(segments):
         lo, hi = t0 + i * width, t0 + (i + 1) * width
         lake = [lag for off, lag in lake_lags.items() if segment(sent_at[off]) == i]
@@ -328,6 +346,7 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
         seg_publishes = [r["seconds"] for t, r in publishes if segment(t) == i]
         rss = [m for t, m in samples if lo - started <= t < hi - started] or [float("nan")]
         child = [m for t, m in child_samples if lo - started <= t < hi - started] or [float("nan")]
+        own = [m for t, m in publisher_samples if lo - started <= t < hi - started] or [float("nan")]
 
         def trio(values):
             if not values:
@@ -336,7 +355,8 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
 
         print(f"  {i + 1:>7} | {trio(lake):>20} | {trio(ware):>25} | {len(seg_batches):>3}, "
               f"{sum(seg_batches) / max(1, len(seg_batches)):5.2f} | {len(seg_publishes):>3}, "
-              f"{sum(seg_publishes) / max(1, len(seg_publishes)):5.1f} | {rss[-1]:>8.0f} MB | {max(child):>8.0f} MB")
+              f"{sum(seg_publishes) / max(1, len(seg_publishes)):5.1f} | {rss[-1]:>8.0f} MB | {max(child):>8.0f} MB "
+              f"| {max(own):>8.0f} MB")
 
 
 def print_lake_files(data_dir: Path) -> None:
