@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench-stream"))
     parser.add_argument("--broker", choices=("amqp", "kafka"), default="amqp")
     parser.add_argument("--kafka", help="HOST:PORT of a Kafka broker (default: start the bundled Tansu)")
+    parser.add_argument("--log", type=Path, help="Write the consumer's JSON log lines (batches, publishes) here.")
     parser.add_argument("--segments", type=int, default=0,
                         help="Also print the figures per segment of the publishing time (default: one a minute, "
                              "at most 10), to see whether lags and memory stay flat.")
@@ -268,6 +269,8 @@ def main() -> None:
     if consumer.returncode != 0:
         raise SystemExit(f"consumer exited {consumer.returncode}")
 
+    if args.log is not None:
+        args.log.write_text("".join(json.dumps({"t": round(t - started, 3), **r}) + "\n" for t, r in records))
     batches = [(t, r) for t, r in records if r["kind"] == "batch"]
     publishes = [(t, r) for t, r in records if r["kind"] == "publish" and r["status"] == "success"]
     lake_lag, warehouse_lag = [], []

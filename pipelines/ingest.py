@@ -46,6 +46,10 @@ GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the 
 # small files, the batch merges them (every later lookup and read opens each file: see ingest_batch)
 STREAM_COMPACT_MIN_FILES = 4
 STREAM_COMPACT_TARGET_BYTES = 16 << 20  # bigger files are left to `revenue maintain`
+# a batch merges at most about this many times the files it wrote to a table (more than the
+# steady state needs), so partitions that reach the threshold together are merged over a few
+# batches instead of all in one
+STREAM_COMPACT_BUDGET = 2
 
 
 @dataclass
@@ -375,9 +379,11 @@ def ingest_batch(config: RunConfig, *, files: list[tuple[int, str, str]] | None 
 
     Then, still under the writer lease, each table's partitions holding ``compact_min_files`` small
     files or more are compacted in a commit of their own that changes no rows (``lake.compact_small_files``;
-    0: never). Without it every batch adds a file to each partition it touches, and the duplicate
-    lookups of every later batch, the publish's reads and the Delta log all grow with the number of
-    batches: with it, a partition holds fewer than ``compact_min_files`` small files after any batch.
+    0: never), the fullest first, up to about ``STREAM_COMPACT_BUDGET`` times the files the batch
+    wrote to the table. Without it every batch adds a file to each partition it touches, and the
+    duplicate lookups of every later batch, the publish's reads and the Delta log all grow with the
+    number of batches: with it, a partition holds a bounded number of small files (a partition left
+    for a later batch by the budget gains at most one file a batch meanwhile).
     A kill before or during the compaction leaves the batch committed and the files as they were
     (the next batch compacts them; the compaction's unnamed files go at the next ``revenue maintain``).
     """
@@ -388,8 +394,9 @@ def ingest_batch(config: RunConfig, *, files: list[tuple[int, str, str]] | None 
                    compact_min_files=compact_min_files)
 
 
-def _compact_small_files(layout: DataLayout, run_id: str, min_files: int) -> dict[str, dict]:
-    """Each ingest table's partitions with ``min_files`` small files or more, compacted (see ingest_batch).
+def _compact_small_files(layout: DataLayout, run_id: str, min_files: int, written: dict[str, int]) -> dict[str, dict]:
+    """Each ingest table's partitions with ``min_files`` small files or more, compacted (see ingest_batch),
+    about ``STREAM_COMPACT_BUDGET`` times the files the batch ``written`` to the table at most.
 
     The batch is committed whatever happens here: a compaction the storage refuses is logged and
     left to the next batch (or ``revenue maintain``), never a failed batch."""
@@ -398,7 +405,8 @@ def _compact_small_files(layout: DataLayout, run_id: str, min_files: int) -> dic
     out = {}
     for table in INGEST_TABLES:
         try:
-            merged = lake.compact_small_files(layout, table, run_id, min_files, STREAM_COMPACT_TARGET_BYTES)
+            merged = lake.compact_small_files(layout, table, run_id, min_files, STREAM_COMPACT_TARGET_BYTES,
+                                              max_files=STREAM_COMPACT_BUDGET * max(1, written.get(table, 0)))
         except (DeltaError, OSError) as exc:
             log.warning("compacting %s after batch %s failed (left for the next batch): %s", table, run_id, exc)
             continue
@@ -443,14 +451,16 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
                 )
             # one commit per table; a kill between two commits is made whole by the next run, whose
             # deduplication sees the committed table's events as duplicates
-            committed = {}
+            committed, written = {}, {}
             for table in INGEST_TABLES:
-                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                files = lake.run_files(layout, table, run_id)
+                written[table] = len(files)
+                committed[table] = lake.commit(layout, table, files, run_id,
                                                read_version=pinned.get(table),
                                                **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
         store.delete_dir(stage)
-        compacted = _compact_small_files(layout, run_id, compact_min_files) if compact_min_files else {}
+        compacted = _compact_small_files(layout, run_id, compact_min_files, written) if compact_min_files else {}
         committed.update({t: c["version"] for t, c in compacted.items()})
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],

@@ -294,7 +294,8 @@ def commit(layout: DataLayout, table: str, files: list[str], run_id: str, mode: 
 
 
 def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: int = 2,
-                        target_bytes: int | None = None, metadata: dict[str, str] | None = None) -> dict:
+                        target_bytes: int | None = None, metadata: dict[str, str] | None = None,
+                        max_files: int | None = None) -> dict:
     """Merge the small data files of each partition holding at least ``min_files`` of them, in ONE
     commit that only rearranges files (Delta's OPTIMIZE: its adds and removes carry
     ``dataChange=false``, so readers, time travel and the app transactions that record stream
@@ -302,12 +303,16 @@ def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: 
     replays a checkpoint and the few commits after it, not every commit since the table began.
 
     A file of ``target_bytes`` or more is never rewritten (``None``: delta-rs's default, 100 MB), so
-    a partition's rewrite stays bounded however large it grows. Called under the writer lease (by
+    a partition's rewrite stays bounded however large it grows. ``max_files``: merge the partitions
+    with the most small files first, until about that many files (at least one partition): the
+    rest wait for the next call, so one call's cost stays bounded. Called under the writer lease (by
     ``revenue maintain``, and by the stream after a batch's commits). Returns what was merged:
-    ``{"version", "partitions", "files_removed", "files_added"}`` (``{}`` if nothing needed it).
+    ``{"version", "partitions", "files_removed", "files_added", "seconds", "checkpoint_seconds"}``
+    (``{}`` if nothing needed it).
     """
     from deltalake.transaction import CommitProperties
 
+    started = time.monotonic()
     delta = open_table(layout, table)
     if delta is None:
         return {}
@@ -315,7 +320,14 @@ def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: 
     actions = pa.table(delta.get_add_actions(flatten=True))
     small = actions.filter(pc.less(actions["size_bytes"], target_bytes or COMPACT_TARGET_BYTES))
     counts = pc.value_counts(small[f"partition.{column}"]).to_pylist() if small.num_rows else []
-    wanted = sorted(_partition_text(c["values"]) for c in counts if c["counts"] >= min_files)
+    eligible = sorted(((c["counts"], _partition_text(c["values"])) for c in counts if c["counts"] >= min_files),
+                      key=lambda c: (-c[0], c[1]))  # fmt: skip
+    wanted, files = [], 0
+    for count, value in eligible:
+        if wanted and max_files is not None and files + count > max_files:
+            break
+        wanted.append(value)
+        files += count
     if not wanted:
         return {}
     merged = delta.optimize.compact(
@@ -323,9 +335,11 @@ def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: 
         commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "compaction": "small files",
                                                             **(metadata or {})}),
     )  # fmt: skip
+    merge_seconds = time.monotonic() - started
     delta.create_checkpoint()
     return {"version": delta.version(), "partitions": len(wanted), "files_removed": merged.get("numFilesRemoved", 0),
-            "files_added": merged.get("numFilesAdded", 0)}  # fmt: skip
+            "files_added": merged.get("numFilesAdded", 0), "seconds": round(merge_seconds, 3),
+            "checkpoint_seconds": round(time.monotonic() - started - merge_seconds, 3)}  # fmt: skip
 
 
 def _partition_text(value) -> str:

@@ -900,7 +900,8 @@ def test_batch_window_counts_buffered_messages_from_the_end_of_the_previous_coll
 
 def test_many_small_stream_batches_keep_few_small_files_per_partition_and_the_same_rows(tmp_path):
     """Each batch touches most day partitions (a file in each); its compaction keeps every partition
-    under the threshold of small files, in commits that change no row (``dataChange=false``, the
+    under twice the threshold of small files (once the threshold is reached, the fullest partitions
+    are merged first, within a budget), in commits that change no row (``dataChange=false``, the
     version before and after read the same rows) and keep the recorded stream position; the lake
     ends equal to a batch ingest of the same lines."""
     import pyarrow as pa
@@ -919,7 +920,7 @@ def test_many_small_stream_batches_keep_few_small_files_per_partition_and_the_sa
     batches, threshold = 7, 3
     data = tmp_path / "data"
     layout = DataLayout(data)
-    app_id, offset, compactions = "stream:test", 0, []
+    app_id, offset, compactions, most = "stream:test", 0, [], 0
     for i in range(batches):
         bodies = lines[i::batches] + (lines[:5] if i == batches - 1 else [])  # a redelivery at the end
         sources = [MessageSource.of("amqp://127.0.0.1/%2F?queue=test", offset + j, b) for j, b in enumerate(bodies)]
@@ -932,11 +933,13 @@ def test_many_small_stream_batches_keep_few_small_files_per_partition_and_the_sa
             actions = pa.table(lake.open_table(layout, table).get_add_actions(flatten=True))
             column = f"partition.{schemas.PARTITION_COLUMNS[table][0]}"
             counts = pc.value_counts(actions[column]).field("counts").to_pylist()
-            assert max(counts, default=0) < threshold, (i, table, counts)  # the same bound for every table, every batch
+            assert max(counts, default=0) < 2 * threshold, (i, table, counts)  # bounded, every table, every batch
+            most = max(most, max(counts, default=0))
             assert lake.app_version(layout, table, app_id) == offset - 1
             if table in result.compacted:
                 compactions.append((table, before.get(table), result.compacted[table]["version"]))
     assert {t for t, _, _ in compactions} >= {"events", "usage"}, compactions
+    assert most >= threshold - 1  # the batches did pile files up between compactions
 
     for table, _, version in compactions:
         log_lines = [json.loads(line) for line in
