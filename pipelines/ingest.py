@@ -453,9 +453,9 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
             # deduplication sees the committed table's events as duplicates
             committed, written = {}, {}
             for table in INGEST_TABLES:
-                files = lake.run_files(layout, table, run_id)
-                written[table] = len(files)
-                committed[table] = lake.commit(layout, table, files, run_id,
+                run_files = lake.run_files(layout, table, run_id)
+                written[table] = len(run_files)
+                committed[table] = lake.commit(layout, table, run_files, run_id,
                                                read_version=pinned.get(table),
                                                **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
