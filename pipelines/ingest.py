@@ -42,6 +42,14 @@ SHARD_INPUT_BYTES = 64 << 20  # about 250k events of JSON per dedup shard: bound
 MAX_SHARDS = 64
 INGEST_TABLES = ("events", "usage", "dead_letter")  # committed in this order
 GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the shard count
+# A stream batch writes one small file per partition it touches; once a partition holds this many
+# small files, the batch merges them (every later lookup and read opens each file: see ingest_batch)
+STREAM_COMPACT_MIN_FILES = 4
+STREAM_COMPACT_TARGET_BYTES = 16 << 20  # bigger files are left to `revenue maintain`
+# a batch merges at most about this many times the files it wrote to a table (more than the
+# steady state needs), so partitions that reach the threshold together are merged over a few
+# batches instead of all in one
+STREAM_COMPACT_BUDGET = 2
 
 
 @dataclass
@@ -57,6 +65,7 @@ class IngestResult:
     seconds: float = 0.0
     lake_versions: dict[str, int] = field(default_factory=dict)
     emails_not_stored: int = 0
+    compacted: dict[str, dict] = field(default_factory=dict)  # stream batches: small files merged, per table
 
     @property
     def rows_written(self) -> int:
@@ -359,23 +368,56 @@ def run_ingest(config: RunConfig, run_id: str | None = None, write_run_manifest:
 
 def ingest_batch(config: RunConfig, *, files: list[tuple[int, str, str]] | None = None,
                  messages: MessageBatch | None = None, app_transactions: dict[str, int] | None = None,
-                 metadata: dict | None = None, run_id: str | None = None,
-                 chunk_lines: int = 50_000) -> IngestResult:  # fmt: skip
+                 metadata: dict | None = None, run_id: str | None = None, chunk_lines: int = 50_000,
+                 compact_min_files: int = STREAM_COMPACT_MIN_FILES) -> IngestResult:  # fmt: skip
     """One stream micro-batch (``revenue stream``): event ``files`` or broker ``messages`` into the lake.
 
     The same bounded Beam ingest as ``run_ingest``; every ingest table gets a commit (empty if the
     batch added nothing to it) carrying ``app_transactions`` (the source's position) and
     ``metadata``, so the lake records what the batch consumed in the same commits as its rows.
     No manifest (the stream logs one line per batch).
+
+    Then, still under the writer lease, each table's partitions holding ``compact_min_files`` small
+    files or more are compacted in a commit of their own that changes no rows (``lake.compact_small_files``;
+    0: never), the fullest first, up to about ``STREAM_COMPACT_BUDGET`` times the files the batch
+    wrote to the table. Without it every batch adds a file to each partition it touches, and the
+    duplicate lookups of every later batch, the publish's reads and the Delta log all grow with the
+    number of batches: with it, a partition holds a bounded number of small files (a partition left
+    for a later batch by the budget gains at most one file a batch meanwhile).
+    A kill before or during the compaction leaves the batch committed and the files as they were
+    (the next batch compacts them; the compaction's unnamed files go at the next ``revenue maintain``).
     """
     if (files is None) == (messages is None):
         raise ValueError("give files or messages")
     return _ingest(config, files or [], messages, run_id, False, chunk_lines, False,
-                   stream_commit={"app_transactions": app_transactions or {}, "metadata": metadata or {}})
+                   stream_commit={"app_transactions": app_transactions or {}, "metadata": metadata or {}},
+                   compact_min_files=compact_min_files)
+
+
+def _compact_small_files(layout: DataLayout, run_id: str, min_files: int, written: dict[str, int]) -> dict[str, dict]:
+    """Each ingest table's partitions with ``min_files`` small files or more, compacted (see ingest_batch),
+    about ``STREAM_COMPACT_BUDGET`` times the files the batch ``written`` to the table at most.
+
+    The batch is committed whatever happens here: a compaction the storage refuses is logged and
+    left to the next batch (or ``revenue maintain``), never a failed batch."""
+    from deltalake.exceptions import DeltaError
+
+    out = {}
+    for table in INGEST_TABLES:
+        try:
+            merged = lake.compact_small_files(layout, table, run_id, min_files, STREAM_COMPACT_TARGET_BYTES,
+                                              max_files=STREAM_COMPACT_BUDGET * max(1, written.get(table, 0)))
+        except (DeltaError, OSError) as exc:
+            log.warning("compacting %s after batch %s failed (left for the next batch): %s", table, run_id, exc)
+            continue
+        if merged:
+            out[table] = merged
+    return out
 
 
 def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str | None, write_run_manifest: bool,
-            chunk_lines: int, checksums: bool, stream_commit: dict | None = None) -> IngestResult:  # fmt: skip
+            chunk_lines: int, checksums: bool, stream_commit: dict | None = None,
+            compact_min_files: int = 0) -> IngestResult:  # fmt: skip
     started = time.monotonic()
     layout = config.layout
     run_id = run_id or new_run_id()
@@ -409,18 +451,22 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
                 )
             # one commit per table; a kill between two commits is made whole by the next run, whose
             # deduplication sees the committed table's events as duplicates
-            committed = {}
+            committed, written = {}, {}
             for table in INGEST_TABLES:
-                committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
+                run_files = lake.run_files(layout, table, run_id)
+                written[table] = len(run_files)
+                committed[table] = lake.commit(layout, table, run_files, run_id,
                                                read_version=pinned.get(table),
                                                **(dict(stream_commit, always=True) if stream_commit else {}))
                 committed_tables.add(table)
         store.delete_dir(stage)
+        compacted = _compact_small_files(layout, run_id, compact_min_files, written) if compact_min_files else {}
+        committed.update({t: c["version"] for t, c in compacted.items()})
     result = IngestResult(
         run_id=run_id, lines_read=lines, events_written=totals["events"], usage_written=totals["usage"],
         duplicates=totals["duplicates"], dead_letters=totals["dead_letters"], dead_letters_by_reason=by_reason,
         files=file_checksums(files, config.redact_path) if checksums else [], seconds=round(time.monotonic() - started, 3),
-        lake_versions={t: v for t, v in committed.items() if v is not None},
+        lake_versions={t: v for t, v in committed.items() if v is not None}, compacted=compacted,
     )  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "ingest", {

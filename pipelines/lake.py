@@ -43,6 +43,7 @@ PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
 DELTA_LOG = "_delta_log"
 IO_THREADS = 16  # concurrent requests to an object store when writing or reading many small files
 APP_ID = "revenue"  # app transactions: "revenue-<table>" -> the number of runs committed to the table
+COMPACT_TARGET_BYTES = 100 << 20  # delta-rs's default target size of a compacted file
 
 
 def fsync_dir(path: Path) -> None:
@@ -292,6 +293,59 @@ def commit(layout: DataLayout, table: str, files: list[str], run_id: str, mode: 
     return DeltaTable(uri, storage_options=options).version()
 
 
+def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: int = 2,
+                        target_bytes: int | None = None, metadata: dict[str, str] | None = None,
+                        max_files: int | None = None) -> dict:
+    """Merge the small data files of each partition holding at least ``min_files`` of them, in ONE
+    commit that only rearranges files (Delta's OPTIMIZE: its adds and removes carry
+    ``dataChange=false``, so readers, time travel and the app transactions that record stream
+    positions see the same rows before and after); then checkpoint the log, so opening the table
+    replays a checkpoint and the few commits after it, not every commit since the table began.
+
+    A file of ``target_bytes`` or more is never rewritten (``None``: delta-rs's default, 100 MB), so
+    a partition's rewrite stays bounded however large it grows. ``max_files``: merge the partitions
+    with the most small files first, until about that many files (at least one partition): the
+    rest wait for the next call, so one call's cost stays bounded. Called under the writer lease (by
+    ``revenue maintain``, and by the stream after a batch's commits). Returns what was merged:
+    ``{"version", "partitions", "files_removed", "files_added", "seconds", "checkpoint_seconds"}``
+    (``{}`` if nothing needed it).
+    """
+    from deltalake.transaction import CommitProperties
+
+    started = time.monotonic()
+    delta = open_table(layout, table)
+    if delta is None:
+        return {}
+    column = schemas.PARTITION_COLUMNS[table][0]
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    small = actions.filter(pc.less(actions["size_bytes"], target_bytes or COMPACT_TARGET_BYTES))
+    counts = pc.value_counts(small[f"partition.{column}"]).to_pylist() if small.num_rows else []
+    eligible = sorted(((c["counts"], _partition_text(c["values"])) for c in counts if c["counts"] >= min_files),
+                      key=lambda c: (-c[0], c[1]))  # fmt: skip
+    wanted, files = [], 0
+    for count, value in eligible:
+        if wanted and max_files is not None and files + count > max_files:
+            break
+        wanted.append(value)
+        files += count
+    if not wanted:
+        return {}
+    merged = delta.optimize.compact(
+        partition_filters=[(column, "in", wanted)], target_size=target_bytes,
+        commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "compaction": "small files",
+                                                            **(metadata or {})}),
+    )  # fmt: skip
+    merge_seconds = time.monotonic() - started
+    delta.create_checkpoint()
+    return {"version": delta.version(), "partitions": len(wanted), "files_removed": merged.get("numFilesRemoved", 0),
+            "files_added": merged.get("numFilesAdded", 0), "seconds": round(merge_seconds, 3),
+            "checkpoint_seconds": round(time.monotonic() - started - merge_seconds, 3)}  # fmt: skip
+
+
+def _partition_text(value) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _delta_fields(schema: pa.Schema):
     from deltalake import Schema
 
@@ -328,6 +382,31 @@ def files_by_partition(layout: DataLayout, table: str, version: int | None = Non
         if rows is not None:
             rows[value] = rows.get(value, 0) + (count or 0)
     return out
+
+
+def data_changes(layout: DataLayout, table: str, old: int, new: int) -> tuple[list[str], list[str]]:
+    """The data files that commits ``old + 1 .. new`` added and removed as a change of the table's
+    rows (``dataChange=true``), read from those commits in the Delta log: a compaction's files
+    (``dataChange=false``: the same rows rearranged) are not among them. Paths as in
+    ``files_by_partition``. A file added then removed within the range is in both lists. Raises
+    (``OSError``, ``ValueError``) when a commit's log entry is gone (cleaned up past its retention).
+    The files named may since have been compacted away: they stay readable until ``revenue maintain``
+    vacuums them."""
+    from urllib.parse import unquote
+
+    if new < old:
+        raise ValueError(f"{table}: version {new} is older than {old} (the table was recreated or rolled back)")
+    store, root = layout.store, layout.table_path(table)
+    added, removed = [], []
+    for version in range(old + 1, new + 1):
+        entry = store.get_bytes(store.join(root, DELTA_LOG, f"{version:020d}.json"))
+        for line in entry.splitlines():
+            action = json.loads(line) if line.strip() else {}
+            for kind, out in (("add", added), ("remove", removed)):
+                file = action.get(kind)
+                if file is not None and file.get("dataChange", True):
+                    out.append(store.join(root, unquote(file["path"])))
+    return added, removed
 
 
 def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:

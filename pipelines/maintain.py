@@ -48,17 +48,18 @@ def run_maintain(config: RunConfig, retention_hours: int = DEFAULT_RETENTION_HOU
     with lake.lake_lock(layout):  # no run writes meanwhile, so no running commit's files can be vacuumed
         keep = versions_seen_by_closes(layout)  # closes count the events they did not see: keep what they saw
         for table in schemas.LAKE_SCHEMAS:
-            delta = lake.open_table(layout, table)
-            if delta is None:
+            if lake.open_table(layout, table) is None:
                 continue
-            compacted = delta.optimize.compact()
-            delta.create_checkpoint()
+            compacted = lake.compact_small_files(layout, table, result.run_id)  # checkpoints when it merged
+            delta = lake.open_table(layout, table)
+            if not compacted:
+                delta.create_checkpoint()
             removed = delta.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
                                    full=True, keep_versions=keep.get(table) or None)  # fmt: skip
             result.tables[table] = {
                 "version": delta.version(),
-                "files_compacted": compacted.get("numFilesRemoved", 0),
-                "files_written": compacted.get("numFilesAdded", 0),
+                "files_compacted": compacted.get("files_removed", 0),
+                "files_written": compacted.get("files_added", 0),
                 "files_vacuumed": len(removed),
                 "versions_kept_for_closes": keep.get(table, []),
             }

@@ -132,13 +132,18 @@ def _scan(store: LakeStore, files: list, schema: pa.Schema | None = None):
 
 def _changed_rows(layout: DataLayout, table: str, old: int | None, new: int | None, as_of: dt.date):
     """Rows (customer_id, day, first_day) that differ between two versions of events or usage:
-    rows of added files whose event id no removed file holds, and the reverse (a compaction adds
-    and removes the same rows: no change). ``first_day``: the earliest day the row can affect."""
+    rows of the files the commits in between added as a data change whose event id no file they
+    removed holds, and the reverse. A compaction (``dataChange=false``: the stream's after its
+    batches, ``revenue maintain``'s) changes no row and is skipped, so the cost follows the rows
+    appended since ``old``, not the partitions compacted meanwhile. ``first_day``: the earliest
+    day the row can affect."""
     if new is None or old == new:
         return []
-    new_files = {f for files in lake.files_by_partition(layout, table, new).values() for f in files}
-    old_files = set() if old is None else {f for fs in lake.files_by_partition(layout, table, old).values() for f in fs}
-    added, removed = sorted(new_files - old_files), sorted(old_files - new_files)
+    if old is None:
+        added, removed = sorted(f for files in lake.files_by_partition(layout, table, new).values() for f in files), []
+    else:
+        appended, dropped = lake.data_changes(layout, table, old, new)
+        added, removed = sorted(set(appended) - set(dropped)), sorted(set(dropped) - set(appended))
     if not added and not removed:
         return []
     effective = "effective_at" if table == "events" else "occurred_at"

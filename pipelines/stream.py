@@ -357,6 +357,8 @@ class StreamMetrics:
         self.lag = Gauge("revenue_stream_consumer_lag", "Messages (files) at the source not yet in the lake "
                          "(NaN when unknown)", registry=r)  # fmt: skip
         self.lag.set(math.nan)
+        self.compacted = Counter("revenue_stream_compacted_files", "Small lake files merged by the batches' "
+                                 "compactions", registry=r)  # fmt: skip
         self.reconnects = Counter("revenue_stream_broker_reconnects", "Broker connection losses retried", registry=r)
         self.connected = Gauge("revenue_stream_broker_connected", "1 while connected to the source", registry=r)
         self.last_commit = Gauge("revenue_stream_last_commit_timestamp_seconds", "Wall clock of the last lake commit",
@@ -379,6 +381,7 @@ class StreamMetrics:
             self.dead.labels(reason).inc(n)
         self.batch_seconds.observe(seconds)
         self.last_commit.set(time.time())
+        self.compacted.inc(sum(c["files_removed"] for c in result.compacted.values()))
 
     def serve(self, port: int) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -816,5 +819,5 @@ def _commit_batch(config: RunConfig, source, batch: Batch, metrics: StreamMetric
     result.messages += batch.count
     _emit({"kind": "batch", "run_id": run_id, "source": source.key, "messages": batch.count, **ingested.counts(),
            "position": batch.metadata.get("stream_last_offset") or None, "lake_versions": ingested.lake_versions,
-           "seconds": round(seconds, 3),
+           "seconds": round(seconds, 3), "compacted": ingested.compacted or None,
            "lag_seconds": round(time.time() - batch.first_received, 3) if batch.first_received else None})  # fmt: skip

@@ -263,3 +263,66 @@ def test_incremental_warehouse_equals_one_shot_warehouse(lines, tmp_path_factory
     a = _warehouse_without_provenance(data, root / "seq-compare.duckdb")
     b = _warehouse_without_provenance(one, root / "one-compare.duckdb")
     assert table_differences(a, b) == {}, (seed, share)
+
+
+@pytest.mark.slow
+def test_a_compaction_between_two_runs_is_no_change(lines, tmp_path, monkeypatch):
+    """Files merged by a compaction (dataChange=false) hold the same rows: the next incremental
+    metrics run reads only what was appended since the last run (not the compacted partitions),
+    the next incremental warehouse build recomputes only the customer with new events, and both
+    end equal to a one-shot run of the same events."""
+    import pipelines.metrics as metrics
+    from pipelines.transform import run_transform
+    from pipelines.warehouse_lake import table_differences
+
+    customers = sorted({m.group(1) for line in lines if (m := CUSTOMER.search(line))})
+    target = customers[5]
+    mine = [line for line in lines if (m := CUSTOMER.search(line)) and m.group(1) == target]
+    others = [line for line in lines if not (m := CUSTOMER.search(line)) or m.group(1) != target]
+    batches = [others[0::3], others[1::3], others[2::3] + mine[: len(mine) // 2], mine[len(mine) // 2:]]
+    root = tmp_path
+    run_batches(root, batches[:3])  # three files in most day partitions
+    data = root / "seq"
+    layout = DataLayout(data)
+    assert run_transform(cfg(data).resolve_as_of()).lake_load["mode"] == "full"
+    folder = root / "late"
+    folder.mkdir()
+    (folder / "events.jsonl").write_text("".join(batches[3]))
+    late = run_ingest(cfg(data, input_dir=folder), write_run_manifest=False)
+    appended = {f for t in ("events", "usage") for f in lake.run_files(layout, t, late.run_id)}
+    assert appended
+    merged = [lake.compact_small_files(layout, t, "test-compaction") for t in ("events", "usage")]
+    assert all(m and m["files_removed"] > m["files_added"] for m in merged), merged
+    assert not appended & {f for t in ("events", "usage") for fs in lake.files_by_partition(layout, t).values()
+                           for f in fs}  # fmt: skip
+    scanned, inside = [], []
+    real_scan, real_changed_rows = metrics._scan, metrics._changed_rows
+
+    def recording_scan(store, files, schema=None):
+        if inside:
+            scanned.extend(files)
+        return real_scan(store, files, schema)
+
+    def changed_rows(*args):
+        inside.append(True)
+        try:
+            return real_changed_rows(*args)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(metrics, "_scan", recording_scan)
+    monkeypatch.setattr(metrics, "_changed_rows", changed_rows)
+    result = run_metrics(cfg(data), write_run_manifest=False)
+    assert result.mode == "incremental", result.reason
+    assert result.customers_recomputed == 1
+    assert set(scanned) == appended  # the appended files (compacted away, still on disk), nothing else
+    monkeypatch.undo()
+    one = run_once(root, batches)
+    assert derived(data) == derived(one)
+
+    load = run_transform(cfg(data).resolve_as_of()).lake_load
+    assert load["mode"] == "incremental" and load["changed_customers"] == 1, load
+    run_transform(cfg(one, full_refresh=True).resolve_as_of())
+    a = _warehouse_without_provenance(data, root / "seq-compare.duckdb")
+    b = _warehouse_without_provenance(one, root / "one-compare.duckdb")
+    assert table_differences(a, b) == {}

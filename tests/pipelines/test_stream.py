@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import REPO, cfg, wait_until
+from tests.conftest import REPO, cfg, wait_until, write_lines
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 POISON = b'{"event_id": "evt_poison", "event_type": "invoice.paid", '  # a message cut in half
@@ -896,3 +896,65 @@ def test_batch_window_counts_buffered_messages_from_the_end_of_the_previous_coll
     window.start()
     window.received(131.0)
     assert not window.closed(135.9) and window.closed(136.0)
+
+
+def test_many_small_stream_batches_keep_few_small_files_per_partition_and_the_same_rows(tmp_path):
+    """Each batch touches most day partitions (a file in each); its compaction keeps every partition
+    under twice the threshold of small files (once the threshold is reached, the fullest partitions
+    are merged first, within a budget), in commits that change no row (``dataChange=false``, the
+    version before and after read the same rows) and keep the recorded stream position; the lake
+    ends equal to a batch ingest of the same lines."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines import lake
+    from pipelines.generate import generate
+    from pipelines.ingest import MessageBatch, ingest_batch, run_ingest
+    from pipelines.layout import DataLayout
+    from transforms import schemas
+    from transforms.messages import MessageSource
+
+    source = tmp_path / "input"
+    generate(source, customers=30, months=2, seed=5, bad_rate=0.02, start="2025-01", n_files=1)
+    lines = _lines(source / "events")
+    batches, threshold = 7, 3
+    data = tmp_path / "data"
+    layout = DataLayout(data)
+    app_id, offset, compactions, most = "stream:test", 0, [], 0
+    for i in range(batches):
+        bodies = lines[i::batches] + (lines[:5] if i == batches - 1 else [])  # a redelivery at the end
+        sources = [MessageSource.of("amqp://127.0.0.1/%2F?queue=test", offset + j, b) for j, b in enumerate(bodies)]
+        offset += len(bodies)
+        before = lake.versions(layout, ("events", "usage", "dead_letter"))
+        result = ingest_batch(cfg(data), messages=MessageBatch(bodies, sources), app_transactions={app_id: offset - 1},
+                              compact_min_files=threshold)  # fmt: skip
+        assert result.lines_read == len(bodies)
+        for table in ("events", "usage", "dead_letter"):
+            actions = pa.table(lake.open_table(layout, table).get_add_actions(flatten=True))
+            column = f"partition.{schemas.PARTITION_COLUMNS[table][0]}"
+            counts = pc.value_counts(actions[column]).field("counts").to_pylist()
+            assert max(counts, default=0) < 2 * threshold, (i, table, counts)  # bounded, every table, every batch
+            most = max(most, max(counts, default=0))
+            assert lake.app_version(layout, table, app_id) == offset - 1
+            if table in result.compacted:
+                compactions.append((table, before.get(table), result.compacted[table]["version"]))
+    assert {t for t, _, _ in compactions} >= {"events", "usage"}, compactions
+    assert most >= threshold - 1  # the batches did pile files up between compactions
+
+    for table, _, version in compactions:
+        log_lines = [json.loads(line) for line in
+                     (layout.table(table) / "_delta_log" / f"{version:020d}.json").read_text().splitlines()]  # fmt: skip
+        files = [a.get("add") or a.get("remove") for a in log_lines if "add" in a or "remove" in a]
+        assert files and all(f["dataChange"] is False for f in files)
+        assert log_lines[0]["commitInfo"]["operation"] == "OPTIMIZE" and log_lines[0]["commitInfo"]["run_id"]
+        key = [("event_id" if table != "dead_letter" else "raw_sha256", "ascending")]
+        assert lake.read_table(layout, table, version=version - 1).sort_by(key).equals(
+            lake.read_table(layout, table, version=version).sort_by(key))  # fmt: skip
+
+    batch_run = tmp_path / "batch"
+    folder = write_lines(tmp_path / "batch-input" / "events.jsonl", lines).parent
+    run_ingest(cfg(batch_run, input_dir=folder), write_run_manifest=False, checksums=False)
+    accepted = _accepted(data)
+    assert len({event_id for event_id, _ in accepted}) == len(accepted)
+    assert accepted == _accepted(batch_run)
+    assert len(_dead_letters(data)) == len(_dead_letters(batch_run))
