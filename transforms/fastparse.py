@@ -17,7 +17,7 @@ for row, column for column), but decides most lines a chunk at a time:
    fields, no ``email``: those need the attributes or the keyed hash), required fields
    present, string lengths, integer bounds, currencies, intervals, the MRR bound, tax <=
    amount, and timestamps (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to
-   UTC micros with integer calendar arithmetic and checked against ``TS_MIN``..``TS_MAX``).
+   UTC micros by DuckDB's ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
    The same query builds the output columns, defaults and the payload digest (SHA-256 of
    the canonical JSON: for such lines, the ``"key":value`` pairs with spaces removed,
    sorted by key, which is what ``orjson.dumps(obj, OPT_SORT_KEYS)`` writes).
@@ -33,6 +33,7 @@ fields, defaults, currencies, intervals and monthly factors, timestamp range) co
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from fractions import Fraction
@@ -69,6 +70,8 @@ from transforms.redact import _CARD_CLASS, MIN_CARD_DIGITS, PiiPolicy, as_policy
 from transforms.schemas import PAYMENT_EVENT_TYPES, QUANTITY, USAGE_EVENT_TYPES
 
 US_PER_DAY = 86_400_000_000
+QUERY_THREADS = max(1, min(4, os.cpu_count() or 1))
+QUERY_BATCH_ROWS = 8_192  # rows per record batch DuckDB scans (its unit of parallel work on an Arrow table)
 TIMESTAMP_FIELDS = ("occurred_at", "effective_at", "trial_end", "period_start", "period_end")
 SUBSCRIPTION_STATE = ("subscription.created", "subscription.updated")
 
@@ -128,23 +131,10 @@ create or replace macro sval(t) as case when starts_with(t, '"') then substr(t, 
 create or replace macro is_num(t) as t[1] between '0' and '9';
 create or replace macro ival(t) as case when is_num(t) and not contains(t, '.') then t::bigint end;
 create or replace macro str_ok(t, lim) as t is null or (is_str(t) and length(t) - 2 between 1 and lim);
-create or replace macro civil_days(y, m, d) as (
-    ((y - (m <= 2)::int) // 400) * 146097
-    + ((y - (m <= 2)::int) % 400) * 365 + ((y - (m <= 2)::int) % 400) // 4 - ((y - (m <= 2)::int) % 400) // 100
-    + (153 * ((m + 9) % 12) + 2) // 5 + d - 1 - 719468);
-create or replace macro month_days(y, m) as case
-    when m in (4, 6, 9, 11) then 30
-    when m = 2 then case when (y % 4 = 0 and y % 100 <> 0) or y % 400 = 0 then 29 else 28 end
-    else 31 end;
-create or replace macro ts_parts(t) as case when regexp_full_match(t, '{_TS_PATTERN}') then {{
-    'y': substr(t, 2, 4)::int, 'm': substr(t, 7, 2)::int, 'd': substr(t, 10, 2)::int,
-    'sec': substr(t, 13, 2)::bigint * 3600 + substr(t, 16, 2)::bigint * 60 + substr(t, 19, 2)::bigint,
-    'us': coalesce(rpad(nullif(regexp_extract(t, '\.([0-9]+)', 1), ''), 6, '0')::bigint, 0),
-    'off': case when ends_with(t, 'Z"') then 0
-                else (case when substr(t, -7, 1) = '-' then -1 else 1 end)
-                     * (substr(t, -6, 2)::bigint * 60 + substr(t, -3, 2)::bigint) * 60 end}} end;
-create or replace macro ts_of(p) as case when p.d <= month_days(p.y, p.m) then
-    civil_days(p.y, p.m, p.d)::bigint * {US_PER_DAY} + (p.sec - p.off) * 1000000 + p.us end;
+-- the pattern admits only valid RFC 3339 spellings of 1970..2199 (no leap second, no hour 24); DuckDB's
+-- cast then gives the exact instant (NULL for a day the month lacks: Feb 30, Apr 31, Feb 29 of 2023)
+create or replace macro ts_us(t) as case when regexp_full_match(t, '{_TS_PATTERN}') then
+    epoch_us(try_cast(sval(t) as timestamptz)) end;
 create or replace macro ts_range(us) as case when us >= {_micros(TS_MIN)} and us < {_micros(TS_MAX)} then us end;
 """
 
@@ -260,8 +250,7 @@ def _query() -> str:
     # as VARCHAR: on the JSON type, t[1] would be an array index, not the first character
     tokens = ", ".join(f"toks[{k}]::varchar as {_tok(name)}" for k, name in enumerate(_ALL_FIELDS, start=1))
     ints = ", ".join(f"ival({_tok(name)}) as i_{name}" for name in INT_BOUNDS)
-    parts = ", ".join(f"ts_parts({_tok(name)}) as p_{name}" for name in TIMESTAMP_FIELDS)
-    micros = ", ".join(f"ts_of(p_{name}) as c_{name}" for name in TIMESTAMP_FIELDS)
+    micros = ", ".join(f"ts_us({_tok(name)}) as c_{name}" for name in TIMESTAMP_FIELDS)
     ranged = ", ".join(f"ts_range(c_{name}) as {_us(name)}" for name in TIMESTAMP_FIELDS)
     return f"""
 with t as (
@@ -269,10 +258,8 @@ with t as (
   from lines
 ), u as (
   select i, keys, {tokens} from t
-), p as (
-  select *, sval({_tok('event_type')}) as event_type, {ints}, {parts} from u
 ), c as (
-  select *, {micros} from p
+  select *, sval({_tok('event_type')}) as event_type, {ints}, {micros} from u
 ), v as (
   select *, {ranged} from c
 )
@@ -291,7 +278,9 @@ def connection() -> duckdb.DuckDBPyConnection:
     con = getattr(_local, "con", None)
     if con is None:
         con = duckdb.connect()
-        con.execute("set threads = 1")  # one chunk is small; Beam runs chunks side by side
+        # the chunk is registered as several record batches, which DuckDB scans in parallel: the query
+        # is most of the parse, and the rest of a FnApiRunner ingest runs on one core
+        con.execute(f"set threads = {QUERY_THREADS}")
         con.execute(_MACROS)
         con.execute("create table currencies (code varchar primary key, exponent tinyint)")
         con.executemany("insert into currencies values (?, ?)", _currency_rows())
@@ -325,7 +314,7 @@ def parse_chunk_lines(lines, source_file: str, file_index: int, first_line_no: i
     if len(fast_pos):
         table = pa.table({"i": pa.array(fast_pos, pa.int64()), "line": raw.take(pa.array(fast_pos)).cast(pa.string())})
         con = connection()
-        con.register("lines", table)
+        con.register("lines", pa.Table.from_batches(table.to_batches(max_chunksize=QUERY_BATCH_ROWS)))
         try:
             result = con.sql(_QUERY).to_arrow_table()
         finally:
