@@ -241,10 +241,12 @@ class _WritePartitionsFn(beam.DoFn):
         name = f"part-{self.run_id}.parquet"
         if tag == "dead_letter":
             written = lake.write_partitioned(table, out, "reason", name,
-                                             [("source_file", "ascending"), ("source_line", "ascending")], store)  # fmt: skip
+                                             [("source_file", "ascending"), ("source_line", "ascending")], store,
+                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
         else:
             written = lake.write_partitioned(table, out, "event_date", name,
-                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store)  # fmt: skip
+                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store,
+                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
         yield len(written)
 
 

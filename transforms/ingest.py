@@ -8,9 +8,10 @@
     those file-level dead letters (as ``LineChunk`` with ``file_error`` set).
 ``ParseEventLines``
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
-    staging schemas: lake columns plus ``event_date`` and ``file_index``). Each chunk is
-    validated vectorised (``transforms.fastparse``, DuckDB connection per worker thread,
-    opened in ``setup()``); lines it cannot prove valid and clean go through ``parse_lines``.
+    staging schemas: lake columns plus ``event_date`` and ``file_index``), one set per chunk.
+    Chunks are validated vectorised in batches of ~200k lines (``transforms.fastparse``, one
+    query per batch, DuckDB connection per worker thread, opened in ``setup()``); lines it
+    cannot prove valid and clean go through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``
@@ -37,7 +38,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import schemas
-from transforms.fastparse import connection, parse_chunk_lines
+from transforms.fastparse import connection, parse_chunks_lines
 from transforms.parse import (
     DEAD_COLUMNS,
     ParsedChunk,
@@ -147,6 +148,8 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
     reference the differential test compares against). Both give the same tables.
     """
     policy = as_policy(pii)
+    if vectorised and not element.file_error:
+        return parse_chunks([element], policy)[0]
     parsed = ParsedChunk()
     if element.file_error:
         reason, message = element.file_error
@@ -161,18 +164,23 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
         parsed.dead["event_id"].append(None)
         parsed.dead["reason"].append(reason)
         parsed.dead["file_index"].append(element.file_index)
-    elif vectorised:
-        fast_events, fast_usage, parsed = parse_chunk_lines(
-            element.lines, element.source_file, element.file_index, element.first_line, policy,
-            EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
-        tables = chunk_to_tables(parsed)
-        tables["events"] = _merge_by_line(fast_events, tables["events"])
-        tables["usage"] = _merge_by_line(fast_usage, tables["usage"])
-        return tables, parsed
     else:
         parse_lines(list(element.lines), element.source_file, element.file_index, element.first_line,
                     policy, parsed)  # fmt: skip
     return chunk_to_tables(parsed), parsed
+
+
+def parse_chunks(elements: list[LineChunk], pii: PiiPolicy | bytes | None) -> list[tuple[dict[str, pa.Table], ParsedChunk]]:
+    """``parse_chunk`` of each chunk of lines (no ``file_error``), vectorised with one query for them all."""
+    results = parse_chunks_lines([(e.lines, e.source_file, e.file_index, e.first_line) for e in elements],
+                                 as_policy(pii), EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    out = []
+    for fast_events, fast_usage, parsed in results:
+        tables = chunk_to_tables(parsed)
+        tables["events"] = _merge_by_line(fast_events, tables["events"])
+        tables["usage"] = _merge_by_line(fast_usage, tables["usage"])
+        out.append((tables, parsed))
+    return out
 
 
 def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
@@ -186,6 +194,12 @@ def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
 
 
 class _ParseFn(beam.DoFn):
+    """Chunks are parsed in batches of at least ``BATCH_LINES`` lines (or ``BATCH_BYTES``), one vectorised
+    query per batch: the query's planning is a fixed cost per call. Memory stays bounded by the batch."""
+
+    BATCH_LINES = 200_000
+    BATCH_BYTES = 64 << 20
+
     def __init__(self, policy: PiiPolicy):
         self.policy = policy
         self.lines = Metrics.counter("ingest", "lines_read")
@@ -197,8 +211,34 @@ class _ParseFn(beam.DoFn):
     def setup(self):
         connection()  # this worker thread's DuckDB connection for the vectorised path
 
+    def start_bundle(self):
+        self.pending: list[LineChunk] = []
+        self.pending_lines = self.pending_bytes = 0
+
     def process(self, element: LineChunk):
-        tables, parsed = parse_chunk(element, self.policy)
+        if element.file_error:
+            yield from self._outputs(*parse_chunk(element, self.policy))
+            return
+        self.pending.append(element)
+        self.pending_lines += len(element.lines)
+        self.pending_bytes += sum(map(len, element.lines))
+        if self.pending_lines >= self.BATCH_LINES or self.pending_bytes >= self.BATCH_BYTES:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for output in self._flush():
+            value = beam.utils.windowed_value.WindowedValue(output.value, 0, [beam.transforms.window.GlobalWindow()])
+            yield beam.pvalue.TaggedOutput(output.tag, value)
+
+    def _flush(self):
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.pending_lines = self.pending_bytes = 0
+        for tables, parsed in parse_chunks(batch, self.policy):
+            yield from self._outputs(tables, parsed)
+
+    def _outputs(self, tables: dict[str, pa.Table], parsed: ParsedChunk):
         self.lines.inc(parsed.lines)
         self.events.inc(tables["events"].num_rows)
         self.usage.inc(tables["usage"].num_rows)

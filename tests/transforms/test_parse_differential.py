@@ -30,7 +30,14 @@ from tests.transforms.test_hostile_input import (
 from tests.transforms.test_parse_properties import lines as property_lines
 from tests.transforms.test_parse_properties import timestamps
 from transforms.fastparse import CARD_CANDIDATE, FLAT_LINE, eligible, parse_chunk_lines
-from transforms.ingest import EVENTS_STAGING, USAGE_STAGING, LineChunk, parse_chunk, read_file_chunks
+from transforms.ingest import (
+    EVENTS_STAGING,
+    USAGE_STAGING,
+    LineChunk,
+    parse_chunk,
+    parse_chunks,
+    read_file_chunks,
+)
 from transforms.parse import FIELDS, MAX_DEPTH, MAX_ID, MAX_MINOR, MAX_NAME
 from transforms.redact import PiiPolicy
 
@@ -47,10 +54,10 @@ REFUND = {"event_id": "r1", "event_type": "charge.refunded", "occurred_at": "202
 BASES = [INVOICE, SUB, FAILED, CUSTOMER, USAGE, CANCELED, REFUND]
 
 
-def assert_same(raw_lines, pii=POLICIES["keys"], first_line=1):
+def assert_same(raw_lines, pii=POLICIES["keys"], first_line=1, got=None):
     chunk = LineChunk("in/batch-07/diff.jsonl", 5, first_line, tuple(raw_lines))
     expected, expected_counts = parse_chunk(chunk, pii, vectorised=False)
-    got, got_counts = parse_chunk(chunk, pii, vectorised=True)
+    got, got_counts = got or parse_chunk(chunk, pii, vectorised=True)
     assert (got_counts.lines, got_counts.emails_dropped) == (expected_counts.lines, expected_counts.emails_dropped)
     for tag, table in expected.items():
         assert got[tag].schema == table.schema, tag
@@ -213,6 +220,17 @@ def test_issue_hostile_cases_in_one_chunk(policy):
 @pytest.mark.parametrize("raw", HOSTILE, ids=range(len(HOSTILE)))
 def test_each_issue_hostile_case(raw):
     assert_same([raw])
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), ids=list(POLICIES))
+def test_chunks_parsed_together_give_each_chunk_its_own_result(policy):
+    """Several chunks in one vectorised query (how ingest batches them): each equals its per-line parse."""
+    pieces = [HOSTILE[:40], [], EDGES[:60], [ev(INVOICE), ev(USAGE)], HOSTILE[40:], [b""], EDGES[60:]]
+    chunks = [LineChunk("in/batch-07/diff.jsonl", 5, 1 + 1000 * k, tuple(p)) for k, p in enumerate(pieces)]
+    results = parse_chunks(chunks, POLICIES[policy])
+    assert len(results) == len(chunks)
+    for chunk, result in zip(chunks, results, strict=True):
+        assert_same(chunk.lines, POLICIES[policy], first_line=chunk.first_line, got=result)
 
 
 def test_a_file_with_bom_crlf_and_nul_bytes_read_in_small_chunks(tmp_path):
