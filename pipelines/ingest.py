@@ -223,7 +223,7 @@ def _split_by_month(table: pa.Table):
     days = table["event_date"].combine_chunks().cast(pa.int32()).to_numpy()
     months = days.astype("datetime64[D]").astype("datetime64[M]")
     order = np.argsort(months, kind="stable")  # one take and slices, not one filter of the table per month
-    table, months = table.take(pa.array(order)), months[order]
+    table, months = table.combine_chunks().take(pa.array(order)), months[order]
     starts = np.flatnonzero(np.r_[True, months[1:] != months[:-1]])
     for start, end in zip(starts.tolist(), np.r_[starts[1:], len(months)].tolist(), strict=True):
         yield str(months[start]), table.slice(start, end - start)

@@ -81,7 +81,7 @@ def write_partitioned(
     store = store or LakeStore(str(root))
     if table.num_rows == 0:
         return []
-    table = table.sort_by([(partition, "ascending"), *sort_keys])
+    table = table.combine_chunks().sort_by([(partition, "ascending"), *sort_keys])  # take is slow on many chunks
     values = table[partition].combine_chunks()
     as_int = values.cast(pa.int32()) if pa.types.is_date32(values.type) else None
     if as_int is not None:

@@ -330,8 +330,9 @@ def parse_chunks_lines(chunks, pii: PiiPolicy | bytes | None, events_schema: pa.
             result = con.sql(_QUERY).to_arrow_table()
         finally:
             con.unregister("lines")
-        fast = result.filter(result["ok"])
-        fast = fast.take(pc.sort_indices(fast["i"]))  # line order (the join need not keep it)
+        # line order (the join need not keep it); take on one chunk: ~7x faster than on DuckDB's chunks
+        fast = result.filter(result["ok"]).combine_chunks()
+        fast = fast.take(pc.sort_indices(fast["i"]))
         accepted[fast["i"].to_numpy()] = True
     bounds = np.searchsorted(fast["i"].to_numpy(), starts) if fast is not None else np.zeros(len(starts), dtype=int)
     return [

@@ -189,8 +189,8 @@ def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
         return fast
     if not fast.num_rows:
         return slow
-    both = pa.concat_tables([fast, slow])
-    return both.take(pc.sort_indices(both["source_line"])).combine_chunks()
+    both = pa.concat_tables([fast, slow]).combine_chunks()
+    return both.take(pc.sort_indices(both["source_line"]))
 
 
 class _ParseFn(beam.DoFn):
