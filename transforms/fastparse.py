@@ -4,8 +4,8 @@
 for row, column for column), but decides most lines a chunk at a time:
 
 1. **Eligibility (pyarrow, RE2 on the raw bytes).** A line can take the fast path only if it
-   is a *flat* JSON object of printable ASCII: keys and string values without ``\\``, ``"``
-   or ``@`` inside, values that are such strings, ``true``/``false``, non-negative integers
+   is a *flat* JSON object of printable ASCII: keys and string values without ``\\`` or ``"``
+   inside, values that are such strings, ``true``/``false``, non-negative integers
    written canonically (``0`` or no leading zero) or, for usage quantities, short decimals
    (``497.16``: at most 3 decimals, the last one not 0, so the float orjson reads prints back
    as the same text), and no run of 13 card-class characters (``transforms.redact``'s
@@ -14,13 +14,16 @@ for row, column for column), but decides most lines a chunk at a time:
 2. **Validation (DuckDB, one query).** Keys and values are cut out with regular
    expressions (unambiguous for such lines), and one boolean expression per event type
    checks every contract rule: no duplicate key, only the type's known fields (no unknown
-   fields, no ``email``: those need the attributes or the keyed hash), required fields
-   present, string lengths, integer bounds, currencies, intervals, the MRR bound, tax <=
+   fields: those need the attributes), no ``@`` outside an ``email`` value (so no other
+   string holds an address: nothing to redact), required fields present, string lengths, integer bounds, currencies, intervals, the MRR bound, tax <=
    amount, and timestamps (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to
    UTC micros by DuckDB's ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
    The same query builds the output columns, defaults and the payload digest (SHA-256 of
    the canonical JSON: for such lines, the ``"key":value`` pairs with spaces removed,
-   sorted by key, which is what ``orjson.dumps(obj, OPT_SORT_KEYS)`` writes).
+   sorted by key, which is what ``orjson.dumps(obj, OPT_SORT_KEYS)`` writes). For the few
+   lines with an ``email`` (stored only as its keyed hash, or dropped and counted), the query
+   gives the canonical JSON with a placeholder and Python puts the hash in (or the field out)
+   and takes the digest.
 3. **Everything else** — any line that is not eligible, or fails any fast check, whatever
    the reason — goes through ``parse.parse_lines`` unchanged, which writes the dead letter,
    its reason and message, redacts, and accepts what the fast path could not prove.
@@ -33,6 +36,7 @@ fields, defaults, currencies, intervals and monthly factors, timestamp range) co
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -66,18 +70,22 @@ from transforms.parse import (
     _micros,
     parse_lines,
 )
-from transforms.redact import _CARD_CLASS, MIN_CARD_DIGITS, PiiPolicy, as_policy
+from transforms.redact import _CARD_CLASS, MIN_CARD_DIGITS, PiiPolicy, as_policy, email_hmac
 from transforms.schemas import PAYMENT_EVENT_TYPES, QUANTITY, USAGE_EVENT_TYPES
 
 US_PER_DAY = 86_400_000_000
+# stands for the email pair in a line's canonical JSON until Python knows it (never in a fast line: not printable)
+EMAIL_PLACEHOLDER = '"email":"\x01"'
+_PLACEHOLDER_SQL = """'"email":"' || chr(1) || '"'"""
 QUERY_THREADS = max(1, min(4, os.cpu_count() or 1))
 QUERY_BATCH_ROWS = 8_192  # rows per record batch DuckDB scans (its unit of parallel work on an Arrow table)
 TIMESTAMP_FIELDS = ("occurred_at", "effective_at", "trial_end", "period_start", "period_end")
 SUBSCRIPTION_STATE = ("subscription.created", "subscription.updated")
 
 # ---------------------------------------------------------------- eligibility (RE2 over raw bytes)
-# string content: printable ASCII without '"', '\' and '@' (0x20-0x7e minus 0x22, 0x40, 0x5c)
-_STR = r'"[ !#-?A-\[\]-~]*"'
+# string content: printable ASCII without '"' and '\' (0x20-0x7e minus 0x22, 0x5c); an '@' is allowed only
+# in the value of an email field (the query checks: no other string can hold an address)
+_STR = r'"[ !#-\[\]-~]*"'
 _DECIMAL_PLACES = 3  # usage quantities on the fast path: <= 3 decimals (QUANTITY.scale allows more)
 assert _DECIMAL_PLACES <= QUANTITY.scale
 _NUM = rf"(?:0|[1-9][0-9]*)(?:\.[0-9]{{0,{_DECIMAL_PLACES - 1}}}[1-9])?"
@@ -130,6 +138,7 @@ create or replace macro sval(t) as case when starts_with(t, '"') then substr(t, 
 -- tokens are strings, canonical non-negative integers, short decimals or true/false (FLAT_LINE)
 create or replace macro is_num(t) as t[1] between '0' and '9';
 create or replace macro ival(t) as case when is_num(t) and not contains(t, '.') then t::bigint end;
+create or replace macro at_count(t) as case when contains(t, '@') then length(t) - length(replace(t, '@', '')) else 0 end;
 create or replace macro str_ok(t, lim) as t is null or (is_str(t) and length(t) - 2 between 1 and lim);
 -- the pattern admits only valid RFC 3339 spellings of 1970..2199 (no leap second, no hour 24); DuckDB's
 -- cast then gives the exact instant (NULL for a day the month lacks: Feb 30, Apr 31, Feb 29 of 2023)
@@ -161,7 +170,7 @@ def _type_rule(event_type: str) -> str:
     for name in required + optional:
         t = _tok(name)
         if name == "email":
-            conds.append(f"{t} is null")  # stored only as a keyed hash: the per-line path does it
+            conds.append(f"({t} is null or is_str({t}))")  # hashed or dropped in Python (_email_rows)
         elif name in TIMESTAMP_FIELDS:
             conds.append(f"({t} is null or {_us(name)} is not null)")
         elif name == "currency":
@@ -234,16 +243,24 @@ def _column_exprs() -> dict[str, str]:
         "usage_quantity": f"case when is_num({_tok('quantity')}) then try_cast({_tok('quantity')} as decimal(38, {QUANTITY.scale})) end",
         # canonical JSON (orjson, sorted keys, no spaces): the line's keys are known field names, so
         # it is their '"key":token' pairs in sorted order (yyjson writes these tokens back as read)
-        "payload_sha256": "sha256('{' || concat_ws(',', " + ", ".join(
-            f"'\"{name}\":' || {_tok(name)}" for name in _ALL_FIELDS  # NULL for an absent field: skipped
-        ) + ") || '}')",
+        "payload_sha256": f"case when {_tok('email')} is null then sha256({_canonical()}) end",
+        "email": f"sval({_tok('email')})",
+        "canonical_email": f"case when {_tok('email')} is not null then {_canonical(_PLACEHOLDER_SQL)} end",
     })  # fmt: skip
     return cols
 
 
+def _canonical(email: str | None = None) -> str:
+    """SQL: the canonical JSON of a fast line; ``email``: the SQL text standing in for the email pair."""
+    pairs = [f"'\"{name}\":' || {_tok(name)}" if name != "email" or email is None else email
+             for name in _ALL_FIELDS]  # NULL for an absent field: skipped by concat_ws  # fmt: skip
+    return "'{' || concat_ws(',', " + ", ".join(pairs) + ") || '}'"
+
+
 def _query() -> str:
     cols = _column_exprs()
-    common = (f"str_ok({_tok('event_id')}, {LENGTH_LIMITS['event_id']})"
+    common = (f"at_signs = coalesce(at_count({_tok('email')}), 0)"
+              f" and str_ok({_tok('event_id')}, {LENGTH_LIMITS['event_id']})"
               f" and {_tok('event_id')} is not null and {_tok('customer_id')} is not null"
               f" and str_ok({_tok('customer_id')}, {LENGTH_LIMITS['customer_id']}) and {_us('occurred_at')} is not null")  # fmt: skip
     select = ",\n  ".join(f"{expr} as {name}" for name, expr in cols.items())
@@ -254,10 +271,11 @@ def _query() -> str:
     ranged = ", ".join(f"ts_range(c_{name}) as {_us(name)}" for name in TIMESTAMP_FIELDS)
     return f"""
 with t as (
-  select i, json_keys(line) as keys, json_extract(line, {_sql_list('$.' + name for name in _ALL_FIELDS)}) as toks
+  select i, json_keys(line) as keys, json_extract(line, {_sql_list('$.' + name for name in _ALL_FIELDS)}) as toks,
+    at_count(line) as at_signs
   from lines
 ), u as (
-  select i, keys, {tokens} from t
+  select i, keys, at_signs, {tokens} from t
 ), c as (
   select *, sval({_tok('event_type')}) as event_type, {ints}, {micros} from u
 ), v as (
@@ -354,6 +372,7 @@ def _chunk_result(lines, source_file: str, file_index: int, first_line_no: int, 
     out.lines = len(lines)
     if fast is None or not fast.num_rows:
         return events_schema.empty_table(), usage_schema.empty_table(), out
+    fast = _email_rows(fast, policy, out)
     redacted_file = policy.redact_path(source_file)
     is_usage = pc.is_in(fast["event_type"], value_set=pa.array(USAGE_EVENT_TYPES))
     tables = []
@@ -362,6 +381,31 @@ def _chunk_result(lines, source_file: str, file_index: int, first_line_no: int, 
         tables.append(_staging_table(rows, schema, columns, redacted_file, file_index, first_line_no - start))
     assert set(PAYMENT_EVENT_TYPES) | set(USAGE_EVENT_TYPES) == set(FIELDS)
     return tables[0], tables[1], out
+
+
+def _email_rows(fast: pa.Table, policy: PiiPolicy, out: ParsedChunk) -> pa.Table:
+    """Rows of lines with an ``email``: its keyed hash (``email_hmac``), or no email at all (counted in
+    ``out.emails_dropped``), in the row and in the digest of its canonical JSON, as ``parse._protect`` does."""
+    emails = fast["email"].combine_chunks()
+    n = fast.num_rows
+    pos = np.flatnonzero(pc.is_valid(emails).to_numpy(zero_copy_only=False))
+    hashes = np.full(n, None, dtype=object)
+    if not len(pos):
+        return fast.append_column("email_hmac", pa.array(hashes, pa.string()))
+    canonical = fast["canonical_email"].combine_chunks().take(pa.array(pos)).to_pylist()
+    if policy.email_key:
+        hashed = [email_hmac(email, policy.email_key) for email in emails.take(pa.array(pos)).to_pylist()]
+        canonical = [c.replace(EMAIL_PLACEHOLDER, f'"email":"{h}"') for c, h in zip(canonical, hashed, strict=True)]
+        hashes[pos] = hashed
+    else:  # dropped: the pair goes (customer_id, required, always comes before it in key order)
+        assert all(("," + EMAIL_PLACEHOLDER) in c for c in canonical)
+        canonical = [c.replace("," + EMAIL_PLACEHOLDER, "") for c in canonical]
+        out.emails_dropped += len(pos)
+    digests = fast["payload_sha256"].combine_chunks().to_numpy(zero_copy_only=False).astype(object)
+    digests[pos] = [hashlib.sha256(c.encode()).hexdigest() for c in canonical]
+    index = fast.schema.get_field_index("payload_sha256")
+    fast = fast.set_column(index, "payload_sha256", pa.array(digests, pa.string()))
+    return fast.append_column("email_hmac", pa.array(hashes, pa.string()))
 
 
 def _staging_table(rows: pa.Table, schema: pa.Schema, columns, source_file: str, file_index: int,
@@ -377,7 +421,7 @@ def _staging_table(rows: pa.Table, schema: pa.Schema, columns, source_file: str,
             arrays[name] = pc.add(rows["i"].combine_chunks(), line_offset)
         elif name == "quantity" and "meter" in columns:
             arrays[name] = rows["usage_quantity"].combine_chunks()
-        elif name in ("email_hmac", "attributes"):
+        elif name == "attributes":
             arrays[name] = pa.nulls(n, pa.string())
         else:
             arrays[name] = rows[name].combine_chunks()

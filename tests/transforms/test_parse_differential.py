@@ -258,11 +258,16 @@ def test_each_edge_case(raw):
 
 def test_the_fast_path_takes_the_clean_lines():
     """The differential tests prove something only if clean lines really take the fast path."""
-    clean = [ev(INVOICE), _spaced(SUB), ev(USAGE, quantity=497.16), ev(CUSTOMER, name="Ann", country="de")]
-    held_back = [ev(INVOICE, note=CARD), ev(CUSTOMER, email="a@b.c"), b"\xef\xbb\xbf" + ev(INVOICE),
-                 ev(INVOICE) + b"\r", ev(INVOICE, extra={"a": 1}), ev(INVOICE, event_id="e\\u0031")]  # fmt: skip
+    clean = [ev(INVOICE), _spaced(SUB), ev(USAGE, quantity=497.16), ev(CUSTOMER, name="Ann", country="de"),
+             ev(CUSTOMER, email="a@b.c")]
+    # eligible, then deferred by the query: an address outside the email field, an email that is a number
+    deferred = [ev(CUSTOMER, email="a@b.c", name="x@y.z"), ev(CUSTOMER, email="a@b.c", segment="@"),
+                ev(INVOICE, customer_id="c@d.e"), ev(CUSTOMER, email=7)]
+    held_back = [ev(INVOICE, note=CARD), b"\xef\xbb\xbf" + ev(INVOICE), ev(INVOICE) + b"\r",
+                 ev(INVOICE, extra={"a": 1}), ev(INVOICE, event_id="e\\u0031"), *deferred]  # fmt: skip
     positions = eligible(pa.array(clean + held_back, pa.binary())).tolist()
-    assert positions == list(range(len(clean)))
+    assert positions == list(range(len(clean))) + list(range(len(clean + held_back) - len(deferred),
+                                                               len(clean + held_back)))
     # and the fast path accepts them (a fast path that defers everything would pass every comparison)
     fast_events, fast_usage, slow = parse_chunk_lines(clean + held_back, "f.jsonl", 0, 1, POLICIES["keys"],
                                                       EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
@@ -283,6 +288,7 @@ field_values = {
     "interval": st.sampled_from(["day", "week", "month", "year", "Month"]), "unit_amount": ints, "amount": ints,
     "tax": ints, "quantity": ints | st.decimals(0, 10**6, places=3).map(float), "interval_count": ints, "attempt": ints,
     "country": st.sampled_from(["de", "US", "DEU", "1a"]), "name": ids, "segment": ids, "reason": ids,
+    "email": ids | st.sampled_from([" Bob@Example.COM ", "a@@b", "@", "", "x@y.z", f"{CARD}@cards.example"]),
 }  # fmt: skip
 
 
