@@ -312,9 +312,9 @@ class _MessageChunksFn(beam.DoFn):
         self.store, self.chunk_lines = store, chunk_lines
 
     def process(self, path: str):
-        bodies = _read_staged_messages(self.store, path)["body"].to_pylist()
+        bodies = _read_staged_messages(self.store, path)["body"].combine_chunks().cast(pa.large_binary())
         for start in range(0, len(bodies), self.chunk_lines):
-            yield LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, tuple(bodies[start:start + self.chunk_lines]))
+            yield LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, bodies.slice(start, self.chunk_lines))
 
 
 def _tag_label(tag: str) -> str:

@@ -335,7 +335,9 @@ def parse_chunks_lines(chunks, pii: PiiPolicy | bytes | None, events_schema: pa.
     policy = as_policy(pii)
     starts = np.cumsum([0] + [len(c[0]) for c in chunks])
     # large_binary: the lines of a batch may pass 2 GiB (each line is at most MAX_LINE_BYTES)
-    raw = pa.array([line for c in chunks for line in c[0]], pa.large_binary())
+    arrays = [c[0].cast(pa.large_binary()) if isinstance(c[0], pa.Array) else pa.array(list(c[0]), pa.large_binary())
+              for c in chunks]  # fmt: skip
+    raw = pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
     fast_pos = eligible(raw)
     accepted = np.zeros(len(raw), dtype=bool)
     fast = None
@@ -367,7 +369,8 @@ def _chunk_result(lines, source_file: str, file_index: int, first_line_no: int, 
     """One chunk's fast rows (``fast``: its lines' query rows, ``i`` counted from ``start``) and its slow lines."""
     out = ParsedChunk()
     slow_pos = np.flatnonzero(~accepted)
-    parse_lines([lines[k] for k in slow_pos], source_file, file_index, first_line_no, policy, out,
+    slow = lines.take(pa.array(slow_pos)).to_pylist() if isinstance(lines, pa.Array) else [lines[k] for k in slow_pos]
+    parse_lines(slow, source_file, file_index, first_line_no, policy, out,
                 line_numbers=(slow_pos + first_line_no).tolist())  # fmt: skip
     out.lines = len(lines)
     if fast is None or not fast.num_rows:

@@ -9,7 +9,7 @@
 ``ParseEventLines``
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
     staging schemas: lake columns plus ``event_date`` and ``file_index``), one set per chunk.
-    Chunks are validated vectorised in batches of ~200k lines (``transforms.fastparse``, one
+    Chunks are validated vectorised in batches of ~100k lines (``transforms.fastparse``, one
     query per batch, DuckDB connection per worker thread, opened in ``setup()``); lines it
     cannot prove valid and clean go through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
@@ -69,15 +69,47 @@ class LineChunk:
     source_file: str  # path relative to the input folder
     file_index: int  # position of the file in path order (conflict resolution uses it)
     first_line: int
-    lines: tuple[bytes, ...] = ()
+    # the raw lines: a tuple of bytes, or (from files and staged messages) one large_binary Arrow
+    # array, which the vectorised parse takes as it is: no Python object per line
+    lines: tuple[bytes, ...] | pa.Array = ()
     file_error: tuple[str, str] | None = None  # (reason, message) for a file-level dead letter
+
+    def line_list(self) -> list[bytes]:
+        return self.lines.to_pylist() if isinstance(self.lines, pa.Array) else list(self.lines)
+
+    def line_bytes(self) -> int:
+        return self.lines.nbytes if isinstance(self.lines, pa.Array) else sum(map(len, self.lines))
+
+
+def split_lines(data: bytes) -> tuple[pa.Array, bytes]:
+    """The LF-terminated lines of ``data`` (without their LF; a CR stays) as one large_binary array, and
+    the unterminated rest: what ``data.split(b"\\n")`` gives, without a Python object per line."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 0x0A)
+    n = len(newlines)
+    if not n:
+        return pa.array([], pa.large_binary()), data
+    end = int(newlines[-1]) + 1
+    keep = np.ones(end, dtype=bool)
+    keep[newlines] = False
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:] = newlines - np.arange(n)  # line k ends where its LF was, less the k LFs before it
+    body = buf[:end][keep]
+    lines = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(body)])
+    return lines, data[end:]
 
 
 def read_file_chunks(path: str, source_file: str, file_index: int, chunk_lines: int = CHUNK_LINES):
-    """Yield ``LineChunk``s of a file; read errors become a final chunk with ``file_error``."""
+    """Yield ``LineChunk``s of a file (lines as Arrow arrays); read errors become a final chunk with ``file_error``."""
     line_no = 1
-    pending: list[bytes] = []
+    pending: list[pa.Array] = []
+    count = 0
     tail = b""
+
+    def chunk() -> LineChunk:
+        return LineChunk(source_file, file_index, line_no, pa.concat_arrays(pending))
+
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
@@ -85,21 +117,22 @@ def read_file_chunks(path: str, source_file: str, file_index: int, chunk_lines: 
                 block = handle.read(READ_BLOCK)
                 if not block:
                     break
-                parts = (tail + block).split(b"\n")
-                tail = parts.pop()
-                pending.extend(parts)
-                if len(pending) >= chunk_lines:
-                    yield LineChunk(source_file, file_index, line_no, tuple(pending))
-                    line_no += len(pending)
-                    pending = []
+                lines, tail = split_lines(tail + block)
+                pending.append(lines)
+                count += len(lines)
+                if count >= chunk_lines:
+                    yield chunk()
+                    line_no += count
+                    pending, count = [], 0
         if tail:
-            pending.append(tail)
-        if pending:
-            yield LineChunk(source_file, file_index, line_no, tuple(pending))
+            pending.append(pa.array([tail], pa.large_binary()))
+            count += 1
+        if count:
+            yield chunk()
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        if pending:
-            yield LineChunk(source_file, file_index, line_no, tuple(pending))
-            line_no += len(pending)
+        if count:
+            yield chunk()
+            line_no += count
         if isinstance(exc, EOFError | zlib.error) or (
             isinstance(exc, gzip.BadGzipFile) and line_no > 1
         ):
@@ -165,7 +198,7 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
         parsed.dead["reason"].append(reason)
         parsed.dead["file_index"].append(element.file_index)
     else:
-        parse_lines(list(element.lines), element.source_file, element.file_index, element.first_line,
+        parse_lines(element.line_list(), element.source_file, element.file_index, element.first_line,
                     policy, parsed)  # fmt: skip
     return chunk_to_tables(parsed), parsed
 
@@ -197,8 +230,8 @@ class _ParseFn(beam.DoFn):
     """Chunks are parsed in batches of at least ``BATCH_LINES`` lines (or ``BATCH_BYTES``), one vectorised
     query per batch: the query's planning is a fixed cost per call. Memory stays bounded by the batch."""
 
-    BATCH_LINES = 200_000
-    BATCH_BYTES = 64 << 20
+    BATCH_LINES = 100_000
+    BATCH_BYTES = 32 << 20
 
     def __init__(self, policy: PiiPolicy):
         self.policy = policy
@@ -221,7 +254,7 @@ class _ParseFn(beam.DoFn):
             return
         self.pending.append(element)
         self.pending_lines += len(element.lines)
-        self.pending_bytes += sum(map(len, element.lines))
+        self.pending_bytes += element.line_bytes()
         if self.pending_lines >= self.BATCH_LINES or self.pending_bytes >= self.BATCH_BYTES:
             yield from self._flush()
 

@@ -37,6 +37,7 @@ from transforms.ingest import (
     parse_chunk,
     parse_chunks,
     read_file_chunks,
+    split_lines,
 )
 from transforms.parse import FIELDS, MAX_DEPTH, MAX_ID, MAX_MINOR, MAX_NAME
 from transforms.redact import PiiPolicy
@@ -241,9 +242,19 @@ def test_a_file_with_bom_crlf_and_nul_bytes_read_in_small_chunks(tmp_path):
     path.write_bytes(body)
     chunks = list(read_file_chunks(str(path), "crlf.jsonl", 0, chunk_lines=2))
     assert len(chunks) == 2 and sum(len(c.lines) for c in chunks) == 6  # the last line has no LF
-    assert chunks[1].first_line == 1 + len(chunks[0].lines) and chunks[0].lines[0].endswith(b"\r")
+    assert chunks[1].first_line == 1 + len(chunks[0].lines) and chunks[0].line_list()[0].endswith(b"\r")
+    assert [line for c in chunks for line in c.line_list()] == body.split(b"\n")
     for chunk in chunks:
-        assert_same(chunk.lines, first_line=chunk.first_line)
+        assert_same(chunk.line_list(), first_line=chunk.first_line)
+        as_arrow = LineChunk("in/batch-07/diff.jsonl", 5, chunk.first_line, chunk.lines)  # Arrow lines, as read
+        assert_same(chunk.line_list(), first_line=chunk.first_line, got=parse_chunks([as_arrow], POLICIES["keys"])[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"\n", b"\r\n", b"a", b"{}", b"\x00", b"\xef\xbb\xbf", b" "]), max_size=40).map(b"".join))
+def test_split_lines_is_bytes_split(data):
+    lines, tail = split_lines(data)
+    assert lines.type == pa.large_binary() and lines.to_pylist() + [tail] == data.split(b"\n")
 
 
 @pytest.mark.parametrize("policy", list(POLICIES), ids=list(POLICIES))
