@@ -11,13 +11,13 @@ for row, column for column), but decides most lines a chunk at a time:
    as the same text), and no run of 13 card-class characters (``transforms.redact``'s
    pre-check, so nothing in it can need redaction), at most ``MAX_LINE_BYTES`` long. BOM,
    CR, escapes, nulls, negative numbers, exponents, nesting and non-ASCII all fall out here.
-2. **Validation (DuckDB, one query).** Keys and values are cut out with regular
-   expressions (unambiguous for such lines), and one boolean expression per event type
+2. **Validation (DuckDB, one query).** Keys and values are cut out with DuckDB's JSON
+   functions (``json_keys``, ``json_extract``), and one boolean expression per event type
    checks every contract rule: no duplicate key, only the type's known fields (no unknown
    fields: those need the attributes), no ``@`` outside an ``email`` value (so no other
    string holds an address: nothing to redact), required fields present, string lengths,
-   integer bounds, currencies, intervals, the MRR bound, tax <= amount, and timestamps (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to
-   UTC micros by DuckDB's ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
+   integer bounds, currencies, intervals, the MRR bound, tax <= amount, and timestamps
+   (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to UTC micros by DuckDB's ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
    The same query builds the output columns, defaults and the payload digest (SHA-256 of
    the canonical JSON: for such lines, the ``"key":value`` pairs with spaces removed,
    sorted by key, which is what ``orjson.dumps(obj, OPT_SORT_KEYS)`` writes). For the few
