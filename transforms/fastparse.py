@@ -17,7 +17,8 @@ for row, column for column), but decides most lines a chunk at a time:
    fields: those need the attributes), no ``@`` outside an ``email`` value (so no other
    string holds an address: nothing to redact), required fields present, string lengths,
    integer bounds, currencies, intervals, the MRR bound, tax <= amount, and timestamps
-   (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to UTC micros by DuckDB's ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
+   (``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM)`` only, converted to UTC micros by DuckDB's
+   ``timestamptz`` cast and checked against ``TS_MIN``..``TS_MAX``).
    The same query builds the output columns, defaults and the payload digest (SHA-256 of
    the canonical JSON: for such lines, the ``"key":value`` pairs with spaces removed,
    sorted by key, which is what ``orjson.dumps(obj, OPT_SORT_KEYS)`` writes). For the few
