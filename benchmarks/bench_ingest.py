@@ -100,15 +100,18 @@ def main() -> None:
         result.update(r.counts())
     """)
     ok = ours["lines_read"] == lines and ours["rows_written"] == truth["counts"]["accepted"]
-    print(f"ours  : {ours['seconds']:.1f}s  {lines / ours['seconds']:,.0f} events/s  peak RSS {ours['peak_rss_mb']:,.0f} MB"
+    print(f"ours  : {ours['seconds']:.1f}s (CPU {ours['cpu_seconds']:.1f}s)  {lines / ours['seconds']:,.0f} events/s"
+          f"  peak RSS {ours['peak_rss_mb']:,.0f} MB"
           f"  (counts match ground truth: {ok})")
     if not args.skip_duckdb:
         duck_dir = args.workdir / f"duckdb-{args.events}"
         shutil.rmtree(duck_dir, ignore_errors=True)
         duck = measure(f"INPUT = {str(src / 'events')!r}\nOUT = {str(duck_dir)!r}\n" + DUCKDB_SQL)
-        print(f"duckdb: {duck['seconds']:.1f}s  {lines / duck['seconds']:,.0f} events/s  peak RSS {duck['peak_rss_mb']:,.0f} MB"
+        print(f"duckdb: {duck['seconds']:.1f}s (CPU {duck['cpu_seconds']:.1f}s)  {lines / duck['seconds']:,.0f} events/s"
+              f"  peak RSS {duck['peak_rss_mb']:,.0f} MB"
               f"  (written {duck['written']:,})")
-        print(f"ratio ours/duckdb time: {ours['seconds'] / duck['seconds']:.2f}x (goal <= 1.5x)")
+        print(f"ratio ours/duckdb time: {ours['seconds'] / duck['seconds']:.2f}x (goal <= 1.5x);"
+              f" CPU time: {ours['cpu_seconds'] / duck['cpu_seconds']:.2f}x")
     print(json.dumps({"events": lines, "ours": ours, **({} if args.skip_duckdb else {"duckdb": duck})}, default=str))
 
 

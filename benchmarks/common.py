@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def measure(code: str) -> dict:
-    """Run ``code`` in a new interpreter; it must set ``result`` (a dict). Adds seconds and peak_rss_mb."""
+    """Run ``code`` in a new interpreter; it must set ``result`` (a dict). Adds seconds, cpu_seconds, peak_rss_mb."""
     wrapper = textwrap.dedent("""
         import json, resource, sys, time
         sys.path.insert(0, {repo!r})
@@ -20,7 +20,10 @@ def measure(code: str) -> dict:
         result = {{}}
         exec(compile({code!r}, "bench", "exec"))
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024
+        # CPU time (user + system, all threads): less sensitive than wall time to other jobs on the machine
+        result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
         print("BENCH" + json.dumps(result, default=str))
     """).format(repo=str(REPO), code=textwrap.dedent(code))
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)

@@ -140,8 +140,8 @@ class _SpillFn(beam.DoFn):
         self.buffer, self.rows = [], 0
         key = "raw_sha256" if self.tag == "dead_letter" else "event_id"
         for shard, part in split_by_shard(table, key, self.shards):
-            path = self.store.join(self.stage, "parsed", self.tag, f"{uuid.uuid4().hex}.parquet")
-            yield shard, (self.tag, self.store.write_parquet(part, path, compression="lz4"))
+            path = self.store.join(self.stage, "parsed", self.tag, f"{uuid.uuid4().hex}.arrow")
+            yield shard, (self.tag, self.store.write_scratch(part, path))
 
 
 class _LinesFn(beam.DoFn):
@@ -202,7 +202,7 @@ class _DedupShardFn(beam.DoFn):
         store = self.store
         parts = {tag: [] for tag in TAGS}
         for tag, path in refs:
-            parts[tag].append(store.read_parquet(path))
+            parts[tag].append(store.read_scratch(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
         result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
                              self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
@@ -211,11 +211,11 @@ class _DedupShardFn(beam.DoFn):
         kept = store.join(self.stage, "kept")
         for tag, table in (("events", result.events), ("usage", result.usage)):
             for month, part in _split_by_month(table):
-                path = store.join(kept, tag, month, f"shard-{shard:03d}.parquet")
-                yield (tag, month), store.write_parquet(part, path, compression="lz4")
+                path = store.join(kept, tag, month, f"shard-{shard:03d}.arrow")
+                yield (tag, month), store.write_scratch(part, path)
         if result.dead_letter.num_rows:
-            path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.parquet")
-            yield ("dead_letter", "all"), store.write_parquet(result.dead_letter, path, compression="lz4")
+            path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.arrow")
+            yield ("dead_letter", "all"), store.write_scratch(result.dead_letter, path)
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -231,8 +231,11 @@ def _split_by_month(table: pa.Table):
         return
     days = table["event_date"].combine_chunks().cast(pa.int32()).to_numpy()
     months = days.astype("datetime64[D]").astype("datetime64[M]")
-    for month in np.unique(months):
-        yield str(month), table.filter(pa.array(months == month))
+    order = np.argsort(months, kind="stable")  # one take and slices, not one filter of the table per month
+    table, months = table.combine_chunks().take(pa.array(order)), months[order]
+    starts = np.flatnonzero(np.r_[True, months[1:] != months[:-1]])
+    for start, end in zip(starts.tolist(), np.r_[starts[1:], len(months)].tolist(), strict=True):
+        yield str(months[start]), table.slice(start, end - start)
 
 
 class _WritePartitionsFn(beam.DoFn):
@@ -245,15 +248,17 @@ class _WritePartitionsFn(beam.DoFn):
     def process(self, element):
         (tag, _), paths = element
         store = self.layout.store
-        table = pa.concat_tables([store.read_parquet(p) for p in sorted(paths)])
+        table = pa.concat_tables([store.read_scratch(p) for p in sorted(paths)])
         out = self.layout.table_path(tag)
         name = f"part-{self.run_id}.parquet"
         if tag == "dead_letter":
             written = lake.write_partitioned(table, out, "reason", name,
-                                             [("source_file", "ascending"), ("source_line", "ascending")], store)  # fmt: skip
+                                             [("source_file", "ascending"), ("source_line", "ascending")], store,
+                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
         else:
             written = lake.write_partitioned(table, out, "event_date", name,
-                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store)  # fmt: skip
+                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store,
+                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
         yield len(written)
 
 
@@ -316,9 +321,9 @@ class _MessageChunksFn(beam.DoFn):
         self.store, self.chunk_lines = store, chunk_lines
 
     def process(self, path: str):
-        bodies = _read_staged_messages(self.store, path)["body"].to_pylist()
+        bodies = _read_staged_messages(self.store, path)["body"].combine_chunks().cast(pa.large_binary())
         for start in range(0, len(bodies), self.chunk_lines):
-            yield LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, tuple(bodies[start:start + self.chunk_lines]))
+            yield LineChunk(MESSAGE_BATCH_FILE, 0, start + 1, bodies.slice(start, self.chunk_lines))
 
 
 def _tag_label(tag: str) -> str:

@@ -162,6 +162,19 @@ class LakeStore:
             .metadata.num_rows
         )
 
+    def write_scratch(self, table: pa.Table, path: str) -> str:
+        """A run's scratch table as an Arrow IPC file (lz4): written and read back several times faster
+        than Parquet, and only ever read by the same run (``read_scratch``)."""
+        self._parent(path)
+        with self.filesystem.open_output_stream(path) as sink, \
+                pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+            writer.write_table(table.combine_chunks())  # one record batch: not one per parsed chunk
+        return path
+
+    def read_scratch(self, path: str) -> pa.Table:
+        with self.filesystem.open_input_file(path) as source:
+            return pa.ipc.open_file(source).read_all()
+
     def read_parquet(self, path: str, **options) -> pa.Table:
         return pq.read_table(path, filesystem=self.filesystem, **options)
 

@@ -8,9 +8,10 @@
     those file-level dead letters (as ``LineChunk`` with ``file_error`` set).
 ``ParseEventLines``
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
-    staging schemas: lake columns plus ``event_date`` and ``file_index``). Each chunk is
-    validated vectorised (``transforms.fastparse``, DuckDB connection per worker thread,
-    opened in ``setup()``); lines it cannot prove valid and clean go through ``parse_lines``.
+    staging schemas: lake columns plus ``event_date`` and ``file_index``), one set per chunk.
+    Chunks are validated vectorised in batches of ~100k lines (``transforms.fastparse``, one
+    query per batch, DuckDB connection per worker thread, opened in ``setup()``); lines it
+    cannot prove valid and clean go through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``
@@ -37,7 +38,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import schemas
-from transforms.fastparse import connection, parse_chunk_lines
+from transforms.fastparse import connection, parse_chunks_lines
 from transforms.parse import (
     DEAD_COLUMNS,
     ParsedChunk,
@@ -68,15 +69,47 @@ class LineChunk:
     source_file: str  # path relative to the input folder
     file_index: int  # position of the file in path order (conflict resolution uses it)
     first_line: int
-    lines: tuple[bytes, ...] = ()
+    # the raw lines: a tuple of bytes, or (from files and staged messages) one large_binary Arrow
+    # array, which the vectorised parse takes as it is: no Python object per line
+    lines: tuple[bytes, ...] | pa.Array = ()
     file_error: tuple[str, str] | None = None  # (reason, message) for a file-level dead letter
+
+    def line_list(self) -> list[bytes]:
+        return self.lines.to_pylist() if isinstance(self.lines, pa.Array) else list(self.lines)
+
+    def line_bytes(self) -> int:
+        return self.lines.nbytes if isinstance(self.lines, pa.Array) else sum(map(len, self.lines))
+
+
+def split_lines(data: bytes) -> tuple[pa.Array, bytes]:
+    """The LF-terminated lines of ``data`` (without their LF; a CR stays) as one large_binary array, and
+    the unterminated rest: what ``data.split(b"\\n")`` gives, without a Python object per line."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 0x0A)
+    n = len(newlines)
+    if not n:
+        return pa.array([], pa.large_binary()), data
+    end = int(newlines[-1]) + 1
+    keep = np.ones(end, dtype=bool)
+    keep[newlines] = False
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:] = newlines - np.arange(n)  # line k ends where its LF was, less the k LFs before it
+    body = buf[:end][keep]
+    lines = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(body)])
+    return lines, data[end:]
 
 
 def read_file_chunks(path: str, source_file: str, file_index: int, chunk_lines: int = CHUNK_LINES):
-    """Yield ``LineChunk``s of a file; read errors become a final chunk with ``file_error``."""
+    """Yield ``LineChunk``s of a file (lines as Arrow arrays); read errors become a final chunk with ``file_error``."""
     line_no = 1
-    pending: list[bytes] = []
+    pending: list[pa.Array] = []
+    count = 0
     tail = b""
+
+    def chunk() -> LineChunk:
+        return LineChunk(source_file, file_index, line_no, pa.concat_arrays(pending))
+
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
@@ -84,21 +117,22 @@ def read_file_chunks(path: str, source_file: str, file_index: int, chunk_lines: 
                 block = handle.read(READ_BLOCK)
                 if not block:
                     break
-                parts = (tail + block).split(b"\n")
-                tail = parts.pop()
-                pending.extend(parts)
-                if len(pending) >= chunk_lines:
-                    yield LineChunk(source_file, file_index, line_no, tuple(pending))
-                    line_no += len(pending)
-                    pending = []
+                lines, tail = split_lines(tail + block)
+                pending.append(lines)
+                count += len(lines)
+                if count >= chunk_lines:
+                    yield chunk()
+                    line_no += count
+                    pending, count = [], 0
         if tail:
-            pending.append(tail)
-        if pending:
-            yield LineChunk(source_file, file_index, line_no, tuple(pending))
+            pending.append(pa.array([tail], pa.large_binary()))
+            count += 1
+        if count:
+            yield chunk()
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        if pending:
-            yield LineChunk(source_file, file_index, line_no, tuple(pending))
-            line_no += len(pending)
+        if count:
+            yield chunk()
+            line_no += count
         if isinstance(exc, EOFError | zlib.error) or (
             isinstance(exc, gzip.BadGzipFile) and line_no > 1
         ):
@@ -147,6 +181,8 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
     reference the differential test compares against). Both give the same tables.
     """
     policy = as_policy(pii)
+    if vectorised and not element.file_error:
+        return parse_chunks([element], policy)[0]
     parsed = ParsedChunk()
     if element.file_error:
         reason, message = element.file_error
@@ -161,18 +197,23 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
         parsed.dead["event_id"].append(None)
         parsed.dead["reason"].append(reason)
         parsed.dead["file_index"].append(element.file_index)
-    elif vectorised:
-        fast_events, fast_usage, parsed = parse_chunk_lines(
-            element.lines, element.source_file, element.file_index, element.first_line, policy,
-            EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    else:
+        parse_lines(element.line_list(), element.source_file, element.file_index, element.first_line,
+                    policy, parsed)  # fmt: skip
+    return chunk_to_tables(parsed), parsed
+
+
+def parse_chunks(elements: list[LineChunk], pii: PiiPolicy | bytes | None) -> list[tuple[dict[str, pa.Table], ParsedChunk]]:
+    """``parse_chunk`` of each chunk of lines (no ``file_error``), vectorised with one query for them all."""
+    results = parse_chunks_lines([(e.lines, e.source_file, e.file_index, e.first_line) for e in elements],
+                                 as_policy(pii), EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    out = []
+    for fast_events, fast_usage, parsed in results:
         tables = chunk_to_tables(parsed)
         tables["events"] = _merge_by_line(fast_events, tables["events"])
         tables["usage"] = _merge_by_line(fast_usage, tables["usage"])
-        return tables, parsed
-    else:
-        parse_lines(list(element.lines), element.source_file, element.file_index, element.first_line,
-                    policy, parsed)  # fmt: skip
-    return chunk_to_tables(parsed), parsed
+        out.append((tables, parsed))
+    return out
 
 
 def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
@@ -181,11 +222,17 @@ def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
         return fast
     if not fast.num_rows:
         return slow
-    both = pa.concat_tables([fast, slow])
-    return both.take(pc.sort_indices(both["source_line"])).combine_chunks()
+    both = pa.concat_tables([fast, slow]).combine_chunks()
+    return both.take(pc.sort_indices(both["source_line"]))
 
 
 class _ParseFn(beam.DoFn):
+    """Chunks are parsed in batches of at least ``BATCH_LINES`` lines (or ``BATCH_BYTES``), one vectorised
+    query per batch: the query's planning is a fixed cost per call. Memory stays bounded by the batch."""
+
+    BATCH_LINES = 100_000
+    BATCH_BYTES = 32 << 20
+
     def __init__(self, policy: PiiPolicy):
         self.policy = policy
         self.lines = Metrics.counter("ingest", "lines_read")
@@ -197,8 +244,34 @@ class _ParseFn(beam.DoFn):
     def setup(self):
         connection()  # this worker thread's DuckDB connection for the vectorised path
 
+    def start_bundle(self):
+        self.pending: list[LineChunk] = []
+        self.pending_lines = self.pending_bytes = 0
+
     def process(self, element: LineChunk):
-        tables, parsed = parse_chunk(element, self.policy)
+        if element.file_error:
+            yield from self._outputs(*parse_chunk(element, self.policy))
+            return
+        self.pending.append(element)
+        self.pending_lines += len(element.lines)
+        self.pending_bytes += element.line_bytes()
+        if self.pending_lines >= self.BATCH_LINES or self.pending_bytes >= self.BATCH_BYTES:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for output in self._flush():
+            value = beam.utils.windowed_value.WindowedValue(output.value, 0, [beam.transforms.window.GlobalWindow()])
+            yield beam.pvalue.TaggedOutput(output.tag, value)
+
+    def _flush(self):
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.pending_lines = self.pending_bytes = 0
+        for tables, parsed in parse_chunks(batch, self.policy):
+            yield from self._outputs(tables, parsed)
+
+    def _outputs(self, tables: dict[str, pa.Table], parsed: ParsedChunk):
         self.lines.inc(parsed.lines)
         self.events.inc(tables["events"].num_rows)
         self.usage.inc(tables["usage"].num_rows)

@@ -174,7 +174,7 @@ def read_event_lines(input_dir) -> Iterator[tuple[str, bytes]]:
         for chunk in read_file_chunks(path, rel, index):
             if chunk.file_error:
                 raise InputError(f"{rel}: {chunk.file_error[1]}")
-            for line in chunk.lines:
+            for line in chunk.line_list():
                 yield rel, line
 
 
