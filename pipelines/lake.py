@@ -66,7 +66,12 @@ def write_atomic_bytes(path: Path, payload: bytes) -> None:
 
 
 def partition_dir(partition: str, value) -> str:
-    return f"{partition}={value.isoformat() if hasattr(value, 'isoformat') else value}"
+    return f"{partition}={partition_text(value)}"
+
+
+def partition_text(value) -> str:
+    """A partition value as the hive folder name and the Delta log write it (a date in ISO form)."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def write_partitioned(
@@ -280,12 +285,12 @@ def commit(layout: DataLayout, table: str, files: list[str], run_id: str, mode: 
             transactions.append(Transaction(other, int(version)))
     actions = _add_actions(store, root, sorted(map(str, files)), partition)
     if replace_partitions:
-        wanted = {v.isoformat() if hasattr(v, "isoformat") else str(v) for v in replace_partitions}
+        wanted = {partition_text(v) for v in replace_partitions}
         current = pa.table(delta.get_add_actions(flatten=True))
         now = int(time.time() * 1000)
         for path, size, value in zip(current["path"].to_pylist(), current["size_bytes"].to_pylist(),
                                      current[f"partition.{partition}"].to_pylist(), strict=True):  # fmt: skip
-            text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+            text = partition_text(value)
             if text in wanted:
                 actions.append(RemoveAction(path, True, now, size, {partition: text}))
     try:
@@ -328,7 +333,7 @@ def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: 
     actions = pa.table(delta.get_add_actions(flatten=True))
     small = actions.filter(pc.less(actions["size_bytes"], target_bytes or COMPACT_TARGET_BYTES))
     counts = pc.value_counts(small[f"partition.{column}"]).to_pylist() if small.num_rows else []
-    eligible = sorted(((c["counts"], _partition_text(c["values"])) for c in counts if c["counts"] >= min_files),
+    eligible = sorted(((c["counts"], partition_text(c["values"])) for c in counts if c["counts"] >= min_files),
                       key=lambda c: (-c[0], c[1]))  # fmt: skip
     wanted, files = [], 0
     for count, value in eligible:
@@ -348,10 +353,6 @@ def compact_small_files(layout: DataLayout, table: str, run_id: str, min_files: 
     return {"version": delta.version(), "partitions": len(wanted), "files_removed": merged.get("numFilesRemoved", 0),
             "files_added": merged.get("numFilesAdded", 0), "seconds": round(merge_seconds, 3),
             "checkpoint_seconds": round(time.monotonic() - started - merge_seconds, 3)}  # fmt: skip
-
-
-def _partition_text(value) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _delta_fields(schema: pa.Schema):
