@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ LOAD_FORMAT = 1  # bump when the layout of the lake copy changes: the next build
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 FILE_COLUMN = "_file"
 MEMORY_LIMIT_ENV = "REVENUE_DUCKDB_MEMORY_LIMIT"
-DEFAULT_MEMORY_LIMIT = "512MB"
+DEFAULT_MEMORY_LIMIT = "256MB"
 
 # Which keys a changed row of a lake table puts in the change tables (what the marts recompute):
 # (change table, key expression, rows that matter). Other tables (usage, dead_letter) feed no
@@ -80,9 +81,14 @@ class LoadResult:
         return asdict(self)
 
 
-def memory_limit() -> str:
-    """DuckDB's memory limit for the build (it spills to the build folder beyond it)."""
-    return os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+def memory_limit(shared_by: int = 1) -> str:
+    """DuckDB's memory limit for the build (it spills to the build folder beyond it); ``shared_by``: the
+    number of DuckDB databases open at once that share it (the gate's lake and warehouse connections)."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", limit, re.IGNORECASE)
+    if shared_by <= 1 or match is None:  # a setting DuckDB understands but we do not parse: each gets it
+        return limit
+    return f"{float(match[1]) / shared_by:g}{match[2]}"
 
 
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
