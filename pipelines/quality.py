@@ -142,7 +142,7 @@ def _lake_connection(layout: DataLayout, snapshot: Path | None) -> tuple[duckdb.
 
     # beyond its memory limit DuckDB spills: into the build's folder (removed with it), else under quality/
     spill = snapshot.parent / "gate.tmp" if snapshot is not None else layout.quality_spill_dir
-    con = duckdb.connect(config={"memory_limit": memory_limit(shared_by=2), "temp_directory": str(spill)})
+    con = duckdb.connect(config={"memory_limit": memory_limit(), "temp_directory": str(spill)})
     present = set()
     incremental = False
     if snapshot is not None:
@@ -253,7 +253,7 @@ def warehouse_frames(warehouse: Path, half_minor_unit, changed_only: bool = Fals
     """
     from pipelines.warehouse_lake import memory_limit
 
-    con = duckdb.connect(str(warehouse), read_only=True, config={"memory_limit": memory_limit(shared_by=2)})
+    con = duckdb.connect(str(warehouse), read_only=True, config={"memory_limit": memory_limit()})
     try:
         changed_only = changed_only and _build_state(con, current_catalog(con)).get("mode") == "incremental"
         changed = "in (select customer_id from lake.changed_customers)"

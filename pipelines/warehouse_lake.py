@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,14 +80,10 @@ class LoadResult:
         return asdict(self)
 
 
-def memory_limit(shared_by: int = 1) -> str:
-    """DuckDB's memory limit for the build (it spills to the build folder beyond it); ``shared_by``: the
-    number of DuckDB databases open at once that share it (the gate's lake and warehouse connections)."""
-    limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", limit, re.IGNORECASE)
-    if shared_by <= 1 or match is None:  # a setting DuckDB understands but we do not parse: each gets it
-        return limit
-    return f"{float(match[1]) / shared_by:g}{match[2]}"
+def memory_limit() -> str:
+    """DuckDB's memory limit for the build and for each of the gate's two connections (it spills to the
+    build folder beyond it)."""
+    return os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
 
 
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:

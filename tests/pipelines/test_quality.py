@@ -128,19 +128,3 @@ def test_frame_batches_gather_duckdb_chunks_up_to_the_batch_size(monkeypatch):
     (empty,) = list(quality.Frame(con, "select * from t where false").batches())
     assert len(empty) == 0 and list(empty.columns) == ["i", "id"]
 
-
-def test_the_gate_connections_share_the_duckdb_memory_limit(monkeypatch, tmp_path):
-    """The gate opens two DuckDB databases at once (the lake snapshot and the warehouse): each gets half
-    the configured limit, so together they stay within what REVENUE_DUCKDB_MEMORY_LIMIT promises."""
-    import duckdb
-
-    from pipelines.warehouse_lake import MEMORY_LIMIT_ENV, memory_limit
-
-    monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
-    assert memory_limit() == "256MB" and memory_limit(shared_by=2) == "128MB"
-    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1GB")
-    assert memory_limit(shared_by=2) == "0.5GB"
-    con = duckdb.connect(config={"memory_limit": memory_limit(shared_by=2)})
-    assert con.execute("select current_setting('memory_limit')").fetchall()[0][0] == "476.8 MiB"  # 0.5 x 10^9 bytes
-    monkeypatch.setenv(MEMORY_LIMIT_ENV, "75%")  # a form we do not parse: passed on as given
-    assert memory_limit(shared_by=2) == "75%"
