@@ -48,7 +48,7 @@ def run(data_dir: Path, input_dir: Path, *extra: str) -> dict:
     manifest = sorted(set((data_dir / "runs").glob("*-run.json")) - before)[-1]
     summary = json.loads(manifest.read_text())
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "timings": summary.get("timings", {}),
-            "metrics": summary.get("metrics", {})}  # fmt: skip
+            "metrics": summary.get("metrics", {}), "peaks": summary.get("peak_rss_mb", {})}  # fmt: skip
 
 
 def lake_facts(data_dir: Path) -> tuple[dt.date, list[str], list[dt.date]]:
@@ -102,8 +102,10 @@ def show(name: str, result: dict, full: dict | None) -> None:
     ratio = f" = {result['seconds'] / full['seconds']:.2f}x the full run" if full else ""
     metrics = result.get("metrics") or {}
     mode = f" [metrics {metrics.get('mode')}: {metrics.get('customers_recomputed')} customers]" if metrics else ""
+    peaks = ", ".join(f"{k} {v}" for k, v in result.get("peaks", {}).items() if v is not None)
     print(f"{name:>7}: {result['seconds']:7.1f}s{ratio}, peak RSS {result['peak_rss_mb']:,.0f} MB{mode}\n"
-          f"         stages: {stages}")
+          f"         stages: {stages}\n"
+          f"         peak RSS (MB) of the run process after each stage, and of its children: {peaks}")
 
 
 def main() -> None:

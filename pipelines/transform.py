@@ -30,10 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
+
 from pipelines import closes, lake, quality, warehouse_lake
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
+from pipelines.warehouse_lake import MEMORY_LIMIT_ENV, memory_limit
 from transforms import schemas
 from transforms.errors import BuildFailed, ConfigError, InputError, LakeError
 
@@ -231,9 +234,14 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             build_root.mkdir(parents=True)
             if gate is not None:
                 quality.prewarm()  # the gate's imports load while dbt builds
-            dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
-            gate_result = gate(build_file) if gate is not None else None  # raises QualityGateFailed: nothing published
-            restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
+            try:
+                dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
+                gate_result = gate(build_file) if gate is not None else None  # QualityGateFailed: nothing published
+                restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
+            except duckdb.OutOfMemoryException as exc:
+                raise BuildFailed(f"DuckDB reached its memory limit ({memory_limit()}) loading or validating the "
+                                  f"build, published warehouse left untouched: raise {MEMORY_LIMIT_ENV} "
+                                  f"({str(exc).splitlines()[0]})") from exc  # fmt: skip
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
         finally:

@@ -48,7 +48,7 @@ LOAD_FORMAT = 1  # bump when the layout of the lake copy changes: the next build
 LAKE_SOURCES = ("events", "usage", "dead_letter", "customer_months", "customer_lifetime", "revenue_daily")
 FILE_COLUMN = "_file"
 MEMORY_LIMIT_ENV = "REVENUE_DUCKDB_MEMORY_LIMIT"
-DEFAULT_MEMORY_LIMIT = "512MB"
+DEFAULT_MEMORY_LIMIT = "256MB"
 
 # Which keys a changed row of a lake table puts in the change tables (what the marts recompute):
 # (change table, key expression, rows that matter). Other tables (usage, dead_letter) feed no
@@ -81,7 +81,8 @@ class LoadResult:
 
 
 def memory_limit() -> str:
-    """DuckDB's memory limit for the build (it spills to the build folder beyond it)."""
+    """DuckDB's memory limit for the build and for each of the gate's two connections (it spills to the
+    build folder beyond it)."""
     return os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
 
 

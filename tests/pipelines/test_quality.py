@@ -127,3 +127,4 @@ def test_frame_batches_gather_duckdb_chunks_up_to_the_batch_size(monkeypatch):
     assert whole["id"].duplicated().sum() == 1
     (empty,) = list(quality.Frame(con, "select * from t where false").batches())
     assert len(empty) == 0 and list(empty.columns) == ["i", "id"]
+

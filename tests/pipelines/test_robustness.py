@@ -184,3 +184,23 @@ def test_everything_written_is_owner_only(tmp_path):
     assert stat.S_IMODE((shared / "lake").stat().st_mode) == 0o755
     bad = cli("ingest", "--input", str(events.parent), "--data-dir", str(shared), env={"REVENUE_UMASK": "rw"})
     assert bad.returncode == 1 and "REVENUE_UMASK" in bad.stderr
+
+
+def test_duckdb_out_of_memory_is_one_line_and_leaves_the_warehouse(published, tmp_path):
+    """A lake larger than DuckDB's memory limit allows: `revenue transform` exits 1 with one line naming the
+    setting to raise, not a traceback, and the published warehouse stays byte for byte as it was."""
+    import hashlib
+
+    import duckdb
+
+    data = copy_data(published, tmp_path / "data")
+    warehouse = DataLayout(data).warehouse
+    con = duckdb.connect(str(warehouse))  # as if the dbt project had changed: the build loads the whole lake
+    con.execute("update lake._load_state set state = json_merge_patch(state, '{\"fingerprint\": \"older\"}')")
+    con.close()
+    before = hashlib.sha256(warehouse.read_bytes()).hexdigest()
+    proc = cli("transform", "--data-dir", str(data), env={"REVENUE_DUCKDB_MEMORY_LIMIT": "1MB"})
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "REVENUE_DUCKDB_MEMORY_LIMIT" in lines[0] and "Traceback" not in proc.stderr, lines
+    assert hashlib.sha256(warehouse.read_bytes()).hexdigest() == before
