@@ -44,23 +44,13 @@ def release_memory() -> None:
         pass
 
 
-def _peak_rss_mb() -> int | None:
-    """This process's peak resident memory so far, in MB (Linux ``VmHWM``; None elsewhere). Read after each
-    stage: the stage after which it grew set the new peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return None
-
-
-def _children_peak_mb() -> int:
-    """The largest peak resident memory of the child processes waited for (dbt's build)."""
+def _peak_rss_mb(children: bool = False) -> int:
+    """The peak resident memory so far, in MB (Linux counts ``ru_maxrss`` in KB): of this process, read
+    after each stage (the stage after which it grew set the new peak), or of the largest child process
+    waited for (dbt's build)."""
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
@@ -77,7 +67,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     layout = config.layout
     result = RunResult(run_id, "running")
     timings: dict[str, float] = {}
-    peaks: dict[str, int | None] = {}  # this process's peak resident memory after each stage (dbt apart)
+    peaks: dict[str, int] = {}  # this process's peak resident memory after each stage (dbt apart)
     summary = result.summary
     summary.update(run_id=run_id, config=config.describe())
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
@@ -136,11 +126,11 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
         result.status, failure = "error", exc
     except BaseException as exc:  # a bug or an interrupt: still record the run, then let it propagate
         summary.update(status="crashed", error=f"{type(exc).__name__}: {exc}", timings=timings,
-                       peak_rss_mb={**peaks, "children": _children_peak_mb()})
+                       peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
         write_manifest(layout, run_id, "run", summary)
         raise
     summary.update(status=result.status, error=str(failure) if failure else None, timings=timings,
-                   peak_rss_mb={**peaks, "children": _children_peak_mb()})
+                   peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
     result.manifest = write_manifest(layout, run_id, "run", summary)
     if on_finish is not None:
         on_finish(result)
