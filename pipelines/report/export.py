@@ -136,6 +136,11 @@ def _either(condition: pa.Array, when_true, when_false) -> pa.Array:
     return pc.if_else(condition, when_true(), when_false())
 
 
+def _excel_serial(days: pa.Array) -> pa.Array:
+    """Days since 1970-01-01 (whole, or with the time of day as a fraction) as Excel's serial numbers."""
+    return pc.add(days, pc.if_else(pc.less(days, EXCEL_MARCH_1900), EXCEL_DAY_1970 - 1, EXCEL_DAY_1970))
+
+
 def _cells(column: pa.Array, ref: pa.Array, styles: _Styles) -> pa.Array:
     """One column's cells as SpreadsheetML ``<c>`` elements (null: no element). ``ref``: each row's cell
     reference (``B17``). Numbers that Excel's double keeps exactly are numbers; others are their exact text."""
@@ -165,13 +170,11 @@ def _cells(column: pa.Array, ref: pa.Array, styles: _Styles) -> pa.Array:
         return number(pc.cast(column, pa.string()))
     if pa.types.is_date(kind):
         days = pc.cast(pc.cast(column, pa.date32()), pa.int32()).cast(pa.int64())
-        serial = pc.add(days, pc.if_else(pc.less(days, EXCEL_MARCH_1900), EXCEL_DAY_1970 - 1, EXCEL_DAY_1970))
-        return number(pc.cast(serial, pa.string()), f' s="{styles.date}"')
+        return number(pc.cast(_excel_serial(days), pa.string()), f' s="{styles.date}"')
     if pa.types.is_timestamp(kind):  # Excel has no time zones: the UTC wall time, labelled in the format
         micros = pc.cast(pc.cast(column, pa.timestamp("us", kind.tz)), pa.int64())
         days = pc.divide(pc.cast(micros, pa.float64()), 86_400_000_000.0)
-        base = pc.if_else(pc.less(days, float(EXCEL_MARCH_1900)), float(EXCEL_DAY_1970 - 1), float(EXCEL_DAY_1970))
-        return number(pc.cast(pc.add(days, base), pa.string()), f' s="{styles.timestamp}"')
+        return number(pc.cast(_excel_serial(days), pa.string()), f' s="{styles.timestamp}"')
     return text_cell(neutralise(pc.cast(column, pa.string())))
 
 
