@@ -13,6 +13,7 @@ header rows, styles, metadata); only the sheets' data rows are rendered here, as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import zipfile
@@ -63,18 +64,19 @@ def _csv_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column
 
 
-def write_csv(table: pa.Table, path: Path) -> None:
-    """One table as CSV (DuckDB's writer): a header of the column names, values quoted only where needed,
-    a null as an empty field (an empty text as ``""``), decimals as their exact text, dates as ISO dates."""
+def write_csv(table: pa.Table, path: Path, con=None) -> None:
+    """One table as CSV (DuckDB's writer, on ``con`` or a connection of its own): a header of the column
+    names, values quoted only where needed, a null as an empty field (an empty text as ``""``), decimals
+    as their exact text, dates as ISO dates."""
     import duckdb
 
     body = pa.table([_csv_column(table.column(i)) for i in range(table.num_columns)], names=table.column_names)
-    con = duckdb.connect()
-    try:
-        con.register("export", body)
-        con.execute("copy export to ? (format csv, header true, delimiter ',')", [str(path)])
-    finally:
-        con.close()
+    with duckdb.connect() if con is None else contextlib.nullcontext(con) as duck:
+        duck.register("export", body)
+        try:
+            duck.execute("copy export to ? (format csv, header true, delimiter ',')", [str(path)])
+        finally:
+            duck.unregister("export")
 
 
 def column_letters(index: int) -> str:
@@ -275,7 +277,10 @@ def _fill_sheets(skeleton: Path, path: Path, parts: list[tuple[str, pa.Table]], 
 
 
 def export_tables(tables: dict[str, pa.Table], out_dir: Path, xlsx_name: str) -> list[Path]:
-    written = [write_aside(out_dir / f"{name}.csv", lambda p, t=table: write_csv(t, p))
-               for name, table in tables.items()]  # fmt: skip
+    import duckdb
+
+    with duckdb.connect() as con:  # one in-memory database writes every CSV
+        written = [write_aside(out_dir / f"{name}.csv", lambda p, t=table: write_csv(t, p, con))
+                   for name, table in tables.items()]  # fmt: skip
     written.append(write_aside(out_dir / xlsx_name, lambda p: write_xlsx(tables, p)))
     return written
