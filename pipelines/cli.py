@@ -23,6 +23,7 @@ from pipelines.config import (
     RunConfig,
     build_config,
 )
+from pipelines.logs import configure_logging
 from pipelines.store import LAKE_URI_ENV
 from transforms.errors import ConfigError, RevenueError
 
@@ -34,16 +35,6 @@ UMASK_ENV, DEFAULT_UMASK = "REVENUE_UMASK", 0o077
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-
-
-def _configure_logging(debug: bool) -> None:
-    # Beam logs through the root logger at import time, so force our configuration (STACK.md).
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
-    for noisy in ("apache_beam", "great_expectations", "urllib3", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 BEAM_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -131,7 +122,7 @@ def _config(ctx: click.Context, **options) -> RunConfig:
 @click.version_option(package_name="revenue-analytics")
 def cli(debug: bool) -> None:
     """Revenue analytics: ingest payment and usage events, compute MRR, publish a warehouse."""
-    _configure_logging(debug)
+    configure_logging(debug)
     os.umask(_umask())
 
 
@@ -316,7 +307,7 @@ def report(month: str, data_dir: Path, as_of, reporting_currency: str, fx_rates:
     """Write the month's finance report (self-contained HTML) and its tables as CSV and XLSX."""
     local_lake_only("report")
     from pipelines.report import build_report
-    from transforms.calendar import parse_month
+    from transforms.months import parse_month
 
     config = build_config(data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates)
     result = build_report(config.resolve_as_of(), parse_month(month))
@@ -332,7 +323,7 @@ def close(month: str, acted_by: str, note: str | None, data_dir: Path) -> None:
     """Close a month: freeze its reported figures; later changes to it become restatements."""
     local_lake_only("close")
     from pipelines.closes import close_month
-    from transforms.calendar import parse_month
+    from transforms.months import parse_month
 
     result = close_month(build_config(data_dir).layout, parse_month(month), acted_by, note)
     from transforms.money import format_money
@@ -352,7 +343,7 @@ def reopen(month: str, acted_by: str, reason: str, data_dir: Path) -> None:
     """Reopen a closed month and every later closed month; their figures are live again until closed."""
     local_lake_only("reopen")
     from pipelines.closes import reopen_month
-    from transforms.calendar import parse_month
+    from transforms.months import parse_month
 
     result = reopen_month(build_config(data_dir).layout, parse_month(month), acted_by, reason)
     click.echo(f"reopened {', '.join(f'{m:%Y-%m}' for m in result.months)} at "

@@ -44,8 +44,8 @@ from pipelines.config import Materiality, RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from transforms import schemas
-from transforms.calendar import next_month
 from transforms.errors import InputError, LakeError
+from transforms.months import next_month
 
 log = logging.getLogger(__name__)
 

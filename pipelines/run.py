@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from pipelines.child import run_in_child
 from pipelines.config import RunConfig
 from pipelines.manifest import new_run_id, write_manifest
 from pipelines.summary import console
@@ -45,12 +46,42 @@ def release_memory() -> None:
 
 
 def _peak_rss_mb(children: bool = False) -> int:
-    """The peak resident memory so far, in MB (Linux counts ``ru_maxrss`` in KB): of this process, read
-    after each stage (the stage after which it grew set the new peak), or of the largest child process
-    waited for (dbt's build)."""
+    """The peak resident memory so far, in MB: of this process, read after each stage (the stage after
+    which it grew set the new peak), or of the largest child process waited for (dbt's build, the
+    transform process).
+
+    Linux keeps ``ru_maxrss`` across ``exec``: a process started by fork and exec (a spawned stage)
+    reports at least the size of its parent when it forked. Its own figure is ``VmHWM``, the
+    high-water mark of its address space, which starts again at exec."""
     import resource
 
+    if not children:
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return round(int(line.split()[1]) / 1024)
+        except OSError:  # not Linux
+            pass
     return round(resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def transform_stage(config: RunConfig, run_id: str, pinned: dict[str, int]):
+    """The run's dbt build, quality gate and publish; ``run_all`` runs it in a fresh process (its peak
+    memory is then its own, not added to what the ingest and metrics stages left in the run's).
+
+    Returns ``(TransformResult or the RevenueError that stopped it, the gate's results to show,
+    this process's peak RSS in MB)``: the gate's results are shown by the parent, failed or not."""
+    from pipelines.quality import warehouse_gate
+    from pipelines.transform import run_transform
+
+    gates: list = []
+    gate = warehouse_gate(config, run_id=run_id, on_result=gates.append)
+    try:
+        outcome = run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False, pinned=pinned)
+    except RevenueError as exc:
+        outcome = exc
+    return outcome, gates, _peak_rss_mb()
 
 
 def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
@@ -58,9 +89,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     """Run every stage with ``config``; ``on_finish(result)`` sees the result (failed or not) before a raise."""
     from pipelines.ingest import run_ingest
     from pipelines.metrics import run_metrics
-    from pipelines.quality import warehouse_gate
     from pipelines.report import build_report
-    from pipelines.transform import run_transform
 
     run_id = new_run_id()
     config = config.with_pii()  # paths in the manifest are redacted with the run's key
@@ -102,10 +131,15 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             summary["metrics"] = {"mode": metrics.mode, "reason": metrics.reason,
                                   "customers_recomputed": metrics.customers_recomputed,
                                   "rows_read": metrics.rows_read, "months_rewritten": metrics.months_rewritten}  # fmt: skip
-            gate = warehouse_gate(config, run_id=run_id, on_result=on_gate)
-            transform = stage("transform", "dbt build, quality gate, atomic publish",
-                              lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,
-                                                    pinned={**ingest.lake_versions, **metrics.lake_versions}))
+            pinned = {**ingest.lake_versions, **metrics.lake_versions}
+            transform, gates, peaks["transform_process"] = stage(
+                "transform", "dbt build, quality gate, atomic publish",
+                lambda: run_in_child(transform_stage, config, run_id, pinned, name="transform"))
+            for gate_result in gates:
+                if on_gate is not None:
+                    on_gate(gate_result)
+            if isinstance(transform, RevenueError):  # the gate failed, or the build: raised after it was shown
+                raise transform
             timings["dbt_build"] = transform.dbt_seconds
             summary["quality"] = {"passed": transform.gate["passed"], "docs": transform.gate["docs"]}
             summary["dbt_nodes"] = transform.nodes

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipelines import lake
+from pipelines.child import die_with_parent
 from pipelines.config import RunConfig
 from pipelines.ingest import INGEST_TABLES, MessageBatch, ingest_batch
+from pipelines.logs import configure_logging, debugging
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import ConfigError, LakeError, QualityGateFailed, RevenueError
 from transforms.messages import MessageSource
@@ -466,11 +468,12 @@ def _waiting_for_lake(step):
             waited += LOCK_RETRY_SECONDS
 
 
-def _publish_worker(conn) -> None:
+def _publish_worker(conn, debug: bool) -> None:
     """The publishing process: imports the stages (Beam, dbt's orchestration, Great Expectations)
     once, then runs ``publish_warehouse`` for each request until told to stop (``None``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for a publish
-    _die_with_parent()
+    die_with_parent()
+    configure_logging(debug)
     import great_expectations  # noqa: F401 - imported once here (seconds), not in every publish
 
     import pipelines.metrics  # noqa: F401
@@ -494,18 +497,6 @@ def _publish_worker(conn) -> None:
             return
 
 
-def _die_with_parent() -> None:
-    """Linux: a consumer killed with -9 takes its publishing process with it (a killed publish is safe:
-    the warehouse is replaced atomically, the lake's commits are whole or absent). The kernel sends
-    the signal when the thread that started the process ends: start it from the consumer's main thread."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class _PublishProcess:
     """A long-lived child process that runs ``publish_warehouse``: its Python work (metrics, the gate)
     does not share the consumer's interpreter lock, so batches keep their pace while the warehouse is
@@ -520,7 +511,7 @@ class _PublishProcess:
         self.publishes = 0
 
     def ensure_started(self) -> None:
-        """(Re)start the process if needed; call from the consumer's main thread (see _die_with_parent)."""
+        """(Re)start the process if needed; call from the consumer's main thread (see child.die_with_parent)."""
         if self.process is not None and self.process.is_alive() and self.publishes < self.MAX_PUBLISHES:
             return
         self.stop()
@@ -528,7 +519,7 @@ class _PublishProcess:
 
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=_publish_worker, args=(child_conn,), name="publish-warehouse",
+        self.process = context.Process(target=_publish_worker, args=(child_conn, debugging()), name="publish-warehouse",
                                        daemon=True)  # fmt: skip
         self.process.start()
         child_conn.close()

@@ -1,0 +1,120 @@
+"""`pipelines.child.run_in_child`: a stage in a fresh interpreter returns, fails and dies as the run expects."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, wait_until
+
+from pipelines.child import StageCrashed, run_in_child
+from transforms.errors import ConfigError, QualityGateFailed
+
+HERE = Path(__file__).resolve().parent
+
+
+def _pid_and_memory(size: int) -> tuple[int, int]:
+    block = bytearray(size)  # touched pages: this process's peak, not the caller's
+    return os.getpid(), len(block)
+
+
+def _fails_as_configured(message: str):
+    raise ConfigError(message)
+
+
+def _gate_fails():
+    raise QualityGateFailed("data-quality gate failed, published warehouse left untouched: suite: check(col)")
+
+
+def _bug():
+    return {}["missing key in the child"]
+
+
+def _killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sleep_writing_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_the_value_comes_back_from_another_process():
+    pid, size = run_in_child(_pid_and_memory, 50_000_000, name="test")
+    assert pid != os.getpid() and size == 50_000_000
+
+
+@pytest.mark.parametrize("fn, args, kind, text", [
+    (_fails_as_configured, ("bad --as-of",), ConfigError, "bad --as-of"),
+    (_gate_fails, (), QualityGateFailed, "suite: check(col)"),
+])  # fmt: skip
+def test_an_error_is_raised_again_in_the_parent_with_its_type(fn, args, kind, text):
+    """The CLI's boundary maps the error's type to the exit status (2 for a failed gate): it must survive."""
+    with pytest.raises(kind) as raised:
+        run_in_child(fn, *args, name="test")
+    assert type(raised.value) is kind and text in str(raised.value)
+
+
+def test_a_bug_in_the_child_is_a_crash_with_its_traceback():
+    with pytest.raises(StageCrashed) as raised:
+        run_in_child(_bug, name="test")
+    message = str(raised.value)
+    assert "KeyError" in message and "missing key in the child" in message and "_bug" in message
+
+
+def test_a_child_killed_by_the_kernel_is_a_crash_not_a_hang():
+    with pytest.raises(StageCrashed, match=r"the test process died \(exit -9\)"):
+        run_in_child(_killed, name="test")
+
+
+def test_killing_the_parent_kills_the_stage():
+    """kill -9 of `revenue run` must not leave its transform running on (it would publish after the run died)."""
+    pid_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"revenue-child-{os.getpid()}-{time.time_ns()}"
+    paths = [str(HERE), str(HERE.parent), str(REPO)]
+    code = (f"import sys; sys.path[:0] = {paths!r}; from pipelines.child import run_in_child; "
+            f"from test_child import _sleep_writing_pid; run_in_child(_sleep_writing_pid, {str(pid_file)!r})")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=60), "the child never started"
+        child = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+        def gone() -> bool:
+            try:
+                return Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] in "ZX"
+            except OSError:
+                return True
+
+        assert wait_until(gone, timeout=10)
+    finally:
+        parent.kill()
+        pid_file.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_a_run_whose_gate_fails_shows_the_gate_and_exits_2(tmp_path):
+    """`revenue run` builds, gates and publishes in a child process: the gate's table still reaches the
+    user, the exit status is still 2, nothing is published, and the manifest keeps the child's peak."""
+    lines = [json.dumps({"event_id": f"u{i}", "event_type": "usage.recorded", "occurred_at": "2024-05-02T00:00:00Z",
+                         "customer_id": f"c{i % 5}", "meter": "api_calls", "quantity": 10}) for i in range(97)]
+    lines += ["{oops", "{still bad", "[]"]  # 3 % dead letters
+    events = tmp_path / "in" / "a.jsonl"
+    events.parent.mkdir()
+    events.write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--quiet", "--input", str(events.parent),
+                           "--data-dir", str(data), "--dead-letter-critical", "0.02", "--dead-letter-warning", "0.01"],
+                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "data-quality gate: FAILED" in proc.stdout and "lake_ingest_summary" in proc.stdout
+    assert "dead_letter_ratio" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (data / "warehouse" / "revenue.duckdb").exists()
+    manifest = json.loads(sorted((data / "runs").glob("*-run.json"))[-1].read_text())
+    assert manifest["status"] == "quality_gate_failed"
+    assert manifest["peak_rss_mb"]["transform_process"] > 0
+    assert manifest["timings"]["transform"] > 0
