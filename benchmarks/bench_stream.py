@@ -229,7 +229,8 @@ def main() -> None:
          "--max-batch-seconds", str(args.max_batch_seconds), "--publish-every", str(args.publish_every),
          "--metrics-port", str(port), "--stop-after-idle", str(max(10.0, args.max_batch_seconds * 2)),
          "--dead-letter-critical", "0.5"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,  # `-m` puts the cwd first on sys.path
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     records: list[tuple[float, dict]] = []
 

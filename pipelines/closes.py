@@ -314,11 +314,12 @@ def _describe(r: dict) -> dict:
 
 @contextlib.contextmanager
 def _lake_lock_waiting(layout: DataLayout, seconds: float = LOCK_WAIT_SECONDS):
-    """The lake lock, waiting for another writer (an ingest) to finish first."""
+    """The derived tables' lock (restatements are derived from the pinned ingest tables), waiting for
+    another writer of them (a metrics run) to finish first."""
     deadline, tick = time.monotonic() + seconds, threading.Event()
     while True:
         try:
-            with lake.lake_lock(layout):
+            with lake.lake_lock(layout, (lake.DERIVED_SCOPE,)):
                 yield
             return
         except LakeError:

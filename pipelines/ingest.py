@@ -433,7 +433,7 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
     if messages is not None:
         total_bytes = sum(len(b) for b in messages.bodies)
     shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))
-    with lake.lake_lock(layout):
+    with lake.lake_lock(layout, (lake.INGEST_SCOPE,)):  # the metrics stage may run meanwhile (lake_lock)
         pinned = lake.versions(layout, INGEST_TABLES)  # duplicates are checked against these versions
         store, stage = layout.store, layout.staging_path(run_id)
         with lake.run_writes(layout, run_id, INGEST_TABLES) as committed_tables:

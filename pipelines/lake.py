@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.layout import DataLayout
+from pipelines.layout import DERIVED_SCOPE, INGEST_SCOPE, SCOPES, DataLayout, staging_scope  # noqa: F401
 from pipelines.lease import writer_lease
 from pipelines.store import LakeStore
 from transforms import schemas
@@ -456,19 +456,34 @@ def run_writes(layout: DataLayout, run_id: str, tables):
 
 
 @contextlib.contextmanager
-def lake_lock(layout: DataLayout):
-    """One writing run per lake (a second one exits 1 with one line): ``pipelines.lease``."""
-    with writer_lease(layout):
-        upgrade(layout)
-        clean_staging(layout)
+def lake_lock(layout: DataLayout, scopes: tuple[str, ...] = SCOPES):
+    """One writer per scope (a second one exits 1 with one line): ``pipelines.lease``.
+
+    The ingest tables (``INGEST_SCOPE``) and the derived tables the metrics stage writes
+    (``DERIVED_SCOPE``) have a lock each: a metrics run reads the ingest tables at the versions it
+    pins and never commits to them, so a stream's micro-batch need not wait for a publish's
+    metrics. Whatever touches every table (maintain, a month close, the upgrade of an old lake)
+    holds both, always taken in the same order."""
+    if set(scopes) != set(SCOPES) and _old_format_tables(layout):
+        scopes = SCOPES  # the upgrade rewrites every table
+    with contextlib.ExitStack() as held:
+        for scope in SCOPES:
+            if scope in scopes:
+                held.enter_context(writer_lease(layout, scope))
+        if set(scopes) == set(SCOPES):
+            upgrade(layout)
+        clean_staging(layout, scopes)
         yield
 
 
-def clean_staging(layout: DataLayout) -> list[str]:
-    """Remove the scratch files of interrupted runs (never part of any table version)."""
+def clean_staging(layout: DataLayout, scopes: tuple[str, ...] = SCOPES) -> list[str]:
+    """Remove the scratch files of interrupted runs of ``scopes`` (never part of any table version);
+    the caller holds those scopes' locks, so none of those runs is still running."""
     removed = []
     store = layout.store
     for leftover in store.children(layout.staging_root_path):
+        if staging_scope(leftover) not in scopes:
+            continue  # a writer of the other scope may be running: it is its own to clean
         log.warning("removing scratch files of interrupted run %s", leftover)
         store.delete_dir(store.join(layout.staging_root_path, leftover))
         removed.append(leftover)

@@ -5,9 +5,11 @@
     DATA_DIR/
       lake/<table>/_delta_log/                     a Delta table's versions (CONTRACT section 3)
       lake/<table>/<partition>=<value>/*.parquet   its data files (only those a version names count)
-      lake/_staging/<run_id>/                      scratch files of a run in progress (never read as data)
-      lake/.lock                                   one writing run at a time (a local lake)
-      lake/_lease.json                             one writing run at a time (an object-store lake)
+      lake/_staging/<run_id>/                      scratch files of a run in progress (never read as data;
+                                                   derived-<run_id>/ for the metrics stage)
+      lake/.lock, lake/.lock-derived               one writer at a time of the ingest tables, and of the
+                                                   derived tables (a local lake; pipelines.lease)
+      lake/_lease.json, lake/_lease-derived.json   the same on an object-store lake
       warehouse/revenue.duckdb                     the published warehouse
       warehouse/.build-<run_id>/                   a build in progress (removed by the next run if killed)
       runs/<run_id>-<command>.json                 one manifest per command run
@@ -34,6 +36,22 @@ from pipelines.store import LakeStore
 
 WAREHOUSE_NAME = "revenue.duckdb"
 BUILD_PREFIX = ".build-"
+
+
+# The lake's two writer scopes (pipelines.lease): the ingest tables (events, usage, dead_letter) and
+# the derived tables the metrics stage writes; a writer holds one or both.
+INGEST_SCOPE, DERIVED_SCOPE = "ingest", "derived"
+SCOPES = (INGEST_SCOPE, DERIVED_SCOPE)
+
+
+def staging_name(run_id: str, scope: str = INGEST_SCOPE) -> str:
+    """The name of a run's scratch folder under ``_staging/`` for a writer scope."""
+    return run_id if scope == INGEST_SCOPE else f"{scope}-{run_id}"
+
+
+def staging_scope(name: str) -> str:
+    """The writer scope a scratch folder's name belongs to (the inverse of ``staging_name``)."""
+    return DERIVED_SCOPE if name.startswith(f"{DERIVED_SCOPE}-") else INGEST_SCOPE
 
 
 @dataclass(frozen=True)
@@ -73,13 +91,19 @@ class DataLayout:
     def staging_root_path(self) -> str:
         return self.store.path("_staging")
 
-    def staging_path(self, run_id: str) -> str:
-        """A run's scratch folder, in the lake's store (workers on other machines share it)."""
-        return self.store.path("_staging", run_id)
+    def staging_path(self, run_id: str, scope: str = INGEST_SCOPE) -> str:
+        """A run's scratch folder, in the lake's store (workers on other machines share it). Each
+        writer scope (``pipelines.lease``) has its own names, so a writer cleaning up what killed
+        runs of its scope left never touches a running writer of the other: ``<run_id>`` for the
+        ingest, ``derived-<run_id>`` for the metrics."""
+        return self.store.path("_staging", staging_name(run_id, scope))
 
     @property
     def lease_path(self) -> str:
-        return self.store.path("_lease.json")
+        return self.lease_path_for(INGEST_SCOPE)
+
+    def lease_path_for(self, scope: str) -> str:
+        return self.store.path("_lease.json" if scope == INGEST_SCOPE else f"_lease-{scope}.json")
 
     # ------------------------------------------------------------------ lake (local folder)
     @property
@@ -92,14 +116,17 @@ class DataLayout:
 
     @property
     def lock_file(self) -> Path:
-        return self.lake / ".lock"
+        return self.lock_file_for(INGEST_SCOPE)
+
+    def lock_file_for(self, scope: str) -> Path:
+        return self.lake / (".lock" if scope == INGEST_SCOPE else f".lock-{scope}")
 
     @property
     def staging_root(self) -> Path:
         return self.lake / "_staging"
 
-    def staging(self, run_id: str) -> Path:
-        return self.staging_root / run_id
+    def staging(self, run_id: str, scope: str = INGEST_SCOPE) -> Path:
+        return self.staging_root / staging_name(run_id, scope)
 
     # ------------------------------------------------------------------ warehouse
     @property

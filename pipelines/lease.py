@@ -1,10 +1,16 @@
-"""One writing run per lake: a second writer exits 1 with one line.
+"""One writer per scope of the lake: a second writer exits 1 with one line.
 
-A local lake (``DATA_DIR/lake``): an ``fcntl`` lock on ``lake/.lock``. The kernel releases it when
-the holder dies, even under ``kill -9``, so a crashed run never blocks the next one.
+Two scopes (``pipelines.layout.SCOPES``): the ingest tables, and the derived tables the metrics
+stage writes from pinned versions of the ingest tables (``lake.lake_lock`` says who holds which).
+Each scope has its own lock or lease below; the ingest scope keeps the names of the single lock of
+earlier releases.
+
+A local lake (``DATA_DIR/lake``): an ``fcntl`` lock on ``lake/.lock`` (``lake/.lock-derived``). The
+kernel releases it when the holder dies, even under ``kill -9``, so a crashed run never blocks the
+next one.
 
 An object-store lake (``s3://bucket/prefix``) has no locks, so the writer holds a **lease**: the
-object ``<prefix>/_lease.json`` (its run id, host, pid and time to live), created with a
+object ``<prefix>/_lease.json`` (``_lease-derived.json``; its run id, host, pid and time to live), created with a
 put-if-absent (``If-None-Match: *``: of two runs starting together exactly one creates it), renewed
 by a heartbeat thread with ``If-Match`` on the ETag it last wrote, and deleted with ``If-Match`` at
 the end. A holder that died (``kill -9``, a lost machine) stops renewing; the next run takes the
@@ -29,6 +35,7 @@ import socket
 import threading
 import uuid
 
+from pipelines.layout import INGEST_SCOPE
 from transforms.errors import LakeError
 
 log = logging.getLogger(__name__)
@@ -38,13 +45,13 @@ DEFAULT_LEASE_SECONDS = 60
 
 
 @contextlib.contextmanager
-def writer_lease(layout):
-    """Hold the lake's single-writer lease (lock) for the duration of the block."""
+def writer_lease(layout, scope: str = INGEST_SCOPE):
+    """Hold the lake's single-writer lease (lock) of one scope for the duration of the block."""
     if layout.lake_is_local:
-        with _local_lock(layout):
+        with _local_lock(layout, scope):
             yield
         return
-    lease = ObjectLease(layout)
+    lease = ObjectLease(layout, scope)
     lease.acquire()
     try:
         yield
@@ -53,18 +60,22 @@ def writer_lease(layout):
 
 
 @contextlib.contextmanager
-def _local_lock(layout):
+def _local_lock(layout, scope: str = INGEST_SCOPE):
     root = layout.lake
     root.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock_file, "w") as handle:
+    with open(layout.lock_file_for(scope), "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LakeError(f"another run is writing to {root} (lock held); wait for it to finish") from None
+            raise LakeError(f"another run is writing to {root} (lock held{_of(scope)}); wait for it to finish") from None
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _of(scope: str) -> str:
+    return "" if scope == INGEST_SCOPE else f" on the {scope} tables"
 
 
 def lease_seconds() -> int:
@@ -108,9 +119,10 @@ def _alive_here(holder: dict) -> bool:
 class ObjectLease:
     """The lease object of an object-store lake (see the module doc)."""
 
-    def __init__(self, layout):
-        bucket, _, key = layout.lease_path.partition("/")
+    def __init__(self, layout, scope: str = INGEST_SCOPE):
+        bucket, _, key = layout.lease_path_for(scope).partition("/")
         self.bucket, self.key, self.where = bucket, key, layout.lake_location
+        self.of = _of(scope)
         self.seconds = lease_seconds()
         self.token = uuid.uuid4().hex
         self.etag: str | None = None
@@ -156,13 +168,13 @@ class ObjectLease:
                 return
             except ClientError:
                 raise LakeError(
-                    f"another run is writing to {self.where} (lease held); wait for it to finish"
+                    f"another run is writing to {self.where} (lease held{self.of}); wait for it to finish"
                 ) from None
         holder = json.loads(held["Body"].read() or b"{}")
         age = (dt.datetime.now(dt.UTC) - held["LastModified"]).total_seconds()
         ttl = int(holder.get("seconds") or self.seconds)
         if age <= ttl and _alive_here(holder):
-            raise LakeError(f"another run is writing to {self.where} (lease held by pid {holder.get('pid')} on "
+            raise LakeError(f"another run is writing to {self.where} (lease held{self.of} by pid {holder.get('pid')} on "
                             f"{holder.get('host')}, renewed {age:.0f}s ago); wait for it to finish")  # fmt: skip
         try:
             self.etag = self._put(IfMatch=held["ETag"])

@@ -516,7 +516,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
     started = time.monotonic()
     layout, currency = config.layout, config.reporting_currency
     run_id = run_id or new_run_id()
-    with lake.lake_lock(layout):
+    with lake.lake_lock(layout, (lake.DERIVED_SCOPE,)):  # ingests may commit meanwhile: it reads pinned versions
         config = config.resolve_as_of()
         as_of = config.as_of
         pinned = lake.versions(layout, ("events", "usage"))  # this run reads exactly these versions
@@ -529,7 +529,7 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
             committed = lake.versions(layout, schemas.DERIVED_TABLES)
         else:
             elements = _month_elements(layout, pinned, as_of, plan)
-            store, stage = layout.store, layout.staging_path(run_id)
+            store, stage = layout.store, layout.staging_path(run_id, lake.DERIVED_SCOPE)
             incremental = plan.mode == "incremental"
             out = ({t: store.join(stage, "out", t) for t in schemas.DERIVED_TABLES} if incremental
                    else {t: layout.table_path(t) for t in schemas.DERIVED_TABLES})  # fmt: skip

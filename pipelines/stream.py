@@ -450,6 +450,8 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     transform = _waiting_for_lake(lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,
                                                         pinned=pinned))  # fmt: skip
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
+            "stages": {"metrics": metrics.seconds, "transform": transform.seconds,
+                       "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode},
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
 

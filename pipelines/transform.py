@@ -219,7 +219,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
     started = time.monotonic()
     layout = config.layout
     run_id = run_id or new_run_id()
-    with lake.lake_lock(layout):
+    with lake.lake_lock(layout, (lake.DERIVED_SCOPE,)):  # no metrics run half-way through its commits
         config = config.resolve_as_of()
         check_lake_matches(config)
         # the versions this build reads: the caller's (the run's own metrics), else the current ones

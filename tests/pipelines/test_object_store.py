@@ -193,7 +193,7 @@ def test_the_lease_admits_one_writer_and_is_taken_over_when_its_holder_died(
     s3_env, bucket, tmp_path, monkeypatch
 ):
     from pipelines import lease
-    from pipelines.layout import DataLayout
+    from pipelines.layout import DERIVED_SCOPE, DataLayout
     from transforms.errors import LakeError
 
     layout = DataLayout(tmp_path, f"s3://{bucket}/lake")
@@ -201,6 +201,10 @@ def test_the_lease_admits_one_writer_and_is_taken_over_when_its_holder_died(
         with pytest.raises(LakeError, match="another run is writing"):
             with lease.writer_lease(layout):
                 pass
+        with lease.writer_lease(layout, DERIVED_SCOPE):  # the derived tables have a lease of their own
+            with pytest.raises(LakeError, match="lease held on the derived tables"):
+                with lease.writer_lease(layout, DERIVED_SCOPE):
+                    pass
     # a holder that died without releasing (kill -9): a process of this host that no longer exists
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -204,3 +204,50 @@ def test_duckdb_out_of_memory_is_one_line_and_leaves_the_warehouse(published, tm
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "REVENUE_DUCKDB_MEMORY_LIMIT" in lines[0] and "Traceback" not in proc.stderr, lines
     assert hashlib.sha256(warehouse.read_bytes()).hexdigest() == before
+
+
+def test_a_metrics_run_does_not_wait_for_an_ingest_and_whole_lake_writers_wait_for_both(generated, ingested, tmp_path):
+    """The live mode's micro-batches hold the ingest tables' lock while the publish's metrics hold the
+    derived tables': neither waits for the other, each still admits one writer, and maintain or a month
+    close (every table) is refused while either is held."""
+    from pipelines import lake
+    from pipelines.metrics import run_metrics
+    from transforms.errors import LakeError
+
+    data = copy_data(ingested[0], tmp_path / "data")
+    layout = DataLayout(data)
+    with lake.lake_lock(layout, (lake.INGEST_SCOPE,)):  # a micro-batch in progress
+        metrics = run_metrics(cfg(data))
+        assert metrics.customers > 0
+        with pytest.raises(LakeError, match=r"lock held\)"):
+            run_ingest(cfg(data, input_dir=generated / "events"))
+        with pytest.raises(LakeError, match="lock held"), lake.lake_lock(layout):
+            pass
+    with lake.lake_lock(layout, (lake.DERIVED_SCOPE,)):  # a publish's metrics in progress
+        again = run_ingest(cfg(data, input_dir=generated / "events"))
+        assert again.rows_written == 0 and again.duplicates > 0
+        with pytest.raises(LakeError, match="lock held on the derived tables"):
+            run_metrics(cfg(data))
+        with pytest.raises(LakeError, match="lock held on the derived tables"), lake.lake_lock(layout):
+            pass
+    with lake.lake_lock(layout):
+        pass
+
+
+def test_each_writer_scope_removes_only_its_own_interrupted_scratch_files(tmp_path):
+    """A stream batch starting while a publish's metrics run must not delete the metrics' scratch files
+    (nor the reverse); what a killed run of a scope left goes with that scope's next writer."""
+    from pipelines import lake
+
+    layout = DataLayout(tmp_path / "data")
+    ingest_left = layout.staging("20261128T000000Z-aaaaaaaa", lake.INGEST_SCOPE)
+    metrics_left = layout.staging("20261128T000000Z-bbbbbbbb", lake.DERIVED_SCOPE)
+    for folder in (ingest_left, metrics_left):
+        (folder / "part").mkdir(parents=True)
+    with lake.lake_lock(layout, (lake.INGEST_SCOPE,)):
+        assert not ingest_left.exists() and metrics_left.exists()
+    (ingest_left / "part").mkdir(parents=True)
+    with lake.lake_lock(layout, (lake.DERIVED_SCOPE,)):
+        assert ingest_left.exists() and not metrics_left.exists()
+    with lake.lake_lock(layout):
+        assert not any(layout.staging_root.iterdir())
