@@ -451,7 +451,8 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
                                                         pinned=pinned))  # fmt: skip
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
             "stages": {"metrics": metrics.seconds, "transform": transform.seconds,
-                       "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode},
+                       "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode,
+                       "metrics_reason": metrics.reason},
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
 
