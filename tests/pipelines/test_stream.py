@@ -958,3 +958,27 @@ def test_many_small_stream_batches_keep_few_small_files_per_partition_and_the_sa
     assert len({event_id for event_id, _ in accepted}) == len(accepted)
     assert accepted == _accepted(batch_run)
     assert len(_dead_letters(data)) == len(_dead_letters(batch_run))
+
+
+def test_each_publish_gets_a_fresh_process_started_before_it_is_needed(tmp_path):
+    """A publishing process kept for many publishes grows (libraries' caches and fragmentation): each
+    publish runs in its own, started as soon as the previous one is over so its imports are not part
+    of the publish; the old one exits without holding up the consumer's loop."""
+    from pipelines.stream import _PublishProcess
+    from transforms.errors import RevenueError
+
+    worker = _PublishProcess()
+    worker.ensure_started()
+    first = worker.process
+    try:
+        with pytest.raises(RevenueError):  # an empty data dir: the publish fails, the process answers
+            worker.publish(cfg(tmp_path / "empty"), "20261128T000000Z-00000000")
+        worker.ensure_started()  # the consumer's loop, once the publish is over
+        assert worker.process is not first and worker.process.is_alive()
+        assert wait_until(lambda: not first.is_alive(), timeout=30)  # told to exit, and reaped
+        second = worker.process
+        worker.ensure_started()  # not used yet: kept
+        assert worker.process is second
+    finally:
+        worker.stop()
+    assert worker.process is None and worker.retired == [] and not second.is_alive()
