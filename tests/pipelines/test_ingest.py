@@ -228,3 +228,23 @@ def test_sharded_dedup_gives_the_same_lake(generated, ingested, tmp_path):
     assert lake_snapshot(tmp_path) == lake_snapshot(clean_dir)
     # one file per partition whatever the number of shards
     assert all(len(list(d.iterdir())) == 1 for d in (tmp_path / "lake" / "events").glob("event_date=*"))
+
+
+def test_the_duplicate_lookup_returns_each_held_ids_payload_hash_and_nothing_else(ingested):
+    """The lookup reads event ids everywhere, then payload hashes only where an id was found: the
+    hashes it returns must be the lake's, for ids held in events and in usage, whatever file holds them."""
+    from pipelines.ingest import INGEST_TABLES, LakeKeys
+
+    layout = DataLayout(ingested[0])
+    pinned = lake.versions(layout, INGEST_TABLES)
+    expected = {}
+    for table in ("events", "usage"):
+        rows = lake.read_table(layout, table, ["event_id", "payload_sha256"], version=pinned[table])
+        step = max(1, rows.num_rows // 7)  # ids spread over many day files
+        picked = rows.take(list(range(0, rows.num_rows, step))[:7])
+        expected.update(zip(picked["event_id"].to_pylist(), picked["payload_sha256"].to_pylist(), strict=True))
+    absent = [f"absent-{i}" for i in range(50)]
+    keys = LakeKeys(layout, pinned)
+    assert keys.event_hashes(absent) == {}
+    assert keys.event_hashes(absent + list(expected)) == expected
+    assert len(expected) == 14
