@@ -32,21 +32,41 @@ class StageCrashed(RuntimeError):
     """A bug (not a RevenueError) stopped the child; its traceback is in the message."""
 
 
-def _child_main(conn, debug, fn, args, kwargs) -> None:
-    die_with_parent()
-    configure_logging(debug)
+def call_reporting(fn, *args, **kwargs) -> tuple[str, object]:
+    """``fn(*args, **kwargs)`` as an outcome a parent process can receive (see ``unwrap``): ``("ok",
+    value)``, ``("error", RevenueError)``, or ``("crash", the error and its traceback as text)``."""
     try:
-        outcome = ("ok", fn(*args, **kwargs))
+        return "ok", fn(*args, **kwargs)
     except RevenueError as exc:  # an error the CLI turns into its exit status: raised again in the parent
-        outcome = ("error", exc)
+        return "error", exc
     except BaseException as exc:  # noqa: BLE001 - a bug or an interrupt: its traceback goes to the parent
         import traceback
 
-        outcome = ("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        return "crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+
+
+def send_outcome(conn, outcome: tuple[str, object], fn) -> None:
     try:
         conn.send(outcome)
     except Exception as exc:  # noqa: BLE001 - an unpicklable value or error is a bug: say which
         conn.send(("crash", f"cannot send the result of {getattr(fn, '__name__', fn)} back: {exc!r}"))
+
+
+def unwrap(kind: str, value, name: str):
+    """In the parent: the value of an ``("ok", value)`` outcome; an error raised again; a crash as
+    StageCrashed."""
+    if kind == "ok":
+        return value
+    if kind == "error":
+        raise value
+    raise StageCrashed(f"the {name} process failed: {value}")
+
+
+def _child_main(conn, debug, fn, args, kwargs) -> None:
+    die_with_parent()
+    configure_logging(debug)
+    try:
+        send_outcome(conn, call_reporting(fn, *args, **kwargs), fn)
     finally:
         conn.close()
 
@@ -64,11 +84,10 @@ def run_in_child(fn, *args, name: str = "stage", **kwargs):
     process.start()
     sender.close()
     try:
-        try:
-            kind, value = receiver.recv()
-        except EOFError:  # killed (OOM killer, kill -9) before it could answer
-            process.join()
-            raise StageCrashed(f"the {name} process died (exit {process.exitcode})") from None
+        kind, value = receiver.recv()
+    except EOFError:  # killed (OOM killer, kill -9) before it could answer
+        process.join()
+        raise StageCrashed(f"the {name} process died (exit {process.exitcode})") from None
     except KeyboardInterrupt:
         process.join(timeout=60)  # it got the same Ctrl-C: let it remove its scratch files
         if process.is_alive():
@@ -78,8 +97,4 @@ def run_in_child(fn, *args, name: str = "stage", **kwargs):
     finally:
         receiver.close()
     process.join()
-    if kind == "ok":
-        return value
-    if kind == "error":
-        raise value
-    raise StageCrashed(f"the {name} process failed: {value}")
+    return unwrap(kind, value, name)

@@ -464,13 +464,14 @@ def lake_lock(layout: DataLayout, scopes: tuple[str, ...] = SCOPES):
     pins and never commits to them, so a stream's micro-batch need not wait for a publish's
     metrics. Whatever touches every table (maintain, a month close, the upgrade of an old lake)
     holds both, always taken in the same order."""
-    if set(scopes) != set(SCOPES) and _old_format_tables(layout):
-        scopes = SCOPES  # the upgrade rewrites every table
+    whole = set(scopes) == set(SCOPES)
+    if not whole and _old_format_tables(layout):
+        scopes, whole = SCOPES, True  # the upgrade rewrites every table
     with contextlib.ExitStack() as held:
         for scope in SCOPES:
             if scope in scopes:
                 held.enter_context(writer_lease(layout, scope))
-        if set(scopes) == set(SCOPES):
+        if whole:
             upgrade(layout)
         clean_staging(layout, scopes)
         yield

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipelines import lake
-from pipelines.child import die_with_parent
+from pipelines.child import StageCrashed, call_reporting, die_with_parent, send_outcome, unwrap
 from pipelines.config import RunConfig
 from pipelines.ingest import INGEST_TABLES, MessageBatch, ingest_batch
 from pipelines.logs import configure_logging, debugging
@@ -491,13 +491,10 @@ def _publish_worker(conn, debug: bool) -> None:
         if request is None:
             return
         config, run_id = request
-        try:
-            conn.send(("ok", publish_warehouse(config, run_id)))
-        except RevenueError as exc:
-            conn.send(("error", exc))
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
-            conn.send(("crash", f"{type(exc).__name__}: {exc}"))
-            return
+        outcome = call_reporting(publish_warehouse, config, run_id)
+        send_outcome(conn, outcome, publish_warehouse)
+        if outcome[0] == "crash":
+            return  # the consumer replaces a process that is no longer alive
 
 
 class _PublishProcess:
@@ -542,14 +539,8 @@ class _PublishProcess:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(timeout=5)
-            kind, value = "crash", f"the publishing process died (exit {self.process.exitcode})"
-        if kind == "crash":
-            self.publishes = self.MAX_PUBLISHES  # replaced before the next publish
-        if kind == "ok":
-            return value
-        if kind == "error":
-            raise value
-        raise RuntimeError(value)
+            raise StageCrashed(f"the publishing process died (exit {self.process.exitcode})") from None
+        return unwrap(kind, value, "publishing")
 
     def _retire(self) -> None:
         """Tell the process to exit, without waiting for it (the consumer's loop goes on)."""
