@@ -62,39 +62,72 @@ def unwrap(kind: str, value, name: str):
     raise StageCrashed(f"the {name} process failed: {value}")
 
 
-def _child_main(conn, debug, fn, args, kwargs) -> None:
+def _child_main(conn, debug, warm) -> None:
     die_with_parent()
     configure_logging(debug)
     try:
-        send_outcome(conn, call_reporting(fn, *args, **kwargs), fn)
+        # imports (and helpers such as a waiting dbt) load before the work is known; a failure here is
+        # the call's outcome
+        warmed = call_reporting(warm) if warm is not None else ("ok", None)
+        try:
+            job = conn.recv()
+        except EOFError:  # the parent went away, or closed an unused child
+            return
+        if job is None:
+            return
+        fn, args, kwargs = job
+        send_outcome(conn, call_reporting(fn, *args, **kwargs) if warmed[0] == "ok" else warmed, fn)
     finally:
         conn.close()
 
 
-def run_in_child(fn, *args, name: str = "stage", **kwargs):
-    """``fn(*args, **kwargs)`` in a spawned interpreter (``fn``, the arguments, the value and its errors
-    must pickle). A RevenueError raised there is raised here; a crash raises StageCrashed with the
-    child's traceback. Ctrl-C reaches the child too (same process group): the parent waits for it to
-    clean up, then raises KeyboardInterrupt."""
-    import multiprocessing
+class PreparedChild:
+    """A spawned interpreter started ahead of its one call: ``warm()`` (imports, helper processes)
+    runs there while the parent does earlier work, then ``call(fn, ...)`` runs ``fn`` in it. Start it
+    from the parent's main thread (``die_with_parent``). ``close()`` ends a child never called."""
 
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child_main, args=(sender, debugging(), fn, args, kwargs), name=f"revenue-{name}")
-    process.start()
-    sender.close()
-    try:
-        kind, value = receiver.recv()
-    except EOFError:  # killed (OOM killer, kill -9) before it could answer
-        process.join()
-        raise StageCrashed(f"the {name} process died (exit {process.exitcode})") from None
-    except KeyboardInterrupt:
-        process.join(timeout=60)  # it got the same Ctrl-C: let it remove its scratch files
-        if process.is_alive():
-            process.kill()
+    def __init__(self, name: str = "stage", warm=None):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.name = name
+        self._conn, child_conn = context.Pipe(duplex=True)
+        self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm),
+                                        name=f"revenue-{name}")  # fmt: skip
+        self._process.start()
+        child_conn.close()
+
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in the child (``fn``, the arguments, the value and its errors must
+        pickle). A RevenueError raised there is raised here; a crash (in ``warm`` too) raises
+        StageCrashed with the child's traceback. Ctrl-C reaches the child too (same process group):
+        the parent waits for it to clean up, then raises KeyboardInterrupt."""
+        process, name = self._process, self.name
+        try:
+            self._conn.send((fn, args, kwargs))
+            kind, value = self._conn.recv()
+        except (EOFError, BrokenPipeError):  # killed (OOM killer, kill -9) before it could answer
             process.join()
-        raise
-    finally:
-        receiver.close()
-    process.join()
-    return unwrap(kind, value, name)
+            raise StageCrashed(f"the {name} process died (exit {process.exitcode})") from None
+        except KeyboardInterrupt:
+            process.join(timeout=60)  # it got the same Ctrl-C: let it remove its scratch files
+            if process.is_alive():
+                process.kill()
+                process.join()
+            raise
+        finally:
+            self._conn.close()
+        process.join()
+        return unwrap(kind, value, name)
+
+    def close(self) -> None:
+        """End a child that was never called (it has done nothing but ``warm``); no-op after ``call``."""
+        if not self._conn.closed:
+            self._conn.close()
+            self._process.kill()  # its helpers (a waiting dbt) die with it
+            self._process.join()
+
+
+def run_in_child(fn, *args, name: str = "stage", **kwargs):
+    """``fn(*args, **kwargs)`` in a spawned interpreter started for it (see ``PreparedChild.call``)."""
+    return PreparedChild(name).call(fn, *args, **kwargs)

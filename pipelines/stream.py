@@ -481,8 +481,9 @@ def _publish_worker(conn, debug: bool) -> None:
 
     import pipelines.metrics  # noqa: F401
     import pipelines.quality  # noqa: F401
-    import pipelines.transform  # noqa: F401
+    import pipelines.transform
 
+    pipelines.transform.prewarm_dbt()  # a dbt waiting for this process's (one) build: its imports load now
     while True:
         try:
             request = conn.recv()

@@ -1,4 +1,5 @@
-"""`pipelines.child.run_in_child`: a stage in a fresh interpreter returns, fails and dies as the run expects."""
+"""`pipelines.child`: a stage in a fresh interpreter (started for it, or ahead of it) returns, fails and dies as
+the run expects; the dbt started ahead of a build runs it."""
 
 import json
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, wait_until
 
-from pipelines.child import StageCrashed, run_in_child
+from pipelines import transform
+from pipelines.child import PreparedChild, StageCrashed, run_in_child
 from transforms.errors import ConfigError, QualityGateFailed
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +43,58 @@ def _killed():
 def _sleep_writing_pid(path: str) -> None:
     Path(path).write_text(str(os.getpid()))
     time.sleep(120)
+
+
+def _warm_up():
+    os.environ["REVENUE_TEST_WARMED_IN"] = str(os.getpid())
+
+
+def _warm_up_fails():
+    raise OSError("cannot import a module")
+
+
+def _where_warmed() -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get("REVENUE_TEST_WARMED_IN")
+
+
+def test_a_prepared_child_warms_up_before_its_call_in_the_same_process():
+    child = PreparedChild("test", warm=_warm_up)
+    pid, warmed_in = child.call(_where_warmed)
+    assert pid != os.getpid() and warmed_in == str(pid)
+    child.close()  # after the call: nothing left to do
+
+
+def test_a_failed_warm_up_is_the_calls_crash():
+    with pytest.raises(StageCrashed) as raised:
+        PreparedChild("test", warm=_warm_up_fails).call(_where_warmed)
+    assert "cannot import a module" in str(raised.value) and "_warm_up_fails" in str(raised.value)
+
+
+def test_closing_a_prepared_child_that_was_never_called_ends_it():
+    child = PreparedChild("test", warm=_warm_up)
+    process = child._process
+    child.close()
+    assert not process.is_alive() and process.exitcode is not None
+
+
+def test_the_dbt_started_ahead_runs_the_build_command_with_the_builds_environment(tmp_path):
+    """`prewarm_dbt` starts dbt before the build is known; `_run_dbt` hands it the command line and the
+    environment, and it behaves as the `dbt` command: output, exit status."""
+    transform.prewarm_dbt()
+    warm = transform._warm_dbt
+    profiles = tmp_path / "profiles-of-this-build"  # given only in the build's environment
+    try:
+        failed = transform._run_dbt([transform.dbt_executable(), "build", "--project-dir", str(tmp_path)],
+                                    dict(os.environ, DO_NOT_TRACK="1", DBT_PROFILES_DIR=str(profiles)))  # fmt: skip
+        assert transform._warm_dbt is None and warm.returncode == failed.returncode == 2
+        assert f"Path '{profiles}' does not exist" in failed.stderr
+        # a second build in the process starts its own dbt
+        done = transform._run_dbt([transform.dbt_executable(), "--version"], dict(os.environ, DO_NOT_TRACK="1"))
+        assert done.returncode == 0 and "Core" in done.stdout + done.stderr
+    finally:
+        if warm.poll() is None:
+            warm.kill()
+        transform._warm_dbt = None
 
 
 def test_the_value_comes_back_from_another_process():
@@ -117,4 +171,5 @@ def test_a_run_whose_gate_fails_shows_the_gate_and_exits_2(tmp_path):
     manifest = json.loads(sorted((data / "runs").glob("*-run.json"))[-1].read_text())
     assert manifest["status"] == "quality_gate_failed"
     assert manifest["peak_rss_mb"]["transform_process"] > 0
+    assert manifest["transform_started"] == "with the run"  # a small input: started beside the ingest
     assert manifest["timings"]["transform"] > 0
