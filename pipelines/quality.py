@@ -8,8 +8,10 @@ computed in DuckDB, never floats.
 
 Each expectation has a severity: a failed ``critical`` one fails the gate (exit 2,
 nothing published); a failed ``warning`` is reported. Results go to
-``DATA_DIR/quality/``: ``results-<run_id>.json``, ``latest.json`` and Data Docs HTML
-(``DATA_DIR/quality/gx/uncommitted/data_docs/local_site/index.html``).
+``DATA_DIR/quality/``: ``results-<run_id>.json`` (every run's, kept), ``latest.json`` and Data Docs
+HTML (``DATA_DIR/quality/gx/uncommitted/data_docs/local_site/index.html``) of the last
+``DOCS_KEEP_RUNS`` runs: GX renders every stored result again at each build, so keeping them all
+made each gate slower than the last (a stream publishes every 30 s).
 
 dbt tests guard model logic (grain, keys, the MRR bridge, fct_mrr = mrr_monthly);
 GX guards the lake's contract and certifies the finance tables.
@@ -44,6 +46,8 @@ WAREHOUSE_SUITES = ("warehouse_mrr_monthly", "warehouse_cohorts", "warehouse_mrr
 # lake tables that must exist once the metrics stage has run: a missing one fails the gate
 REQUIRED_LAKE_TABLES = {"lake_customer_months": "customer_months"}
 OLDEST_ALLOWED = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# Data Docs show each suite's results of this many runs (newest first); older results and pages are removed
+DOCS_KEEP_RUNS = 10
 
 
 @dataclass
@@ -363,7 +367,8 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
             missing.update(wh_missing)
         if not frames:
             raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
-        outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames])
+        outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames],
+                               run_id)  # fmt: skip
     finally:
         for con in connections:
             con.close()
@@ -382,10 +387,32 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
     return gate
 
 
-def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str]) -> list[SuiteOutcome]:
+def prune_docs_history(quality_dir: Path, keep: int | None = None) -> int:
+    """Keep each suite's stored GX results and their Data Docs pages of its ``keep`` newest runs (the
+    store's ``<suite>/<run name>/`` folders, newest by modification time); returns the runs removed.
+    The gate's own record, ``results-<run_id>.json``, is never removed."""
+    import shutil
+
+    keep = DOCS_KEEP_RUNS if keep is None else keep
+    store = quality_dir / "gx" / "uncommitted" / "validations"
+    pages = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations"
+    removed = 0
+    for suite in sorted(p for p in store.glob("*") if p.is_dir()) if store.is_dir() else []:
+        runs = sorted((p for p in suite.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime_ns, p.name),
+                      reverse=True)  # fmt: skip
+        for old in runs[keep:]:
+            shutil.rmtree(old)
+            shutil.rmtree(pages / suite.name / old.name, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
+                run_id: str | None = None) -> list[SuiteOutcome]:  # fmt: skip
     """Each suite over each batch of its frame; a suite's failures are merged over its batches
-    (unexpected counts added, the first samples kept)."""
+    (unexpected counts added, the first samples kept). GX stores the results under ``run_id``."""
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
     params = _parameters(config.as_of, config.thresholds.as_parameters())
     quality_dir = config.layout.quality_dir
@@ -394,6 +421,7 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str]) 
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     source = context.data_sources.add_or_update_pandas("revenue_frames")
     outcomes = []
+    gx_run = RunIdentifier(run_name=run_id or f"validate-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}")
     for name in wanted:
         suite = context.suites.add_or_update(_load_suite(gx, name))
         try:
@@ -410,7 +438,7 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str]) 
         failures: dict[tuple, dict] = {}
         for frame in frames[name].batches():
             outcome.rows += len(frame)
-            result = definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=params,
+            result = definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=params, run_id=gx_run,
                                     result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})  # fmt: skip
             for r in result.results:
                 if r.success:
@@ -436,6 +464,7 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str]) 
             (outcome.critical_failures if detail["severity"] == "critical" else outcome.warnings).append(detail)
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
+    prune_docs_history(quality_dir)
     try:
         context.build_data_docs()
     except Exception as exc:  # docs are a convenience; the JSON results are the record

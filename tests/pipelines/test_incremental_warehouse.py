@@ -117,3 +117,29 @@ def test_the_gate_reads_a_table_in_batches_and_adds_up_their_failures(published,
     assert outcome.rows == events.num_rows + 2 > 2 * 300
     [negative] = [f for f in outcome.critical_failures if f["column"] == "amount"]
     assert negative["unexpected_count"] == 2
+
+
+@pytest.mark.slow
+def test_an_incremental_build_checks_the_grain_of_the_customers_it_recomputed(published, tmp_path, caplog):
+    """dbt's grain tests on customer tables read only the recomputed customers in an incremental build
+    (the other rows passed them in the published build): a duplicate customer-month among the rows
+    that changed still fails the build, and nothing is published."""
+    import pyarrow as pa
+    from conftest import commit_rows
+
+    from pipelines import lake
+    from transforms.errors import BuildFailed
+
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    shutil.copytree(published / "warehouse", data / "warehouse", ignore=shutil.ignore_patterns(".dbt", ".lock"))
+    before = (data / "warehouse" / "revenue.duckdb").read_bytes()
+    months = lake.read_table(DataLayout(data), "customer_months")
+    row = months.filter(pa.compute.equal(months["customer_id"], months["customer_id"][0])).slice(0, 1)
+    commit_rows(data, "customer_months", row)  # the same customer-month twice
+    caplog.set_level("INFO", logger="pipelines.warehouse_lake")
+    with pytest.raises(BuildFailed) as failed:
+        run_transform(cfg(data).resolve_as_of())
+    assert "incremental load" in caplog.text and "1 changed customers" in caplog.text
+    assert "test.revenue.unique_combination_stg_customer_months_" in str(failed.value)
+    assert (data / "warehouse" / "revenue.duckdb").read_bytes() == before

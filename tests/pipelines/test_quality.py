@@ -96,6 +96,30 @@ def test_warning_level_failure_passes_and_is_reported(tmp_path):
     assert (tmp_path / "d" / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 
+def test_data_docs_keep_the_last_runs_and_every_run_keeps_its_results_file(tmp_path, monkeypatch):
+    """GX renders every stored result again at each docs build: a gate that kept them all got slower
+    with every run. Docs keep each suite's newest DOCS_KEEP_RUNS runs; results-<run_id>.json stay."""
+    from pipelines import quality
+
+    lines = [json.dumps({"event_id": f"u{i}", "event_type": "usage.recorded", "occurred_at": "2024-05-02T00:00:00Z",
+                         "customer_id": f"c{i % 5}", "meter": "api_calls", "quantity": 10}) for i in range(20)]
+    write_lines(tmp_path / "in" / "a.jsonl", lines)
+    config = cfg(tmp_path / "d", input_dir=tmp_path / "in")
+    run_ingest(config)
+    run_metrics(cfg(tmp_path / "d"))
+    monkeypatch.setattr(quality, "DOCS_KEEP_RUNS", 2)
+    runs = [f"run-{i}" for i in range(4)]
+    for run_id in runs:
+        assert validate(cfg(tmp_path / "d").resolve_as_of(), run_id=run_id).passed
+    gx_dir = tmp_path / "d" / "quality" / "gx" / "uncommitted"
+    for suite in ("lake_events", "lake_usage", "lake_ingest_summary"):
+        assert sorted(p.name for p in (gx_dir / "validations" / suite).iterdir()) == runs[2:]
+        assert sorted(p.name for p in (gx_dir / "data_docs" / "local_site" / "validations" / suite).iterdir()) == runs[2:]
+    index = (gx_dir / "data_docs" / "local_site" / "index.html").read_text()
+    assert "run-3" in index and "run-0" not in index
+    assert all((tmp_path / "d" / "quality" / f"results-{run_id}.json").exists() for run_id in runs)
+
+
 def test_events_after_the_as_of_date_are_a_reported_warning(ingested, tmp_path):
     import datetime as dt
 
