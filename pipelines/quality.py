@@ -47,7 +47,8 @@ WAREHOUSE_SUITES = ("warehouse_mrr_monthly", "warehouse_cohorts", "warehouse_mrr
 REQUIRED_LAKE_TABLES = {"lake_customer_months": "customer_months"}
 OLDEST_ALLOWED = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Data Docs show each suite's results of this many runs (newest first); older results and pages are removed
-DOCS_KEEP_RUNS = 10
+DOCS_KEEP_RUNS = 5
+UNNAMED_RUN = "__none__"  # GX's folder for results stored without a run name
 
 
 @dataclass
@@ -397,12 +398,19 @@ def prune_docs_history(quality_dir: Path, keep: int | None = None) -> int:
     store = quality_dir / "gx" / "uncommitted" / "validations"
     pages = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations"
     removed = 0
-    for suite in sorted(p for p in store.glob("*") if p.is_dir()) if store.is_dir() else []:
-        runs = sorted((p for p in suite.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime_ns, p.name),
+    def newest_first(folder: Path) -> list[Path]:
+        return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime_ns, p.name),
                       reverse=True)  # fmt: skip
-        for old in runs[keep:]:
+
+    for suite in sorted(p for p in store.glob("*") if p.is_dir()) if store.is_dir() else []:
+        for old in newest_first(suite)[keep:]:
             shutil.rmtree(old)
             shutil.rmtree(pages / suite.name / old.name, ignore_errors=True)
+            removed += 1
+        unnamed = suite / UNNAMED_RUN  # results stored without a run name (earlier releases): by time
+        for old in newest_first(unnamed)[keep:] if unnamed.is_dir() else []:
+            shutil.rmtree(old)
+            shutil.rmtree(pages / suite.name / UNNAMED_RUN / old.name, ignore_errors=True)
             removed += 1
     return removed
 

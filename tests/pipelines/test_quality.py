@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,16 +109,32 @@ def test_data_docs_keep_the_last_runs_and_every_run_keeps_its_results_file(tmp_p
     run_ingest(config)
     run_metrics(cfg(tmp_path / "d"))
     monkeypatch.setattr(quality, "DOCS_KEEP_RUNS", 2)
+    gx_dir = tmp_path / "d" / "quality" / "gx" / "uncommitted"
     runs = [f"run-{i}" for i in range(4)]
     for run_id in runs:
         assert validate(cfg(tmp_path / "d").resolve_as_of(), run_id=run_id).passed
-    gx_dir = tmp_path / "d" / "quality" / "gx" / "uncommitted"
     for suite in ("lake_events", "lake_usage", "lake_ingest_summary"):
         assert sorted(p.name for p in (gx_dir / "validations" / suite).iterdir()) == runs[2:]
         assert sorted(p.name for p in (gx_dir / "data_docs" / "local_site" / "validations" / suite).iterdir()) == runs[2:]
     index = (gx_dir / "data_docs" / "local_site" / "index.html").read_text()
     assert "run-3" in index and "run-0" not in index
     assert all((tmp_path / "d" / "quality" / f"results-{run_id}.json").exists() for run_id in runs)
+
+
+def test_results_an_earlier_release_stored_without_a_run_name_are_kept_by_time(tmp_path):
+    from pipelines.quality import prune_docs_history
+
+    store = tmp_path / "gx" / "uncommitted" / "validations" / "lake_events"
+    pages = tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations" / "lake_events"
+    stamps = [f"2024010{day}T000000.000000Z" for day in range(1, 5)]
+    for day, stamp in enumerate(stamps, start=1):
+        for root in (store / "__none__", pages / "__none__"):
+            (root / stamp).mkdir(parents=True)
+            (root / stamp / "result").write_text("{}")
+            os.utime(root / stamp, ns=(day * 10**9,) * 2)
+    assert prune_docs_history(tmp_path, keep=2) == 2
+    assert sorted(p.name for p in (store / "__none__").iterdir()) == stamps[2:]
+    assert sorted(p.name for p in (pages / "__none__").iterdir()) == stamps[2:]
 
 
 def test_events_after_the_as_of_date_are_a_reported_warning(ingested, tmp_path):
