@@ -114,9 +114,9 @@ def _input_bytes(config: RunConfig) -> int | None:
         return None
     try:
         files = discover_input(config.input_dir)
-    except RevenueError:
+        return sum(os.path.getsize(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
+    except (RevenueError, OSError):  # the ingest reports it (an unreadable file is a dead letter there)
         return None
-    return sum(os.path.getsize(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
 
 
 def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
