@@ -152,7 +152,9 @@ def main() -> None:
         from pipelines.config import build_config
         from pipelines.metrics import run_metrics
         import duckdb
-        r = run_metrics(build_config({str(data)!r}), write_run_manifest=False)
+        # a full rebuild every time: a rerun on the same lake would otherwise find nothing changed
+        r = run_metrics(build_config({str(data)!r}, full_refresh=True), write_run_manifest=False)
+        assert r.mode == "full", r.mode
         from pipelines import lake
         from pipelines.layout import DataLayout
         con = duckdb.connect()
@@ -174,7 +176,7 @@ def main() -> None:
           f"{ours['mismatches']}")
     print(f"duckdb: {duck['seconds']:.1f}s  peak RSS {duck['peak_rss_mb']:,.0f} MB  MRR mismatches vs ground truth: "
           f"{duck['mismatches']}")
-    print(f"ratio ours/duckdb time: {ours['seconds'] / duck['seconds']:.2f}x (goal <= 1.5x)")
+    print(f"ratio ours/duckdb time: {ours['seconds'] / duck['seconds']:.2f}x (goal <= 2x, issue 13)")
     print(json.dumps({"ours": ours, "duckdb": duck}))
 
 
