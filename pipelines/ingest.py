@@ -115,7 +115,7 @@ class _SpillFn(beam.DoFn):
     staged files is (input rows / FLUSH_ROWS) x shards, not chunks x shards.
     """
 
-    FLUSH_ROWS = 500_000
+    FLUSH_ROWS = 250_000  # with a parse batch queried ahead (transforms.ingest._ParseFn), 500k raised the peak
 
     def __init__(self, store: LakeStore, stage: str, tag: str, shards: int):
         self.store, self.stage, self.tag, self.shards = store, stage, tag, shards
