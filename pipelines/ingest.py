@@ -31,6 +31,7 @@ from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from pipelines.store import LakeStore
+from transforms.concurrency import OrderedWorker
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, LineChunk, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
 from transforms.messages import LabelMessageSources, MessageSource
@@ -201,12 +202,25 @@ class LakeKeys:
 
 
 class _DedupShardFn(beam.DoFn):
+    """One shard's rows -> its kept rows, aside by (table, month), and its counts.
+
+    The kept rows of a shard are split by month and written (Arrow and IPC: they release the GIL) on a
+    background thread while this one reads and deduplicates the next shard: one shard's result at most
+    waits to be written (``transforms.concurrency.OrderedWorker``; a failed write fails the bundle)."""
+
     def __init__(self, stage: str, layout: DataLayout, pinned: dict[str, int]):
         self.stage, self.layout, self.pinned = stage, layout, pinned
 
     def setup(self):
         self.keys = LakeKeys(self.layout, self.pinned)
         self.store = self.layout.store
+        self.writer = OrderedWorker(1, "dedup-write")
+
+    def teardown(self):
+        self.writer.close()
+
+    def start_bundle(self):
+        self.writer.discard()
 
     def process(self, element):
         shard, refs = element
@@ -215,18 +229,31 @@ class _DedupShardFn(beam.DoFn):
         for tag, path in refs:
             parts[tag].append(store.read_scratch(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
+        del parts
         result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
                              self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
+        del tables
+        for _, written in self.writer.submit(shard, self._write_kept, shard, result):
+            yield from written
+
+    def finish_bundle(self):
+        for _, written in self.writer.drain():
+            for kv in written:
+                yield beam.utils.windowed_value.WindowedValue(kv, 0, [beam.transforms.window.GlobalWindow()])
+
+    def _write_kept(self, shard: int, result) -> list[tuple[tuple[str, str], str]]:
+        """Write a shard's kept rows aside and its counts; ``((tag, month), path)`` of each file written."""
+        store, written = self.store, []
         # kept rows go aside by (table, month); one writer per table-month then writes one file per
         # partition, so the number of files does not grow with the number of dedup shards
         kept = store.join(self.stage, "kept")
         for tag, table in (("events", result.events), ("usage", result.usage)):
             for month, part in _split_by_month(table):
                 path = store.join(kept, tag, month, f"shard-{shard:03d}.arrow")
-                yield (tag, month), store.write_scratch(part, path)
+                written.append(((tag, month), store.write_scratch(part, path)))
         if result.dead_letter.num_rows:
             path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.arrow")
-            yield ("dead_letter", "all"), store.write_scratch(result.dead_letter, path)
+            written.append((("dead_letter", "all"), store.write_scratch(result.dead_letter, path)))
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -235,6 +262,7 @@ class _DedupShardFn(beam.DoFn):
             "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
         }
         store.put_bytes(store.join(self.stage, "stats", f"shard-{shard:03d}.json"), json.dumps(stats).encode())
+        return written
 
 
 def _split_by_month(table: pa.Table):
@@ -251,26 +279,48 @@ def _split_by_month(table: pa.Table):
 
 class _WritePartitionsFn(beam.DoFn):
     """All kept rows of one table-month (from every shard) -> one sorted data file per partition,
-    written into the lake table's folder (uncommitted: the driver commits the run's files at once)."""
+    written into the lake table's folder (uncommitted: the driver commits the run's files at once).
+
+    A table-month is read and sorted here while the one before it is written on a background thread
+    (Parquet encoding releases the GIL): one sorted table-month at most waits to be written."""
 
     def __init__(self, layout: DataLayout, run_id: str):
         self.layout, self.run_id = layout, run_id
 
+    def setup(self):
+        self.writer = OrderedWorker(1, "partition-write")
+
+    def teardown(self):
+        self.writer.close()
+
+    def start_bundle(self):
+        self.writer.discard()
+
     def process(self, element):
-        (tag, _), paths = element
+        (tag, month), paths = element
         store = self.layout.store
         table = pa.concat_tables([store.read_scratch(p) for p in sorted(paths)])
-        out = self.layout.table_path(tag)
-        name = f"part-{self.run_id}.parquet"
-        if tag == "dead_letter":
-            written = lake.write_partitioned(table, out, "reason", name,
-                                             [("source_file", "ascending"), ("source_line", "ascending")], store,
-                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
-        else:
-            written = lake.write_partitioned(table, out, "event_date", name,
-                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store,
-                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
-        yield len(written)
+        partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
+        table = lake.partition_sort(table, partition, sort_keys)
+        for _, count in self.writer.submit((tag, month), self._write, tag, table):
+            yield count
+
+    def finish_bundle(self):
+        for _, count in self.writer.drain():
+            yield beam.utils.windowed_value.WindowedValue(count, 0, [beam.transforms.window.GlobalWindow()])
+
+    def _write(self, tag: str, table: pa.Table) -> int:
+        partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
+        written = lake.write_partitioned(table, self.layout.table_path(tag), partition, f"part-{self.run_id}.parquet",
+                                         sort_keys, self.layout.store, lake.SMALL_FILE_OPTIONS, presorted=True)  # fmt: skip
+        return len(written)
+
+
+# partition column and sort order of the files WritePartitions writes: dead letters, and events/usage rows
+_PARTITIONING = {
+    "dead_letter": ("reason", [("source_file", "ascending"), ("source_line", "ascending")]),
+    "rows": ("event_date", [("occurred_at", "ascending"), ("event_id", "ascending")]),
+}
 
 
 @dataclass
