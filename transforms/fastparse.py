@@ -299,7 +299,7 @@ def connection() -> duckdb.DuckDBPyConnection:
     if con is None:
         con = duckdb.connect()
         # the chunk is registered as several record batches, which DuckDB scans in parallel: the query
-        # is most of the parse, and the rest of a FnApiRunner ingest runs on one core
+        # is most of the parse (the ingest runs it on a thread of its own, beside the rest of the parse)
         con.execute(f"set threads = {QUERY_THREADS}")
         con.execute(_MACROS)
         con.execute("create table currencies (code varchar primary key, exponent tinyint)")

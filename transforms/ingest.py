@@ -10,8 +10,9 @@
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
     staging schemas: lake columns plus ``event_date`` and ``file_index``), one set per chunk.
     Chunks are validated vectorised in batches of ~100k lines (``transforms.fastparse``, one
-    query per batch, DuckDB connection per worker thread, opened in ``setup()``); lines it
-    cannot prove valid and clean go through ``parse_lines``.
+    query per batch, run on a background thread with its own DuckDB connection, one batch ahead
+    of the batch being finished on the DoFn's thread); lines it cannot prove valid and clean go
+    through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``
