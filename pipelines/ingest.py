@@ -202,25 +202,12 @@ class LakeKeys:
 
 
 class _DedupShardFn(beam.DoFn):
-    """One shard's rows -> its kept rows, aside by (table, month), and its counts.
-
-    The kept rows of a shard are split by month and written (Arrow and IPC: they release the GIL) on a
-    background thread while this one reads and deduplicates the next shard: one shard's result at most
-    waits to be written (``transforms.concurrency.OrderedWorker``; a failed write fails the bundle)."""
-
     def __init__(self, stage: str, layout: DataLayout, pinned: dict[str, int]):
         self.stage, self.layout, self.pinned = stage, layout, pinned
 
     def setup(self):
         self.keys = LakeKeys(self.layout, self.pinned)
         self.store = self.layout.store
-        self.writer = OrderedWorker(1, "dedup-write")
-
-    def teardown(self):
-        self.writer.close()
-
-    def start_bundle(self):
-        self.writer.discard()
 
     def process(self, element):
         shard, refs = element
@@ -229,31 +216,18 @@ class _DedupShardFn(beam.DoFn):
         for tag, path in refs:
             parts[tag].append(store.read_scratch(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
-        del parts
         result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
                              self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
-        del tables
-        for _, written in self.writer.submit(shard, self._write_kept, shard, result):
-            yield from written
-
-    def finish_bundle(self):
-        for _, written in self.writer.drain():
-            for kv in written:
-                yield beam.utils.windowed_value.WindowedValue(kv, 0, [beam.transforms.window.GlobalWindow()])
-
-    def _write_kept(self, shard: int, result) -> list[tuple[tuple[str, str], str]]:
-        """Write a shard's kept rows aside and its counts; ``((tag, month), path)`` of each file written."""
-        store, written = self.store, []
         # kept rows go aside by (table, month); one writer per table-month then writes one file per
         # partition, so the number of files does not grow with the number of dedup shards
         kept = store.join(self.stage, "kept")
         for tag, table in (("events", result.events), ("usage", result.usage)):
             for month, part in _split_by_month(table):
                 path = store.join(kept, tag, month, f"shard-{shard:03d}.arrow")
-                written.append(((tag, month), store.write_scratch(part, path)))
+                yield (tag, month), store.write_scratch(part, path)
         if result.dead_letter.num_rows:
             path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.arrow")
-            written.append((("dead_letter", "all"), store.write_scratch(result.dead_letter, path)))
+            yield ("dead_letter", "all"), store.write_scratch(result.dead_letter, path)
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -262,7 +236,6 @@ class _DedupShardFn(beam.DoFn):
             "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
         }
         store.put_bytes(store.join(self.stage, "stats", f"shard-{shard:03d}.json"), json.dumps(stats).encode())
-        return written
 
 
 def _split_by_month(table: pa.Table):
