@@ -31,6 +31,7 @@ from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from pipelines.store import LakeStore
+from transforms.concurrency import OrderedWorker
 from transforms.errors import InputError, RevenueError
 from transforms.ingest import TAGS, LineChunk, ParseEventLines, ReadEventFiles, dedup_shard, empty_staging
 from transforms.messages import LabelMessageSources, MessageSource
@@ -115,7 +116,7 @@ class _SpillFn(beam.DoFn):
     staged files is (input rows / FLUSH_ROWS) x shards, not chunks x shards.
     """
 
-    FLUSH_ROWS = 500_000
+    FLUSH_ROWS = 250_000  # with a parse batch queried ahead (transforms.ingest._ParseFn), 500k raised the peak
 
     def __init__(self, store: LakeStore, stage: str, tag: str, shards: int):
         self.store, self.stage, self.tag, self.shards = store, stage, tag, shards
@@ -251,26 +252,48 @@ def _split_by_month(table: pa.Table):
 
 class _WritePartitionsFn(beam.DoFn):
     """All kept rows of one table-month (from every shard) -> one sorted data file per partition,
-    written into the lake table's folder (uncommitted: the driver commits the run's files at once)."""
+    written into the lake table's folder (uncommitted: the driver commits the run's files at once).
+
+    A table-month is read and sorted here while the one before it is written on a background thread
+    (Parquet encoding releases the GIL): one sorted table-month at most waits to be written."""
 
     def __init__(self, layout: DataLayout, run_id: str):
         self.layout, self.run_id = layout, run_id
 
+    def setup(self):
+        self.writer = OrderedWorker(1, "partition-write")
+
+    def teardown(self):
+        self.writer.close()
+
+    def start_bundle(self):
+        self.writer.discard()
+
     def process(self, element):
-        (tag, _), paths = element
+        (tag, month), paths = element
         store = self.layout.store
         table = pa.concat_tables([store.read_scratch(p) for p in sorted(paths)])
-        out = self.layout.table_path(tag)
-        name = f"part-{self.run_id}.parquet"
-        if tag == "dead_letter":
-            written = lake.write_partitioned(table, out, "reason", name,
-                                             [("source_file", "ascending"), ("source_line", "ascending")], store,
-                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
-        else:
-            written = lake.write_partitioned(table, out, "event_date", name,
-                                             [("occurred_at", "ascending"), ("event_id", "ascending")], store,
-                                             lake.SMALL_FILE_OPTIONS)  # fmt: skip
-        yield len(written)
+        partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
+        table = lake.partition_sort(table, partition, sort_keys)
+        for _, count in self.writer.submit((tag, month), self._write, tag, table):
+            yield count
+
+    def finish_bundle(self):
+        for _, count in self.writer.drain():
+            yield beam.utils.windowed_value.WindowedValue(count, 0, [beam.transforms.window.GlobalWindow()])
+
+    def _write(self, tag: str, table: pa.Table) -> int:
+        partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
+        written = lake.write_partitioned(table, self.layout.table_path(tag), partition, f"part-{self.run_id}.parquet",
+                                         sort_keys, self.layout.store, lake.SMALL_FILE_OPTIONS, presorted=True)  # fmt: skip
+        return len(written)
+
+
+# partition column and sort order of the files WritePartitions writes: dead letters, and events/usage rows
+_PARTITIONING = {
+    "dead_letter": ("reason", [("source_file", "ascending"), ("source_line", "ascending")]),
+    "rows": ("event_date", [("occurred_at", "ascending"), ("event_id", "ascending")]),
+}
 
 
 @dataclass

@@ -74,20 +74,29 @@ def partition_text(value) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
+def partition_sort(table: pa.Table, partition: str, sort_keys: list[tuple[str, str]]) -> pa.Table:
+    """``table`` in one chunk, sorted by ``partition`` then ``sort_keys``: the order ``write_partitioned`` writes."""
+    if table.num_rows == 0:
+        return table
+    return table.combine_chunks().sort_by([(partition, "ascending"), *sort_keys])  # take is slow on many chunks
+
+
 def write_partitioned(
     table: pa.Table, root: Path | str, partition: str, file_name: str, sort_keys: list[tuple[str, str]],
-    store: LakeStore | None = None, options: dict | None = None,
+    store: LakeStore | None = None, options: dict | None = None, presorted: bool = False,
 ) -> list[str]:
     """Write ``table`` as ``root/<partition>=<value>/<file_name>``, one file per value, rows sorted;
     ``root`` is a path in ``store``'s namespace (a local folder when no store is given).
 
     Under a lake table's folder these files are uncommitted until ``commit`` names them.
-    ``options``: Parquet writer options (default ``PARQUET_OPTIONS``).
+    ``options``: Parquet writer options (default ``PARQUET_OPTIONS``). ``presorted``: ``table`` is
+    already ``partition_sort(table, partition, sort_keys)`` (a caller sorting on another thread).
     """
     store = store or LakeStore(str(root))
     if table.num_rows == 0:
         return []
-    table = table.combine_chunks().sort_by([(partition, "ascending"), *sort_keys])  # take is slow on many chunks
+    if not presorted:
+        table = partition_sort(table, partition, sort_keys)
     values = table[partition].combine_chunks()
     as_int = values.cast(pa.int32()) if pa.types.is_date32(values.type) else None
     if as_int is not None:

@@ -41,6 +41,7 @@ import hashlib
 import os
 import re
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 
 import duckdb
@@ -298,7 +299,7 @@ def connection() -> duckdb.DuckDBPyConnection:
     if con is None:
         con = duckdb.connect()
         # the chunk is registered as several record batches, which DuckDB scans in parallel: the query
-        # is most of the parse, and the rest of a FnApiRunner ingest runs on one core
+        # is most of the parse (the ingest runs it on a thread of its own, beside the rest of the parse)
         con.execute(f"set threads = {QUERY_THREADS}")
         con.execute(_MACROS)
         con.execute("create table currencies (code varchar primary key, exponent tinyint)")
@@ -332,29 +333,59 @@ def parse_chunks_lines(chunks, pii: PiiPolicy | bytes | None, events_schema: pa.
     one DuckDB query for all of them: planning the query costs ~40 ms whatever the number of lines, as much
     as ~6,000 lines of work, so small chunks (files of a few thousand lines) are gathered. One result per
     chunk, each exactly what ``parse_chunk_lines`` gives for that chunk alone.
+
+    In two steps, which a caller may run on different threads (``transforms.ingest._ParseFn`` queries
+    the next batch while it finishes this one): ``query_chunks`` (Arrow and DuckDB: releases the GIL)
+    and ``finish_chunks`` (the per-line path and the staging tables: mostly Python).
     """
-    policy = as_policy(pii)
+    return finish_chunks(chunks, query_chunks(chunks), pii, events_schema, usage_schema)
+
+
+@dataclass(frozen=True)
+class QueriedChunks:
+    """What the vectorised query decided for a batch of chunks: ``starts`` (each chunk's first position in
+    the batch, and the end), ``accepted`` (per line) and ``fast`` (the accepted lines' query rows by ``i``)."""
+
+    starts: np.ndarray
+    accepted: np.ndarray
+    fast: pa.Table | None
+
+
+def query_chunks(chunks, con: duckdb.DuckDBPyConnection | None = None) -> QueriedChunks:
+    """Step 1 of ``parse_chunks_lines``: eligibility and the DuckDB query (``con``: default, this thread's)."""
     starts = np.cumsum([0] + [len(c[0]) for c in chunks])
     # large_binary: the lines of a batch may pass 2 GiB (each line is at most MAX_LINE_BYTES)
     arrays = [c[0].cast(pa.large_binary()) if isinstance(c[0], pa.Array) else pa.array(list(c[0]), pa.large_binary())
               for c in chunks]  # fmt: skip
     raw = pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
+    del arrays
     fast_pos = eligible(raw)
     accepted = np.zeros(len(raw), dtype=bool)
     fast = None
     if len(fast_pos):
         table = pa.table({"i": pa.array(fast_pos, pa.int64()),
                           "line": raw.take(pa.array(fast_pos)).cast(pa.large_string())})  # fmt: skip
-        con = connection()
+        del raw
+        con = con or connection()
         con.register("lines", pa.Table.from_batches(table.to_batches(max_chunksize=QUERY_BATCH_ROWS)))
         try:
             result = con.sql(_QUERY).to_arrow_table()
         finally:
             con.unregister("lines")
+        del table
         # line order (the join need not keep it); take on one chunk: ~7x faster than on DuckDB's chunks
         fast = result.filter(result["ok"]).combine_chunks()
+        del result
         fast = fast.take(pc.sort_indices(fast["i"]))
         accepted[fast["i"].to_numpy()] = True
+    return QueriedChunks(starts, accepted, fast)
+
+
+def finish_chunks(chunks, queried: QueriedChunks, pii: PiiPolicy | bytes | None, events_schema: pa.Schema,
+                  usage_schema: pa.Schema):  # fmt: skip
+    """Step 2 of ``parse_chunks_lines``: one ``(fast events, fast usage, slow ParsedChunk)`` per chunk."""
+    policy = as_policy(pii)
+    starts, accepted, fast = queried.starts, queried.accepted, queried.fast
     bounds = np.searchsorted(fast["i"].to_numpy(), starts) if fast is not None else np.zeros(len(starts), dtype=int)
     return [
         _chunk_result(lines, source_file, file_index, first_line_no, policy, accepted[starts[k]:starts[k + 1]],

@@ -10,8 +10,9 @@
     ``LineChunk`` -> tagged Arrow tables ``events``, ``usage``, ``dead_letter`` (the
     staging schemas: lake columns plus ``event_date`` and ``file_index``), one set per chunk.
     Chunks are validated vectorised in batches of ~100k lines (``transforms.fastparse``, one
-    query per batch, DuckDB connection per worker thread, opened in ``setup()``); lines it
-    cannot prove valid and clean go through ``parse_lines``.
+    query per batch, run on a background thread with its own DuckDB connection, one batch ahead
+    of the batch being finished on the DoFn's thread); lines it cannot prove valid and clean go
+    through ``parse_lines``.
     Counters: ``ingest/lines_read``, ``ingest/parsed_events``, ``ingest/parsed_usage``,
     ``ingest/parse_dead_letters``.
 ``dedup_shard``
@@ -25,6 +26,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import zlib
 from collections.abc import Callable
@@ -38,7 +40,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import schemas
-from transforms.fastparse import connection, parse_chunks_lines
+from transforms.concurrency import OrderedWorker
+from transforms.fastparse import QueriedChunks, finish_chunks, query_chunks
 from transforms.parse import (
     DEAD_COLUMNS,
     ParsedChunk,
@@ -205,8 +208,17 @@ def parse_chunk(element: LineChunk, pii: PiiPolicy | bytes | None,
 
 def parse_chunks(elements: list[LineChunk], pii: PiiPolicy | bytes | None) -> list[tuple[dict[str, pa.Table], ParsedChunk]]:
     """``parse_chunk`` of each chunk of lines (no ``file_error``), vectorised with one query for them all."""
-    results = parse_chunks_lines([(e.lines, e.source_file, e.file_index, e.first_line) for e in elements],
-                                 as_policy(pii), EVENTS_STAGING, USAGE_STAGING)  # fmt: skip
+    return finish_parse(elements, query_chunks(_query_input(elements)), pii)
+
+
+def _query_input(elements: list[LineChunk]) -> list[tuple]:
+    return [(e.lines, e.source_file, e.file_index, e.first_line) for e in elements]
+
+
+def finish_parse(elements: list[LineChunk], queried: QueriedChunks,
+                 pii: PiiPolicy | bytes | None) -> list[tuple[dict[str, pa.Table], ParsedChunk]]:  # fmt: skip
+    """``parse_chunks`` once the query has run (``query_chunks``): the per-line path and the staging tables."""
+    results = finish_chunks(_query_input(elements), queried, as_policy(pii), EVENTS_STAGING, USAGE_STAGING)
     out = []
     for fast_events, fast_usage, parsed in results:
         tables = chunk_to_tables(parsed)
@@ -228,10 +240,18 @@ def _merge_by_line(fast: pa.Table, slow: pa.Table) -> pa.Table:
 
 class _ParseFn(beam.DoFn):
     """Chunks are parsed in batches of at least ``BATCH_LINES`` lines (or ``BATCH_BYTES``), one vectorised
-    query per batch: the query's planning is a fixed cost per call. Memory stays bounded by the batch."""
+    query per batch: the query's planning is a fixed cost per call. Memory stays bounded by the batch.
+
+    The query of a batch (Arrow and DuckDB, which release the GIL) runs on a background thread while
+    this thread finishes the batch before it (the per-line path, the staging tables, and whatever the
+    fused steps around it do: reading the next chunks, spilling): ``QUERIES_AHEAD`` batches at most are
+    queried ahead of the one being finished, so memory holds that many batches more. Outputs come in
+    batch order, and a failed query fails the bundle (``transforms.concurrency.OrderedWorker``).
+    """
 
     BATCH_LINES = 100_000
     BATCH_BYTES = 32 << 20
+    QUERIES_AHEAD = 1
 
     def __init__(self, policy: PiiPolicy):
         self.policy = policy
@@ -242,9 +262,14 @@ class _ParseFn(beam.DoFn):
         self.emails = Metrics.counter("ingest", "emails_not_stored")
 
     def setup(self):
-        connection()  # this worker thread's DuckDB connection for the vectorised path
+        # its thread opens its own DuckDB connection (transforms.fastparse.connection) at its first query
+        self.worker = OrderedWorker(self.QUERIES_AHEAD, "parse-query")
+
+    def teardown(self):
+        self.worker.close()
 
     def start_bundle(self):
+        self.worker.discard()  # queries of a bundle that failed: their batches are parsed again, or not at all
         self.pending: list[LineChunk] = []
         self.pending_lines = self.pending_bytes = 0
 
@@ -259,17 +284,25 @@ class _ParseFn(beam.DoFn):
             yield from self._flush()
 
     def finish_bundle(self):
-        for output in self._flush():
+        for output in itertools.chain(self._flush(), self._drain()):
             value = beam.utils.windowed_value.WindowedValue(output.value, 0, [beam.transforms.window.GlobalWindow()])
             yield beam.pvalue.TaggedOutput(output.tag, value)
 
     def _flush(self):
+        """Query the pending batch in the background; finish the batches whose queries are done."""
         if not self.pending:
             return
         batch, self.pending = self.pending, []
         self.pending_lines = self.pending_bytes = 0
-        for tables, parsed in parse_chunks(batch, self.policy):
-            yield from self._outputs(tables, parsed)
+        yield from self._finish(self.worker.submit(batch, query_chunks, _query_input(batch)))
+
+    def _drain(self):
+        yield from self._finish(self.worker.drain())  # called only once the last batch is submitted
+
+    def _finish(self, queried: list[tuple[list[LineChunk], QueriedChunks]]):
+        for batch, result in queried:
+            for tables, parsed in finish_parse(batch, result, self.policy):
+                yield from self._outputs(tables, parsed)
 
     def _outputs(self, tables: dict[str, pa.Table], parsed: ParsedChunk):
         self.lines.inc(parsed.lines)
