@@ -92,6 +92,11 @@ def _size(path: str) -> int:
         return 0  # unreadable: the read step dead-letters it
 
 
+def input_json_bytes(files: list[tuple[int, str, str]]) -> int:
+    """About how much JSON ``files`` hold: a gzip file counts ``GZIP_RATIO`` times its size."""
+    return sum(_size(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
+
+
 def file_checksums(files: list[tuple[int, str, str]], redact_path) -> list[dict]:
     """Size and SHA-256 of every input file, for the manifest; names pass through ``redact_path``."""
     out = []
@@ -275,15 +280,14 @@ class _WritePartitionsFn(beam.DoFn):
         table = pa.concat_tables([store.read_scratch(p) for p in sorted(paths)])
         partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
         table = lake.partition_sort(table, partition, sort_keys)
-        for _, count in self.writer.submit((tag, month), self._write, tag, table):
+        for _, count in self.writer.submit((tag, month), self._write, tag, table, partition, sort_keys):
             yield count
 
     def finish_bundle(self):
         for _, count in self.writer.drain():
             yield beam.utils.windowed_value.WindowedValue(count, 0, [beam.transforms.window.GlobalWindow()])
 
-    def _write(self, tag: str, table: pa.Table) -> int:
-        partition, sort_keys = _PARTITIONING["dead_letter" if tag == "dead_letter" else "rows"]
+    def _write(self, tag: str, table: pa.Table, partition: str, sort_keys: list[tuple[str, str]]) -> int:
         written = lake.write_partitioned(table, self.layout.table_path(tag), partition, f"part-{self.run_id}.parquet",
                                          sort_keys, self.layout.store, lake.SMALL_FILE_OPTIONS, presorted=True)  # fmt: skip
         return len(written)
@@ -463,7 +467,7 @@ def _ingest(config: RunConfig, files, messages: MessageBatch | None, run_id: str
     config = config.with_pii()
     if config.pii_key is None:
         log.warning("%s is not set: customer emails will not be stored (set it to keep keyed hashes)", PII_KEY_ENV)
-    total_bytes = sum(_size(f[1]) * (GZIP_RATIO if f[1].endswith(".gz") else 1) for f in files)
+    total_bytes = input_json_bytes(files)
     if messages is not None:
         total_bytes = sum(len(b) for b in messages.bodies)
     shards = config.shards or max(1, min(MAX_SHARDS, -(-total_bytes // SHARD_INPUT_BYTES)))

@@ -398,20 +398,17 @@ def prune_docs_history(quality_dir: Path, keep: int | None = None) -> int:
     store = quality_dir / "gx" / "uncommitted" / "validations"
     pages = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations"
     removed = 0
-    def newest_first(folder: Path) -> list[Path]:
-        return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime_ns, p.name),
-                      reverse=True)  # fmt: skip
-
     for suite in sorted(p for p in store.glob("*") if p.is_dir()) if store.is_dir() else []:
-        for old in newest_first(suite)[keep:]:
-            shutil.rmtree(old)
-            shutil.rmtree(pages / suite.name / old.name, ignore_errors=True)
-            removed += 1
-        unnamed = suite / UNNAMED_RUN  # results stored without a run name (earlier releases): by time
-        for old in newest_first(unnamed)[keep:] if unnamed.is_dir() else []:
-            shutil.rmtree(old)
-            shutil.rmtree(pages / suite.name / UNNAMED_RUN / old.name, ignore_errors=True)
-            removed += 1
+        # its runs, then the results stored without a run name (earlier releases), by time
+        for runs, shown in ((suite, pages / suite.name), (suite / UNNAMED_RUN, pages / suite.name / UNNAMED_RUN)):
+            if not runs.is_dir():
+                continue  # no unnamed folder, or it went with the old runs just above
+            newest_first = sorted((p for p in runs.iterdir() if p.is_dir()),
+                                  key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)  # fmt: skip
+            for old in newest_first[keep:]:
+                shutil.rmtree(old)
+                shutil.rmtree(shown / old.name, ignore_errors=True)
+                removed += 1
     return removed
 
 

@@ -105,16 +105,15 @@ def _warm_transform() -> None:
 
 
 def _input_bytes(config: RunConfig) -> int | None:
-    """The JSON the run will read (a compressed file counts ``GZIP_RATIO`` times), None if unknown
-    (the ingest then reports why)."""
+    """The JSON the run will read (``pipelines.ingest.input_json_bytes``), None if unknown (the
+    ingest then reports why)."""
     from pipelines.config import discover_input
-    from pipelines.ingest import GZIP_RATIO
+    from pipelines.ingest import input_json_bytes
 
     if config.input_dir is None:
         return None
     try:
-        files = discover_input(config.input_dir)
-        return sum(os.path.getsize(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
+        return input_json_bytes(discover_input(config.input_dir))
     except (RevenueError, OSError):  # the ingest reports it (an unreadable file is a dead letter there)
         return None
 
@@ -199,14 +198,13 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     except RevenueError as exc:
         result.status, failure = "error", exc
     except BaseException as exc:  # a bug or an interrupt: still record the run, then let it propagate
-        if transform_process is not None:
-            transform_process.close()
         summary.update(status="crashed", error=f"{type(exc).__name__}: {exc}", timings=timings,
                        peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
         write_manifest(layout, run_id, "run", summary)
         raise
-    if transform_process is not None:
-        transform_process.close()  # a run stopped before its transform: the waiting process ends
+    finally:
+        if transform_process is not None:
+            transform_process.close()  # a run stopped before its transform: the waiting process ends
     summary.update(status=result.status, error=str(failure) if failure else None, timings=timings,
                    peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
     result.manifest = write_manifest(layout, run_id, "run", summary)

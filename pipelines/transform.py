@@ -132,13 +132,13 @@ def warehouse_lock(layout: DataLayout):
 # Runs first in the child, then becomes dbt: asks the kernel for SIGKILL when the parent dies (even
 # by kill -9), so no build outlives its run. A fresh interpreter does it rather than a preexec_fn,
 # which is unsafe in a process with threads (Beam, DuckDB and Arrow all start threads).
-DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
+PARENT_GUARD = (
+    "import ctypes, json, os, signal, sys\n"
     f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit('the run that started this build has ended')\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
+DIE_WITH_PARENT = PARENT_GUARD + "os.execvp(sys.argv[2], sys.argv[2:])\n"
 
 
 def die_with_parent(cmd: list[str]) -> list[str]:
@@ -149,11 +149,7 @@ def die_with_parent(cmd: list[str]) -> list[str]:
 # dbt started ahead of its build (``prewarm_dbt``): the same guard, then dbt's imports (about 2 s of
 # one core), then one line on stdin: the build's command line and environment, run as the `dbt`
 # command would. An empty stdin (the build never came) exits.
-WARM_DBT = (
-    "import ctypes, json, os, signal, sys\n"
-    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit('the run that started this build has ended')\n"
+WARM_DBT = PARENT_GUARD + (
     "from dbt.cli.main import cli\n"
     "request = sys.stdin.readline()\n"
     "if not request:\n"
