@@ -131,3 +131,19 @@ class PreparedChild:
 def run_in_child(fn, *args, name: str = "stage", **kwargs):
     """``fn(*args, **kwargs)`` in a spawned interpreter started for it (see ``PreparedChild.call``)."""
     return PreparedChild(name).call(fn, *args, **kwargs)
+
+
+def release_memory() -> None:
+    """Give the memory a finished stage freed back to the system: Python's garbage, Arrow's pool and
+    the C allocator's free lists (glibc keeps freed pages mapped until asked; other libcs: no-op)."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

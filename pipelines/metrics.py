@@ -88,6 +88,7 @@ class MetricsPlan:
     from_month: dt.date | None = None  # incremental: the first customer_months partition that can change
     daily_days: tuple[dt.date, ...] = ()  # incremental: days whose revenue_daily rows are recomputed
     rewrite_lifetime: bool = False
+    customer_share: float = 1.0  # incremental: the recomputed customers' share of all (sizes month slices)
 
 
 def fx_digest(config: RunConfig) -> str:
@@ -221,7 +222,8 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
         return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed")
     first = min((month_start(f) for _, _, f in changed), default=month_start(as_of))
     return MetricsPlan("incremental", f"{len(customers):,} customers changed", tuple(customers), first,
-                       tuple(sorted(daily)), rewrite_lifetime=True)  # fmt: skip
+                       tuple(sorted(daily)), rewrite_lifetime=True,
+                       customer_share=min(1.0, len(customers) / known) if known else 1.0)  # fmt: skip
 
 
 # ------------------------------------------------------------------ Beam stages
@@ -414,7 +416,8 @@ def _day_chunks(days: list[dt.date], rows: dict, limit: int) -> list[list[dt.dat
 
 def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: MetricsPlan) -> list:
     """Elements ``(month, slice, files, customers, day files)``: each calendar month with data on or
-    before the as-of date, cut into slices of whole days of at most SLICE_ROWS lake rows (memory)."""
+    before the as-of date, cut into slices of whole days holding at most SLICE_ROWS lake rows each
+    (memory), in a full rebuild and in an incremental run alike."""
     rows: dict = {}
     sizes: dict = {}  # file sizes from the log: readers skip a HEAD request per file on an object store
     parts = {t: lake.files_by_partition(layout, t, pinned[t], rows, sizes) if pinned.get(t) is not None else {}
@@ -424,11 +427,15 @@ def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: Metr
     if not days:
         raise InputError(f"no events on or before the as-of date {as_of}")
     customers = plan.customers if plan.mode == "incremental" else None
-    limit = SLICE_ROWS if customers is None else max(SLICE_ROWS, sum(rows.values()))  # few rows per customer set
+    if customers is not None:
+        # what a slice holds: every row of the days whose revenue_daily is recomputed, and of the
+        # other days about the recomputed customers' share (their rows only are kept)
+        recomputed = set(plan.daily_days)
+        rows = {d: n if d in recomputed else math.ceil(n * plan.customer_share) for d, n in rows.items()}
     elements = []
     for month in sorted({month_start(d) for d in days}):
         in_month = [d for d in days if month_start(d) == month]
-        for index, chunk in enumerate(_day_chunks(in_month, rows, limit)):
+        for index, chunk in enumerate(_day_chunks(in_month, rows, SLICE_ROWS)):
             files = {t: [f for d in chunk for f in parts[t].get(d, [])] for t in parts}
             day_files = [f for d in plan.daily_days if d in chunk for f in parts["events"].get(d, [])]
             if customers is not None and not customers and not day_files:

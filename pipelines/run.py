@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pipelines.child import PreparedChild
+from pipelines.child import PreparedChild, release_memory
 from pipelines.config import RunConfig
 from pipelines.manifest import new_run_id, write_manifest
 from pipelines.summary import console
@@ -28,22 +28,6 @@ class RunResult:
     status: str
     manifest: Path | None = None
     summary: dict = field(default_factory=dict)
-
-
-def release_memory() -> None:
-    """Give the memory a finished stage freed back to the system: Python's garbage, Arrow's pool and
-    the C allocator's free lists (glibc keeps freed pages mapped until asked; other libcs: no-op)."""
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _peak_rss_mb(children: bool = False) -> int:

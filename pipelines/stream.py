@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipelines import lake
-from pipelines.child import StageCrashed, call_reporting, die_with_parent, send_outcome, unwrap
+from pipelines.child import (
+    StageCrashed,
+    call_reporting,
+    die_with_parent,
+    release_memory,
+    send_outcome,
+    unwrap,
+)
 from pipelines.config import RunConfig
 from pipelines.ingest import INGEST_TABLES, MessageBatch, ingest_batch
 from pipelines.logs import configure_logging, debugging
@@ -442,6 +449,7 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
 
     config = config.resolve_as_of()
     metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
+    release_memory()  # what the metrics freed goes back before the lake copy's load takes DuckDB's share
     # the build reads the events and usage versions the metrics read (batches go on committing meanwhile)
     # and the derived tables those metrics wrote; the dead letters as they are now
     pinned = {**lake.versions(config.layout, ("dead_letter",)),

@@ -133,6 +133,38 @@ def test_new_events_for_one_customer_read_only_that_customer(lines, tmp_path):
     assert second.rows_read < everyone / 10
 
 
+def test_an_incremental_run_reads_months_in_bounded_slices(lines, tmp_path, monkeypatch):
+    """An incremental run cuts each month into slices of whole days as a full rebuild does: the days
+    whose revenue_daily it recomputes count whole, the others by the changed customers' share. So
+    its memory follows the slice size, not the month's (a live stream's months grow all day); the
+    tables equal a full rebuild's."""
+    from collections import Counter
+
+    from pipelines import metrics
+
+    monkeypatch.setattr(metrics, "SLICE_ROWS", 60)
+    planned = []
+    real = metrics._month_elements
+
+    def recording(layout, pinned, as_of, plan):
+        elements = real(layout, pinned, as_of, plan)
+        planned.append((plan.mode, elements))
+        return elements
+
+    monkeypatch.setattr(metrics, "_month_elements", recording)
+    customers = sorted({m.group(1) for line in lines if (m := CUSTOMER.search(line))})
+    moving = set(customers[:8])  # 8 of 40: incremental (at most a quarter)
+    first = [line for line in lines if not (m := CUSTOMER.search(line)) or m.group(1) not in moving]
+    late = [line for line in lines if (m := CUSTOMER.search(line)) and m.group(1) in moving]
+    results = run_batches(tmp_path, [first, late])
+    assert results[-1].mode == "incremental", results[-1].reason
+    mode, elements = planned[1]
+    assert mode == "incremental"
+    slices = Counter(month for month, *_ in elements)
+    assert max(slices.values()) > 1, slices  # one element per month before
+    assert derived(tmp_path / "seq") == derived(run_once(tmp_path, [first, late]))
+
+
 def test_nothing_new_commits_nothing(lines, tmp_path):
     results = run_batches(tmp_path, [lines])
     layout = DataLayout(tmp_path / "seq")
