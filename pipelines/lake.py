@@ -45,6 +45,11 @@ PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
 # 85-row, 29-column file), files ~40 % larger until `revenue maintain` compacts them (delta-rs 1.6 writes the compacted files with zstd).
 SMALL_FILE_OPTIONS = {"compression": "snappy", "use_dictionary": True}
 DELTA_LOG = "_delta_log"
+# commit metadata of an incremental metrics run on customer_months and customer_lifetime: the
+# customers whose rows it recomputed (the others' rows it copied as they were), when at most
+# RECOMPUTED_CUSTOMERS_MAX of them (the list lives in the Delta log)
+RECOMPUTED_CUSTOMERS_KEY = "recomputed_customers"
+RECOMPUTED_CUSTOMERS_MAX = 5000
 LOCAL_WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 IO_THREADS = 16  # concurrent requests to an object store when writing or reading many small files
 APP_ID = "revenue"  # app transactions: "revenue-<table>" -> the number of runs committed to the table
@@ -412,19 +417,42 @@ def data_changes(layout: DataLayout, table: str, old: int, new: int) -> tuple[li
     vacuums them."""
     from urllib.parse import unquote
 
-    if new < old:
-        raise ValueError(f"{table}: version {new} is older than {old} (the table was recreated or rolled back)")
     store, root = layout.store, layout.table_path(table)
     added, removed = [], []
-    for version in range(old + 1, new + 1):
-        entry = store.get_bytes(store.join(root, DELTA_LOG, f"{version:020d}.json"))
-        for line in entry.splitlines():
-            action = json.loads(line) if line.strip() else {}
+    for actions in _log_entries(layout, table, old, new):
+        for action in actions:
             for kind, out in (("add", added), ("remove", removed)):
                 file = action.get(kind)
                 if file is not None and file.get("dataChange", True):
                     out.append(store.join(root, unquote(file["path"])))
     return added, removed
+
+
+def _log_entries(layout: DataLayout, table: str, old: int, new: int):
+    """The actions of each commit ``old + 1 .. new``, read from the Delta log (see ``data_changes``)."""
+    if new < old:
+        raise ValueError(f"{table}: version {new} is older than {old} (the table was recreated or rolled back)")
+    store, root = layout.store, layout.table_path(table)
+    for version in range(old + 1, new + 1):
+        entry = store.get_bytes(store.join(root, DELTA_LOG, f"{version:020d}.json"))
+        yield [json.loads(line) for line in entry.splitlines() if line.strip()]
+
+
+def recorded_keys(layout: DataLayout, table: str, old: int, new: int, key: str) -> set[str] | None:
+    """The union of the JSON lists that commits ``old + 1 .. new`` recorded under ``key`` in their
+    metadata (e.g. the customers whose rows an incremental metrics run may have changed), or None
+    when a commit among them changed rows (``dataChange=true``) without recording the key: then only
+    reading the rows tells what changed. A commit that changes no row (a compaction, a run that
+    only records itself) needs no key. Raises like ``data_changes``."""
+    keys: set[str] = set()
+    for actions in _log_entries(layout, table, old, new):
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        changes = any(a[kind].get("dataChange", True) for a in actions for kind in ("add", "remove") if kind in a)
+        if key in info:
+            keys.update(json.loads(info[key]))
+        elif changes:
+            return None
+    return keys
 
 
 def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:

@@ -465,6 +465,9 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     layout, as_of = config.layout, config.as_of
     changed = pa.array(plan.customers, pa.string())
     committed, rewritten = {}, []
+    per_customer = dict(meta)  # the warehouse's load compares only these customers' rows (see lake.recorded_keys)
+    if len(plan.customers) <= lake.RECOMPUTED_CUSTOMERS_MAX:
+        per_customer[lake.RECOMPUTED_CUSTOMERS_KEY] = json.dumps(list(plan.customers))
     # customer_months
     cm_schema = schemas.with_partition_column("customer_months")
     new_rows = _read_staged(layout.store, out["customer_months"], "month", pa.date32())
@@ -479,7 +482,7 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
         files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_months"), "month",
                                         f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
         rewritten.append(month)
-    committed["customer_months"] = lake.commit(layout, "customer_months", files, run_id, metadata=meta,
+    committed["customer_months"] = lake.commit(layout, "customer_months", files, run_id, metadata=per_customer,
                                                replace_partitions=rewritten, always=True,
                                                read_version=read_versions.get("customer_months"))  # fmt: skip
     # customer_lifetime: one partition (the as-of date), rewritten whole (one row per customer)
@@ -494,7 +497,8 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     files = lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_lifetime"), "as_of",
                                    f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
     committed["customer_lifetime"] = lake.commit(layout, "customer_lifetime", files, run_id, mode="overwrite",
-                                                 metadata=meta, read_version=read_versions.get("customer_lifetime"))  # fmt: skip
+                                                 metadata=per_customer,
+                                                 read_version=read_versions.get("customer_lifetime"))  # fmt: skip
     # revenue_daily: the months of the recomputed days
     rd_schema = schemas.with_partition_column("revenue_daily")
     days = pa.array(plan.daily_days, pa.date32())

@@ -13,7 +13,12 @@ loaded. A build brings the copy to the versions the run pinned:
   needed (a vacuumed history is no obstacle). The deleted and inserted rows are then compared
   (``EXCEPT ALL`` both ways): the keys of rows that really changed go to ``lake.changed_customers``
   and ``lake.changed_days``, which the incremental dbt models recompute (a file rewritten with the
-  same rows changes nothing).
+  same rows changes nothing). In ``customer_months`` and ``customer_lifetime``, which an
+  incremental metrics run rewrites whole partitions of, only the rows of the customers that the
+  metrics runs since the published build recorded in their commits as recomputed are compared
+  (they copied every other customer's rows as they were); when a commit in between changed rows
+  without that record (a full rebuild, more than ``lake.RECOMPUTED_CUSTOMERS_MAX`` customers),
+  every row is.
 - **full** (``--full-refresh``, no compatible published warehouse, a changed dbt project, seed,
   FX table or reporting currency, a lake table recreated or rolled back): everything is loaded
   into an empty build and dbt builds every model from scratch.
@@ -72,6 +77,7 @@ class LoadResult:
     files_removed: dict[str, int] = field(default_factory=dict)
     rows_added: dict[str, int] = field(default_factory=dict)
     rows_removed: dict[str, int] = field(default_factory=dict)
+    rows_compared: dict[str, int] = field(default_factory=dict)  # old and new rows compared to find what changed
     changed_customers: int = 0
     changed_days: int = 0
     seconds: float = 0.0
@@ -196,17 +202,39 @@ def _insert_files(con: duckdb.DuckDBPyConnection, table: str, added: pa.Table) -
     return con.execute(f'select count(*) from lake."{table}"').fetchall()[0][0] - before
 
 
-def _record_changes(con: duckdb.DuckDBPyConnection, table: str, removed: list[str], added: list[str]) -> None:
+def _comparison_scope(con: duckdb.DuckDBPyConnection, layout: DataLayout, table: str, state: dict,
+                      pinned: dict[str, int]) -> str:  # fmt: skip
+    """The rows of ``table`` whose old and new versions the load compares, as a SQL condition:
+    every row, or (customer_months, customer_lifetime) only the rows of the customers that the
+    incremental metrics runs since the published build recorded in their commits as recomputed;
+    they copied every other customer's rows unchanged, so comparing those finds nothing."""
+    old = (state["tables"].get(table) or {}).get("version")
+    if table not in ("customer_months", "customer_lifetime") or old is None or pinned.get(table) is None:
+        return ""
+    try:
+        customers = lake.recorded_keys(layout, table, old, pinned[table], lake.RECOMPUTED_CUSTOMERS_KEY)
+    except (OSError, ValueError):  # a commit's log entry is gone: compare every row
+        return ""
+    if customers is None:
+        return ""
+    con.execute("create or replace temp table recomputed as select unnest(?::varchar[]) as customer_id",
+                [sorted(customers)])  # fmt: skip
+    return " and customer_id in (select customer_id from recomputed)"
+
+
+def _record_changes(con: duckdb.DuckDBPyConnection, table: str, added: list[str], scope: str) -> int:
     """Keys of rows that differ between the removed files' rows (kept in ``removed_rows``) and the
-    added files' rows, into the table's change table."""
+    added files' rows (those within ``scope``), into the table's change table; returns the rows compared."""
     target, key, where = CHANGE_KEYS[table]
     columns = _compared_columns(con, table)
     con.execute("create or replace temp table added_names as select unnest(?::varchar[]) as file", [added])
-    new = f'select {columns} from lake."{table}" where {FILE_COLUMN} in (select file from added_names)'
-    old = f"select {columns} from removed_rows"
+    con.execute(f'create or replace temp table added_rows as select {columns} from lake."{table}" '
+                f"where {FILE_COLUMN} in (select file from added_names){scope}")  # fmt: skip
+    new, old = "select * from added_rows", f"select {columns} from removed_rows"
     changed = f"(({new}) except all ({old})) union all (({old}) except all ({new}))"
     filter_ = f"where {where}" if where else ""
     con.execute(f"insert into lake.{target} select distinct {key} from ({changed}) {filter_}")
+    return con.execute("select (select count(*) from added_rows) + (select count(*) from removed_rows)").fetchall()[0][0]
 
 
 def _record_as_of_shift(con: duckdb.DuckDBPyConnection, old: dt.date, new: dt.date) -> None:
@@ -244,9 +272,11 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
             track = state is not None and table in CHANGE_KEYS
             con.execute("create or replace temp table removed_names as select unnest(?::varchar[]) as file",
                         [removed])  # fmt: skip
+            scope = ""
             if track:
+                scope = _comparison_scope(con, layout, table, state, pinned)
                 con.execute(f'create or replace temp table removed_rows as select * from lake."{table}" '
-                            f"where {FILE_COLUMN} in (select file from removed_names)")  # fmt: skip
+                            f"where {FILE_COLUMN} in (select file from removed_names){scope}")  # fmt: skip
             if removed:
                 result.rows_removed[table] = con.execute(
                     f'delete from lake."{table}" where {FILE_COLUMN} in (select file from removed_names)').fetchall()[0][0]
@@ -255,7 +285,7 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
             result.rows_added[table] = _insert_files(con, table, added)
             result.files_added[table], result.files_removed[table] = len(added_names), len(removed)
             if track and (removed or added_names):
-                _record_changes(con, table, removed, added_names)
+                result.rows_compared[table] = _record_changes(con, table, added_names, scope)
         if state is not None and state.get("as_of") != as_of.isoformat():
             _record_as_of_shift(con, dt.date.fromisoformat(state["as_of"]), as_of)
         for target in ("changed_customers", "changed_days"):

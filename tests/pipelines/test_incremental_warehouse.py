@@ -43,6 +43,10 @@ def test_batches_built_incrementally_equal_a_full_refresh(generated, tmp_path):
     two = build(data, input_dir=second)
     assert one.lake_load["mode"] == "full" and two.lake_load["mode"] == "incremental"
     assert two.lake_load["changed_customers"] > 0 and two.lake_load["changed_days"] > 0
+    # a new as-of month: the metrics rebuilt every customer, recording none, so every row is compared
+    load = two.lake_load
+    for table in ("customer_months", "customer_lifetime"):
+        assert load["rows_compared"][table] == load["rows_removed"][table] + load["rows_added"][table] > 0
 
     incremental = tmp_path / "incremental.duckdb"
     shutil.copy(DataLayout(data).warehouse, incremental)
@@ -72,6 +76,14 @@ def test_a_micro_batch_with_one_bad_line_publishes_and_recomputes_one_customer(p
     result = build(data, input_dir=tmp_path / "in")  # 1 bad line in 10 (10 %) does not block publishing
     assert result.lake_load["mode"] == "incremental" and result.lake_load["rows_added"]["usage"] == 8
     assert result.lake_load["changed_customers"] == 1 and result.lake_load["changed_days"] == 0
+    # the metrics recomputed this one customer and recorded it in their commits: the load compares
+    # its old and new rows only, not the rewritten partitions' other customers
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    months = con.execute("select count(*) from lake.customer_months where customer_id = ?", [customer]).fetchall()[0][0]
+    con.close()
+    load = result.lake_load
+    assert load["rows_removed"]["customer_lifetime"] > 2 and load["rows_compared"]["customer_lifetime"] == 2
+    assert 0 < load["rows_compared"]["customer_months"] <= 2 * months < load["rows_removed"]["customer_months"]
     judged = {s["suite"]: s for s in result.gate["suites"]}
     assert judged["lake_ingest_summary"]["passed"]  # judged over the whole lake, not the ten lines
     assert judged["lake_usage"]["rows"] == 8 and judged["lake_dead_letter"]["rows"] == 1  # only the new rows
