@@ -1,6 +1,6 @@
 """Metrics benchmark: our Beam metrics stage vs DuckDB SQL computing the same customer-month facts.
 
-    python benchmarks/bench_metrics.py [--events 1000000] [--workdir /tmp/revenue-bench]
+    python benchmarks/bench_metrics.py [--events 1000000] [--workdir /tmp/revenue-bench] [--workers 1]
 
 Reuses (or creates) the generated input and our ingested lake from bench_ingest.py. Both
 sides compute, from the same lake Parquet, per customer and month from the first event
@@ -139,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/revenue-bench"))
+    parser.add_argument("--workers", type=int, default=1, help="--metrics-workers for our side")
     args = parser.parse_args()
     src = args.workdir / f"input-{args.events}"
     truth = ensure_generated(src, max(1, args.events // EVENTS_PER_CUSTOMER))
@@ -153,8 +154,10 @@ def main() -> None:
         from pipelines.metrics import run_metrics
         import duckdb
         # a full rebuild every time: a rerun on the same lake would otherwise find nothing changed
-        r = run_metrics(build_config({str(data)!r}, full_refresh=True), write_run_manifest=False)
+        r = run_metrics(build_config({str(data)!r}, full_refresh=True, metrics_workers={args.workers}),
+                        write_run_manifest=False)
         assert r.mode == "full", r.mode
+        result["workers"] = r.workers
         from pipelines import lake
         from pipelines.layout import DataLayout
         con = duckdb.connect()
@@ -172,8 +175,8 @@ def main() -> None:
                    + DUCKDB_METRICS)
     events = truth["counts"]["accepted"]
     print(f"events in lake: {events:,}; customer-months: ours {ours['rows']:,}, duckdb {duck['rows']:,}")
-    print(f"ours  : {ours['seconds']:.1f}s  peak RSS {ours['peak_rss_mb']:,.0f} MB  MRR mismatches vs ground truth: "
-          f"{ours['mismatches']}")
+    print(f"ours  : {ours['seconds']:.1f}s  peak RSS {ours['peak_rss_mb']:,.0f} MB (with its {ours['workers']} worker "
+          f"process(es), summed: {ours['peak_tree_rss_mb']:,.0f} MB)  MRR mismatches vs ground truth: {ours['mismatches']}")
     print(f"duckdb: {duck['seconds']:.1f}s  peak RSS {duck['peak_rss_mb']:,.0f} MB  MRR mismatches vs ground truth: "
           f"{duck['mismatches']}")
     print(f"ratio ours/duckdb time: {ours['seconds'] / duck['seconds']:.2f}x (goal <= 2x, issue 13)")

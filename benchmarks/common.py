@@ -12,16 +12,38 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def measure(code: str) -> dict:
-    """Run ``code`` in a new interpreter; it must set ``result`` (a dict). Adds seconds, cpu_seconds, peak_rss_mb."""
+    """Run ``code`` in a new interpreter; it must set ``result`` (a dict). Adds seconds, cpu_seconds, peak_rss_mb
+    (this process) and peak_tree_rss_mb (with its child processes, summed; sampled)."""
     wrapper = textwrap.dedent("""
-        import json, resource, sys, time
+        import json, os, resource, sys, threading, time
         sys.path.insert(0, {repo!r})
+
+        def tree_rss_mb(pid):  # this process and its descendants (e.g. Beam worker processes), summed
+            total = 0
+            try:
+                total = int(open(f"/proc/{{pid}}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                for task in os.listdir(f"/proc/{{pid}}/task"):
+                    for child in open(f"/proc/{{pid}}/task/{{task}}/children").read().split():
+                        total += tree_rss_mb(int(child))
+            except OSError:
+                pass
+            return total
+
+        peak_tree, done = [0.0], threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                peak_tree[0] = max(peak_tree[0], tree_rss_mb(os.getpid()))
+
+        threading.Thread(target=sample, daemon=True).start()
         start = time.perf_counter()
         result = {{}}
         exec(compile({code!r}, "bench", "exec"))
         result["seconds"] = time.perf_counter() - start
+        done.set()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         result["peak_rss_mb"] = usage.ru_maxrss / 1024
+        result["peak_tree_rss_mb"] = peak_tree[0]  # sampled every 0.2 s: sums the processes alive together
         # CPU time (user + system, all threads): less sensitive than wall time to other jobs on the machine
         result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
         print("BENCH" + json.dumps(result, default=str))

@@ -101,6 +101,13 @@ def threshold_options(func):
     return func
 
 
+def metrics_workers_option(func):
+    return click.option("--metrics-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+                        envvar="REVENUE_METRICS_WORKERS", show_envvar=True,
+                        help="Worker processes for a full metrics rebuild (one customer shard each at a time: "
+                             "faster on several cores, more memory).")(func)  # fmt: skip
+
+
 def materiality_option(func):
     return click.option("--materiality", nargs=2, type=str, default=None, metavar="AMOUNT FRACTION",
                         help="Flag a restatement of a closed month when its difference is at least AMOUNT "
@@ -159,15 +166,16 @@ def ingest(ctx, input_dir: Path, data_dir: Path, lake_uri: str | None, shards: i
 @currency_options
 @click.option("--full-refresh", is_flag=True,
               help="Rebuild every derived table from the lake instead of only what new events change.")
+@metrics_workers_option
 @click.pass_context
 def metrics(ctx, data_dir: Path, lake_uri: str | None, as_of, reporting_currency: str, fx_rates: Path | None,
-            full_refresh: bool) -> None:  # fmt: skip
+            full_refresh: bool, metrics_workers: int) -> None:  # fmt: skip
     """Compute customer_months and customer_lifetime (calendar-month windows) from the lake."""
     from pipelines.metrics import run_metrics
     from pipelines.summary import print_metrics
 
     config = _config(ctx, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency, fx_rates=fx_rates,
-                     full_refresh=full_refresh, lake_uri=lake_uri)  # fmt: skip
+                     full_refresh=full_refresh, lake_uri=lake_uri, metrics_workers=metrics_workers)  # fmt: skip
     print_metrics(run_metrics(config))
 
 
@@ -223,16 +231,18 @@ def validate(ctx, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path
 @click.option("--full-refresh", is_flag=True,
               help="Rebuild every derived table from the lake instead of only what new events change.")
 @materiality_option
+@metrics_workers_option
 @click.pass_context
 def run(ctx, input_dir: Path, data_dir: Path, as_of, reporting_currency: str, fx_rates: Path | None, quiet: bool,
-        full_refresh: bool, **thresholds) -> None:  # fmt: skip
+        full_refresh: bool, metrics_workers: int, **thresholds) -> None:  # fmt: skip
     """Ingest, metrics, dbt build, quality gate, publish and report. Exit 0 ok, 1 error, 2 quality gate failed."""
     local_lake_only("run")
     from pipelines.run import run_all
     from pipelines.summary import print_gate, print_run
 
     config = _config(ctx, input_dir=input_dir, data_dir=data_dir, as_of=as_of, reporting_currency=reporting_currency,
-                     fx_rates=fx_rates, full_refresh=full_refresh, **thresholds)  # fmt: skip
+                     fx_rates=fx_rates, full_refresh=full_refresh, metrics_workers=metrics_workers,
+                     **thresholds)  # fmt: skip
     run_all(config, show_progress=not quiet, on_gate=print_gate, on_finish=print_run)
 
 

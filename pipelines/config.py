@@ -91,6 +91,7 @@ class RunConfig:
     shards: int | None = None
     pii: PiiPolicy | None = field(default=None, repr=False)  # set by with_pii(), once a run starts writing
     full_refresh: bool = False  # rebuild every derived table (lake and warehouse) from the lake's events
+    metrics_workers: int = 1  # worker processes of a full metrics rebuild (pipelines.metrics._workers)
     materiality: Materiality = Materiality()  # flags large restatements of closed months
 
     @property
@@ -136,6 +137,7 @@ class RunConfig:
             "pii_key_set": self.pii_key is not None,
             "gate_thresholds": self.thresholds.as_parameters(),
             "full_refresh": self.full_refresh,
+            "metrics_workers": self.metrics_workers,
             "materiality": self.materiality.describe(),
         }
 
@@ -207,7 +209,7 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
                  as_of: dt.date | None = None, beam_args=(), thresholds: GateThresholds | None = None,
                  shards: int | None = None, pii_key: bytes | None = None,
                  full_refresh: bool = False, materiality: tuple | None = None,
-                 lake_uri: str | None = None) -> RunConfig:  # fmt: skip
+                 lake_uri: str | None = None, metrics_workers: int = 1) -> RunConfig:  # fmt: skip
     """Validate every setting (nothing is written) and load the FX table once."""
     currency = (reporting_currency or "").strip().upper()
     try:
@@ -232,4 +234,5 @@ def build_config(data_dir: Path | str = DEFAULT_DATA_DIR, *, reporting_currency:
         as_of=check_as_of(as_of) if as_of else None, beam_args=tuple(beam_args),
         pii_key=pii_key if pii_key is not None else env_pii_key(),
         thresholds=thresholds or GateThresholds(), shards=shards, full_refresh=full_refresh,
+        metrics_workers=metrics_workers,
     )  # fmt: skip
