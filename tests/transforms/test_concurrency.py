@@ -81,6 +81,34 @@ def test_a_failure_surfaces_from_drain_too():
 def test_limit_must_be_positive():
     with pytest.raises(ValueError):
         OrderedWorker(limit=0)
+    with pytest.raises(ValueError):
+        OrderedWorker(limit=1, threads=0)
+
+
+def test_threads_run_calls_side_by_side_and_results_keep_submission_order():
+    worker = OrderedWorker(limit=2, threads=2)
+    both_running = threading.Barrier(2, timeout=5)  # broken (an error) unless two calls run at once
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def call(k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if k < 2:
+            both_running.wait()
+        time.sleep(0.002 * (8 - k))  # later calls finish sooner
+        with lock:
+            running[0] -= 1
+        return k
+
+    got = []
+    for k in range(8):
+        got += worker.submit(k, call, k)
+    got += worker.drain()
+    assert got == [(k, k) for k in range(8)]
+    assert most[0] == 2
+    worker.close()
 
 
 def _lines(n, start=0):
