@@ -293,14 +293,14 @@ _QUERY = _query()
 _local = threading.local()
 
 
-def connection() -> duckdb.DuckDBPyConnection:
-    """This thread's DuckDB connection with the macros and the currency table (created once)."""
+def connection(threads: int = QUERY_THREADS) -> duckdb.DuckDBPyConnection:
+    """This thread's DuckDB connection with the macros and the currency table (created once, with
+    ``threads`` DuckDB threads: a caller running queries on several threads of its own gives fewer)."""
     con = getattr(_local, "con", None)
     if con is None:
         con = duckdb.connect()
-        # the chunk is registered as several record batches, which DuckDB scans in parallel: the query
-        # is most of the parse (the ingest runs it on a thread of its own, beside the rest of the parse)
-        con.execute(f"set threads = {QUERY_THREADS}")
+        # the chunk is registered as several record batches, which DuckDB scans in parallel
+        con.execute(f"set threads = {threads}")
         con.execute(_MACROS)
         con.execute("create table currencies (code varchar primary key, exponent tinyint)")
         con.executemany("insert into currencies values (?, ?)", _currency_rows())
