@@ -251,8 +251,9 @@ class _ParseFn(beam.DoFn):
     ``QUERY_THREADS`` batches are queried side by side, each on a DuckDB connection of its own with
     the machine's query threads shared between them: one batch's single-threaded steps (the
     eligibility regexes, the takes) then overlap another's DuckDB query, and no more DuckDB threads
-    run than cores (at 5M events on 2 cores: 26.2 s with two threads of one DuckDB thread each, 27.5 s
-    with one of two, 29.8 s with two of two).
+    run than cores (5M events, 2 cores, single runs: 26.1-26.2 s with two threads of one DuckDB thread
+    each, 27.5 s with one thread of two; two threads of two DuckDB threads each ran 1.4 s slower than
+    one of two). A connection of one thread also returns the rows in line order (no sort needed).
     """
 
     BATCH_LINES = 100_000
