@@ -207,32 +207,52 @@ class LakeKeys:
 
 
 class _DedupShardFn(beam.DoFn):
+    """One dedup shard's staged rows -> its kept rows by (table, month), dead letters and stats.
+
+    Two shards are deduplicated side by side on background threads (``THREADS``): most of the work is
+    Arrow (reads, sorts, takes, IPC writes), which releases the GIL, and one shard alone kept one core
+    busy. Memory holds two shards at most; outputs come in shard order (``OrderedWorker``)."""
+
+    THREADS = 2
+
     def __init__(self, stage: str, layout: DataLayout, pinned: dict[str, int]):
         self.stage, self.layout, self.pinned = stage, layout, pinned
 
     def setup(self):
         self.keys = LakeKeys(self.layout, self.pinned)
         self.store = self.layout.store
+        self.worker = OrderedWorker(self.THREADS - 1, "dedup-shard", self.THREADS)
+
+    def teardown(self):
+        self.worker.close()
+
+    def start_bundle(self):
+        self.worker.discard()
 
     def process(self, element):
+        shard, refs = element  # refs listed here: a grouped iterable is not for another thread to read later
+        for _, outputs in self.worker.submit(shard, self._dedup, (shard, list(refs))):
+            yield from outputs
+
+    def finish_bundle(self):
+        for _, outputs in self.worker.drain():
+            for output in outputs:
+                yield beam.utils.windowed_value.WindowedValue(output, 0, [beam.transforms.window.GlobalWindow()])
+
+    def _dedup(self, element) -> list:
+        return list(self._dedup_outputs(element))
+
+    def _dedup_outputs(self, element):
         shard, refs = element
         store = self.store
         parts = {tag: [] for tag in TAGS}
         for tag, path in refs:
             parts[tag].append(store.read_scratch(path))
         tables = {t: pa.concat_tables(p) if p else empty_staging(t) for t, p in parts.items()}
+        del parts
         result = dedup_shard(tables["events"], tables["usage"], tables["dead_letter"],
                              self.keys.event_hashes, self.keys.dead_keys)  # fmt: skip
-        # kept rows go aside by (table, month); one writer per table-month then writes one file per
-        # partition, so the number of files does not grow with the number of dedup shards
-        kept = store.join(self.stage, "kept")
-        for tag, table in (("events", result.events), ("usage", result.usage)):
-            for month, part in _split_by_month(table):
-                path = store.join(kept, tag, month, f"shard-{shard:03d}.arrow")
-                yield (tag, month), store.write_scratch(part, path)
-        if result.dead_letter.num_rows:
-            path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.arrow")
-            yield ("dead_letter", "all"), store.write_scratch(result.dead_letter, path)
+        del tables  # the staged rows: only the kept ones are held from here on (two shards run at once)
         stats = {
             "events": result.events.num_rows,
             "usage": result.usage.num_rows,
@@ -240,6 +260,18 @@ class _DedupShardFn(beam.DoFn):
             "duplicates": result.duplicates,
             "dead_by_reason": lake.counts_by(result.dead_letter, "reason"),
         }
+        # kept rows go aside by (table, month); one writer per table-month then writes one file per
+        # partition, so the number of files does not grow with the number of dedup shards
+        kept = store.join(self.stage, "kept")
+        for tag in ("events", "usage"):
+            by_month = _split_by_month(getattr(result, tag))
+            setattr(result, tag, None)  # the split holds the rows (sorted by month) only while it writes them
+            for month, part in by_month:
+                path = store.join(kept, tag, month, f"shard-{shard:03d}.arrow")
+                yield (tag, month), store.write_scratch(part, path)
+        if result.dead_letter.num_rows:
+            path = store.join(kept, "dead_letter", "all", f"shard-{shard:03d}.arrow")
+            yield ("dead_letter", "all"), store.write_scratch(result.dead_letter, path)
         store.put_bytes(store.join(self.stage, "stats", f"shard-{shard:03d}.json"), json.dumps(stats).encode())
 
 
@@ -249,7 +281,7 @@ def _split_by_month(table: pa.Table):
     days = table["event_date"].combine_chunks().cast(pa.int32()).to_numpy()
     months = days.astype("datetime64[D]").astype("datetime64[M]")
     order = np.argsort(months, kind="stable")  # one take and slices, not one filter of the table per month
-    table, months = table.combine_chunks().take(pa.array(order)), months[order]
+    table, months = table.take(pa.array(order)), months[order]
     starts = np.flatnonzero(np.r_[True, months[1:] != months[:-1]])
     for start, end in zip(starts.tolist(), np.r_[starts[1:], len(months)].tolist(), strict=True):
         yield str(months[start]), table.slice(start, end - start)

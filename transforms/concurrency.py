@@ -1,6 +1,7 @@
 """A bounded, ordered background worker: overlap one step of a DoFn with the rest of its work.
 
-``OrderedWorker`` runs calls on one background thread. ``submit`` queues a call and hands back the
+``OrderedWorker`` runs calls on a background thread (or ``threads`` of them: calls then run side by
+side, the oldest first). ``submit`` queues a call and hands back the
 results of earlier calls that had to finish to keep at most ``limit`` calls unreturned, oldest
 first; ``drain`` waits for and hands back the rest. Results come back in submission order, each
 exactly once, and an exception raised by a call is raised again, in the caller's thread, by the
@@ -24,11 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class OrderedWorker:
-    def __init__(self, limit: int = 1, name: str = "ordered-worker"):
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
+    def __init__(self, limit: int = 1, name: str = "ordered-worker", threads: int = 1):
+        if limit < 1 or threads < 1:
+            raise ValueError("limit and threads must be >= 1")
         self.limit = limit
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
         self._unreturned: deque[tuple[Any, Future]] = deque()
 
     def __len__(self) -> int:
@@ -60,7 +61,7 @@ class OrderedWorker:
         return tag, result
 
     def discard(self) -> None:
-        """Forget every unreturned call: cancel those not started, wait for the running one."""
+        """Forget every unreturned call: cancel those not started, wait for those running."""
         pending, self._unreturned = self._unreturned, deque()
         for _, future in pending:
             future.cancel()

@@ -81,6 +81,34 @@ def test_a_failure_surfaces_from_drain_too():
 def test_limit_must_be_positive():
     with pytest.raises(ValueError):
         OrderedWorker(limit=0)
+    with pytest.raises(ValueError):
+        OrderedWorker(limit=1, threads=0)
+
+
+def test_threads_run_calls_side_by_side_and_results_keep_submission_order():
+    worker = OrderedWorker(limit=2, threads=2)
+    both_running = threading.Barrier(2, timeout=5)  # broken (an error) unless two calls run at once
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def call(k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if k < 2:
+            both_running.wait()
+        time.sleep(0.002 * (8 - k))  # later calls finish sooner
+        with lock:
+            running[0] -= 1
+        return k
+
+    got = []
+    for k in range(8):
+        got += worker.submit(k, call, k)
+    got += worker.drain()
+    assert got == [(k, k) for k in range(8)]
+    assert most[0] == 2
+    worker.close()
 
 
 def _lines(n, start=0):
@@ -114,3 +142,28 @@ def test_a_failed_background_query_fails_the_pipeline(monkeypatch):
     with pytest.raises(Exception, match="duckdb went away"):
         with _pipeline() as p:
             _ = p | beam.Create(chunks, reshuffle=False) | ParseEventLines()
+
+
+def test_query_rows_come_in_line_order_whatever_the_connections_threads():
+    """A one-thread connection keeps the line order (the sort is skipped); two threads need the sort."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pyarrow as pa
+
+    from transforms.fastparse import QUERY_BATCH_ROWS, connection, query_chunks
+
+    lines = pa.array(list(_lines(3 * QUERY_BATCH_ROWS + 5)) + [b"not json"], pa.large_binary())
+
+    def query(threads):
+        return query_chunks([(lines, "f.jsonl", 0, 1)], connection(threads))
+
+    results = []
+    for threads in (1, 2):
+        with ThreadPoolExecutor(1) as pool:  # a thread of its own: connections are per thread
+            results.append(pool.submit(query, threads).result())
+    for result in results:
+        assert result.fast["i"].to_pylist() == list(range(len(lines) - 1))
+        assert result.accepted.tolist() == [True] * (len(lines) - 1) + [False]
+    assert results[0].fast.equals(results[1].fast)
+    assert np.array_equal(results[0].starts, results[1].starts)

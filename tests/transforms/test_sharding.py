@@ -37,3 +37,14 @@ def test_split_by_shard_keeps_every_row_once():
     assert sorted(n for part in parts.values() for n in part["n"].to_pylist()) == list(range(1000))
     for shard, part in parts.items():
         assert set(expected(part["event_id"].to_pylist(), 5)) == {shard}
+
+
+def test_split_by_shard_keeps_input_order_within_a_shard():
+    keys = [f"evt_{i % 300}" for i in range(2000)]  # repeated keys spread over chunks
+    table = pa.concat_tables([pa.table({"event_id": keys[k:k + 500], "n": list(range(k, k + 500))})
+                              for k in range(0, 2000, 500)])  # fmt: skip
+    parts = list(split_by_shard(table, "event_id", 7))
+    assert [shard for shard, _ in parts] == sorted({shard for shard, _ in parts})  # each shard once
+    for shard, part in parts:
+        want = [n for n, k in enumerate(keys) if zlib.crc32(k.encode()) % 7 == shard]
+        assert part["n"].to_pylist() == want
