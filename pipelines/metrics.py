@@ -499,62 +499,77 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     """Rewrite only what changed: the customer_months partitions from ``plan.from_month`` (other
     customers' rows kept, the changed customers' rows replaced), customer_lifetime (the changed
     customers' rows replaced, every row at the new as-of date) and the revenue_daily months
-    holding a recomputed day. One commit per table, in the same order as a full run."""
-    layout, as_of = config.layout, config.as_of
+    holding a recomputed day. The three tables' files are written side by side (Arrow's reads and
+    the Parquet encoder release the GIL); then one commit per table, in the same order as a full run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout, as_of, store = config.layout, config.as_of, config.layout.store
     changed = pa.array(plan.customers, pa.string())
-    committed, rewritten = {}, []
+    rewritten = list(months_between(plan.from_month, month_start(as_of)))
+    daily_months = sorted({month_start(d) for d in plan.daily_days})
     per_customer = dict(meta)  # the warehouse's load compares only these customers' rows (see lake.recorded_keys)
     if len(plan.customers) <= lake.RECOMPUTED_CUSTOMERS_MAX:
         per_customer[lake.RECOMPUTED_CUSTOMERS_KEY] = json.dumps(list(plan.customers))
-    # customer_months
-    cm_schema = schemas.with_partition_column("customer_months")
-    new_rows = _read_staged(layout.store, out["customer_months"], "month", pa.date32())
-    files = []
-    for month in months_between(plan.from_month, month_start(as_of)):
-        existing = lake.read_table(layout, "customer_months", filter=pc.field("month") == pa.scalar(month, pa.date32()))
-        keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed))).select(cm_schema.names)
-        parts = [keep.cast(cm_schema)]
-        if new_rows is not None:
-            mine = new_rows.filter(pc.equal(new_rows["month"], pa.scalar(month, pa.date32())))
-            parts.append(mine.select(cm_schema.names).cast(cm_schema))
-        files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_months"), "month",
-                                        f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
-        rewritten.append(month)
-    committed["customer_months"] = lake.commit(layout, "customer_months", files, run_id, metadata=per_customer,
-                                               replace_partitions=rewritten, always=True,
-                                               read_version=read_versions.get("customer_months"))  # fmt: skip
-    # customer_lifetime: one partition (the as-of date), rewritten whole (one row per customer)
-    lt_schema = schemas.with_partition_column("customer_lifetime")
-    existing = lake.read_table(layout, "customer_lifetime")
-    keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed)))
-    keep = keep.set_column(keep.schema.get_field_index("as_of"), "as_of", pa.array([as_of] * keep.num_rows, pa.date32()))
-    parts = [keep.select(lt_schema.names).cast(lt_schema)]
-    new_life = _read_staged(layout.store, out["customer_lifetime"], "as_of", pa.date32())
-    if new_life is not None:
-        parts.append(new_life.select(lt_schema.names).cast(lt_schema))
-    files = lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_lifetime"), "as_of",
-                                   f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], layout.store)  # fmt: skip
-    committed["customer_lifetime"] = lake.commit(layout, "customer_lifetime", files, run_id, mode="overwrite",
-                                                 metadata=per_customer,
-                                                 read_version=read_versions.get("customer_lifetime"))  # fmt: skip
-    # revenue_daily: the months of the recomputed days
-    rd_schema = schemas.with_partition_column("revenue_daily")
-    days = pa.array(plan.daily_days, pa.date32())
-    new_daily = _read_staged(layout.store, out["revenue_daily"], "month", pa.date32())
-    months = sorted({month_start(d) for d in plan.daily_days})
-    files = []
-    for month in months:
-        existing = lake.read_table(layout, "revenue_daily", filter=pc.field("month") == pa.scalar(month, pa.date32()))
-        parts = [existing.filter(pc.invert(pc.is_in(existing["date"], days))).select(rd_schema.names).cast(rd_schema)]
-        if new_daily is not None:
-            mine = new_daily.filter(pc.equal(new_daily["month"], pa.scalar(month, pa.date32())))
-            parts.append(mine.select(rd_schema.names).cast(rd_schema))
-        files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("revenue_daily"), "month",
-                                        f"part-{run_id}-inc.parquet", [("date", "ascending"), ("currency", "ascending")],
-                                        layout.store)  # fmt: skip
-    committed["revenue_daily"] = lake.commit(layout, "revenue_daily", files, run_id, metadata=meta,
-                                             replace_partitions=months, always=True,
-                                             read_version=read_versions.get("revenue_daily"))  # fmt: skip
+
+    def customer_months() -> list[str]:
+        schema = schemas.with_partition_column("customer_months")
+        new_rows = _read_staged(store, out["customer_months"], "month", pa.date32())
+        files = []
+        for month in rewritten:
+            existing = lake.read_table(layout, "customer_months",
+                                       filter=pc.field("month") == pa.scalar(month, pa.date32()))  # fmt: skip
+            keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed))).select(schema.names)
+            parts = [keep.cast(schema)]
+            if new_rows is not None:
+                mine = new_rows.filter(pc.equal(new_rows["month"], pa.scalar(month, pa.date32())))
+                parts.append(mine.select(schema.names).cast(schema))
+            files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_months"), "month",
+                                            f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], store)  # fmt: skip
+        return files
+
+    def customer_lifetime() -> list[str]:  # one partition (the as-of date), rewritten whole (a row per customer)
+        schema = schemas.with_partition_column("customer_lifetime")
+        existing = lake.read_table(layout, "customer_lifetime")
+        keep = existing.filter(pc.invert(pc.is_in(existing["customer_id"], changed)))
+        keep = keep.set_column(keep.schema.get_field_index("as_of"), "as_of",
+                               pa.repeat(pa.scalar(as_of, pa.date32()), keep.num_rows))  # fmt: skip
+        parts = [keep.select(schema.names).cast(schema)]
+        new_life = _read_staged(store, out["customer_lifetime"], "as_of", pa.date32())
+        if new_life is not None:
+            parts.append(new_life.select(schema.names).cast(schema))
+        return lake.write_partitioned(pa.concat_tables(parts), layout.table_path("customer_lifetime"), "as_of",
+                                      f"part-{run_id}-inc.parquet", [("customer_id", "ascending")], store)  # fmt: skip
+
+    def revenue_daily() -> list[str]:  # the months of the recomputed days
+        schema = schemas.with_partition_column("revenue_daily")
+        days = pa.array(plan.daily_days, pa.date32())
+        new_daily = _read_staged(store, out["revenue_daily"], "month", pa.date32())
+        files = []
+        for month in daily_months:
+            existing = lake.read_table(layout, "revenue_daily",
+                                       filter=pc.field("month") == pa.scalar(month, pa.date32()))  # fmt: skip
+            parts = [existing.filter(pc.invert(pc.is_in(existing["date"], days))).select(schema.names).cast(schema)]
+            if new_daily is not None:
+                mine = new_daily.filter(pc.equal(new_daily["month"], pa.scalar(month, pa.date32())))
+                parts.append(mine.select(schema.names).cast(schema))
+            files += lake.write_partitioned(pa.concat_tables(parts), layout.table_path("revenue_daily"), "month",
+                                            f"part-{run_id}-inc.parquet",
+                                            [("date", "ascending"), ("currency", "ascending")], store)  # fmt: skip
+        return files
+
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="metrics-rewrite") as pool:
+        futures = [pool.submit(write) for write in (customer_months, customer_lifetime, revenue_daily)]
+        cm_files, lt_files, rd_files = [f.result() for f in futures]
+    committed = {
+        "customer_months": lake.commit(layout, "customer_months", cm_files, run_id, metadata=per_customer,
+                                       replace_partitions=rewritten, always=True,
+                                       read_version=read_versions.get("customer_months")),
+        "customer_lifetime": lake.commit(layout, "customer_lifetime", lt_files, run_id, mode="overwrite",
+                                         metadata=per_customer, read_version=read_versions.get("customer_lifetime")),
+        "revenue_daily": lake.commit(layout, "revenue_daily", rd_files, run_id, metadata=meta,
+                                     replace_partitions=daily_months, always=True,
+                                     read_version=read_versions.get("revenue_daily")),
+    }  # fmt: skip
     return committed, rewritten
 
 
