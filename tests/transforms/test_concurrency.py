@@ -13,6 +13,22 @@ from transforms.concurrency import OrderedWorker
 from transforms.ingest import LineChunk, ParseEventLines
 
 
+class Overlap:
+    """How many calls run at once, and the most that ever did (``with overlap:`` around a call's work)."""
+
+    def __init__(self):
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def __enter__(self):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.running -= 1
+
+
 def test_results_come_back_once_each_in_submission_order():
     worker = OrderedWorker(limit=2)
     got = []
@@ -28,16 +44,11 @@ def test_results_come_back_once_each_in_submission_order():
 
 def test_at_most_limit_calls_are_unreturned_and_one_runs_at_a_time():
     worker = OrderedWorker(limit=1)
-    lock = threading.Lock()
-    running, most = [0], [0]
+    overlap = Overlap()
 
     def call(k):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.005)
-        with lock:
-            running[0] -= 1
+        with overlap:
+            time.sleep(0.005)
         return k
 
     returned = []
@@ -47,7 +58,7 @@ def test_at_most_limit_calls_are_unreturned_and_one_runs_at_a_time():
         assert len(worker) == 1  # the call just submitted; every earlier one was handed back
         assert returned == list(range(k))
     assert [tag for tag, _ in worker.drain()] == [5]
-    assert most[0] == 1
+    assert overlap.most == 1
     worker.close()
 
 
@@ -88,18 +99,13 @@ def test_limit_must_be_positive():
 def test_threads_run_calls_side_by_side_and_results_keep_submission_order():
     worker = OrderedWorker(limit=2, threads=2)
     both_running = threading.Barrier(2, timeout=5)  # broken (an error) unless two calls run at once
-    lock = threading.Lock()
-    running, most = [0], [0]
+    overlap = Overlap()
 
     def call(k):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        if k < 2:
-            both_running.wait()
-        time.sleep(0.002 * (8 - k))  # later calls finish sooner
-        with lock:
-            running[0] -= 1
+        with overlap:
+            if k < 2:
+                both_running.wait()
+            time.sleep(0.002 * (8 - k))  # later calls finish sooner
         return k
 
     got = []
@@ -107,7 +113,7 @@ def test_threads_run_calls_side_by_side_and_results_keep_submission_order():
         got += worker.submit(k, call, k)
     got += worker.drain()
     assert got == [(k, k) for k in range(8)]
-    assert most[0] == 2
+    assert overlap.most == 2
     worker.close()
 
 
