@@ -7,9 +7,14 @@ from pathlib import Path
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
+def passes(args, *flags: str) -> bool:
+    """Whether Beam arguments ``args`` set any of ``flags`` (``--flag value`` or ``--flag=value``)."""
+    return any(a.split("=", 1)[0] in flags for a in args)
+
+
 def pipeline_options(extra: list[str] | tuple[str, ...] = ()) -> PipelineOptions:
     args = list(extra)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    if not passes(args, "--runner"):
         # The default DirectRunner tries to download Prism from GitHub first (STACK.md).
         args.append("--runner=FnApiRunner")
     return PipelineOptions(args)

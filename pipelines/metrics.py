@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window
 
 from pipelines import lake
-from pipelines.beam_options import pipeline_options, worker_processes_runner
+from pipelines.beam_options import passes, pipeline_options, worker_processes_runner
 from pipelines.config import RunConfig
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
@@ -365,8 +365,7 @@ def _workers(config: RunConfig, rows: int) -> int:
     arguments), else 1. The shards are independent and their replays Python-bound, so N workers
     take about 1/N of the time on N cores; each holds its own shard, so memory grows by a worker's
     (about 650-750 MB at 10M events here)."""
-    chosen = any(a.split("=")[0] in ("--runner", "--direct_num_workers", "--direct_running_mode")
-                 for a in config.beam_args)  # fmt: skip
+    chosen = passes(config.beam_args, "--runner", "--direct_num_workers", "--direct_running_mode")
     return config.metrics_workers if rows > SHARD_ROWS and not chosen else 1
 
 

@@ -248,10 +248,10 @@ class _ParseFn(beam.DoFn):
     queried ahead of the one being finished, so memory holds that many batches more. Outputs come in
     batch order, and a failed query fails the bundle (``transforms.concurrency.OrderedWorker``).
 
-    ``QUERY_THREADS`` batches are queried side by side, each on a DuckDB connection of its own with
-    the machine's query threads shared between them: one batch's single-threaded steps (the
-    eligibility regexes, the takes) then overlap another's DuckDB query, and no more DuckDB threads
-    run than cores (5M events, 2 cores, single runs: 26.1-26.2 s with two threads of one DuckDB thread
+    ``PARALLEL_QUERIES`` batches are queried side by side, each on a DuckDB connection of its own,
+    the machine's DuckDB threads (``fastparse.QUERY_THREADS``) shared between them: one batch's
+    single-threaded steps (the eligibility regexes, the takes) then overlap another's DuckDB query,
+    and no more DuckDB threads run than cores (5M events, 2 cores, single runs: 26.1-26.2 s with two threads of one DuckDB thread
     each, 27.5 s with one thread of two; two threads of two DuckDB threads each ran 1.4 s slower than
     one of two). A connection of one thread also returns the rows in line order (no sort needed).
     """
@@ -259,7 +259,7 @@ class _ParseFn(beam.DoFn):
     BATCH_LINES = 100_000
     BATCH_BYTES = 32 << 20
     QUERIES_AHEAD = 2
-    QUERY_THREADS = 2
+    PARALLEL_QUERIES = 2
 
     def __init__(self, policy: PiiPolicy):
         self.policy = policy
@@ -271,7 +271,7 @@ class _ParseFn(beam.DoFn):
 
     def setup(self):
         # each of its threads opens its own DuckDB connection (transforms.fastparse.connection) at its first query
-        self.worker = OrderedWorker(self.QUERIES_AHEAD, "parse-query", self.QUERY_THREADS)
+        self.worker = OrderedWorker(self.QUERIES_AHEAD, "parse-query", self.PARALLEL_QUERIES)
 
     def teardown(self):
         self.worker.close()
@@ -305,7 +305,7 @@ class _ParseFn(beam.DoFn):
         yield from self._finish(self.worker.submit(batch, self._query, _query_input(batch)))
 
     def _query(self, chunks) -> QueriedChunks:
-        return query_chunks(chunks, connection(max(1, QUERY_THREADS // self.QUERY_THREADS)))
+        return query_chunks(chunks, connection(max(1, QUERY_THREADS // self.PARALLEL_QUERIES)))
 
     def _drain(self):
         yield from self._finish(self.worker.drain())  # called only once the last batch is submitted
