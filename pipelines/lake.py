@@ -18,13 +18,17 @@ so a kill between two commits followed by a rerun gives exactly the clean result
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +49,16 @@ PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True}
 # 85-row, 29-column file), files ~40 % larger until `revenue maintain` compacts them (delta-rs 1.6 writes the compacted files with zstd).
 SMALL_FILE_OPTIONS = {"compression": "snappy", "use_dictionary": True}
 DELTA_LOG = "_delta_log"
-# commit metadata of an incremental metrics run on customer_months and customer_lifetime: the
-# customers whose rows it recomputed (the others' rows it copied as they were), when at most
-# RECOMPUTED_CUSTOMERS_MAX of them (the list lives in the Delta log)
+# commit metadata of a metrics run on customer_months and customer_lifetime that recomputed only
+# some customers' rows (the others' rows are what they were): those customers, as a JSON list
+# when at most RECOMPUTED_CUSTOMERS_MAX of them, else as the set of their buckets (see
+# customer_bucket), a zlib-compressed, base64 bitmap of CUSTOMER_BUCKETS bits (the record lives in the Delta log)
 RECOMPUTED_CUSTOMERS_KEY = "recomputed_customers"
+RECOMPUTED_BUCKETS_KEY = "recomputed_customer_buckets"
 RECOMPUTED_CUSTOMERS_MAX = 5000
+CUSTOMER_BUCKETS = 1 << 16
+# the bucket of a customer: the first 16 bits of the MD5 of its id, in Python and in DuckDB's SQL
+CUSTOMER_BUCKET_SQL = "('0x' || left(md5(customer_id), 4))::integer"
 LOCAL_WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 IO_THREADS = 16  # concurrent requests to an object store when writing or reading many small files
 APP_ID = "revenue"  # app transactions: "revenue-<table>" -> the number of runs committed to the table
@@ -438,21 +447,57 @@ def _log_entries(layout: DataLayout, table: str, old: int, new: int):
         yield [json.loads(line) for line in entry.splitlines() if line.strip()]
 
 
-def recorded_keys(layout: DataLayout, table: str, old: int, new: int, key: str) -> set[str] | None:
-    """The union of the JSON lists that commits ``old + 1 .. new`` recorded under ``key`` in their
-    metadata (e.g. the customers whose rows an incremental metrics run may have changed), or None
-    when a commit among them changed rows (``dataChange=true``) without recording the key: then only
-    reading the rows tells what changed. A commit that changes no row (a compaction, a run that
-    only records itself) needs no key. Raises like ``data_changes``."""
-    keys: set[str] = set()
+def customer_bucket(customer_id: str) -> int:
+    """A customer's bucket in a recomputed-customers bitmap (``CUSTOMER_BUCKET_SQL`` in DuckDB)."""
+    return int.from_bytes(hashlib.md5(customer_id.encode()).digest()[:2], "big")
+
+
+def recomputed_record(customers) -> dict[str, str]:
+    """The commit metadata naming the customers whose rows a metrics run recomputed: their ids, or
+    above RECOMPUTED_CUSTOMERS_MAX their buckets (~8 KB at most, whatever the number of customers)."""
+    if len(customers) <= RECOMPUTED_CUSTOMERS_MAX:
+        return {RECOMPUTED_CUSTOMERS_KEY: json.dumps(list(customers))}
+    bits = np.zeros(CUSTOMER_BUCKETS, dtype=bool)
+    bits[[customer_bucket(c) for c in customers]] = True
+    return {RECOMPUTED_BUCKETS_KEY: base64.b64encode(zlib.compress(np.packbits(bits).tobytes(), 9)).decode()}
+
+
+def _record_buckets(text: str) -> set[int]:
+    packed = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
+    bits = np.unpackbits(packed)
+    if bits.size != CUSTOMER_BUCKETS:
+        raise ValueError(f"a recomputed-customer bitmap of {bits.size} bits, not {CUSTOMER_BUCKETS}")
+    return set(np.flatnonzero(bits).tolist())
+
+
+@dataclass(frozen=True)
+class RecomputedScope:
+    """The customers whose rows some commits may have changed: exactly (``customers``) when every
+    commit listed them, else ``buckets`` holding at least every one of them (and some others)."""
+
+    customers: frozenset | None = None
+    buckets: frozenset | None = None
+
+
+def recomputed_scope(layout: DataLayout, table: str, old: int, new: int) -> RecomputedScope | None:
+    """What commits ``old + 1 .. new`` of a derived table recorded as recomputed (``recomputed_record``),
+    or None when a commit among them changed rows (``dataChange=true``) without a record (a full
+    rebuild): then only reading the rows tells what changed. A commit that changes no row (a
+    compaction, a run that only records itself) needs no record. Raises like ``data_changes``."""
+    customers: set[str] = set()
+    buckets: set[int] | None = None
     for actions in _log_entries(layout, table, old, new):
         info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
         changes = any(a[kind].get("dataChange", True) for a in actions for kind in ("add", "remove") if kind in a)
-        if key in info:
-            keys.update(json.loads(info[key]))
+        if RECOMPUTED_CUSTOMERS_KEY in info:
+            customers.update(json.loads(info[RECOMPUTED_CUSTOMERS_KEY]))
+        elif RECOMPUTED_BUCKETS_KEY in info:
+            buckets = (buckets or set()) | _record_buckets(info[RECOMPUTED_BUCKETS_KEY])
         elif changes:
             return None
-    return keys
+    if buckets is None:
+        return RecomputedScope(customers=frozenset(customers))
+    return RecomputedScope(buckets=frozenset(buckets | {customer_bucket(c) for c in customers}))
 
 
 def app_version(layout: DataLayout, table: str, app_id: str) -> int | None:

@@ -86,7 +86,9 @@ class MetricsResult:
 class MetricsPlan:
     mode: str  # "full", "incremental" or "unchanged"
     reason: str
-    customers: tuple[str, ...] = ()  # incremental: the customers recomputed from their full history
+    # incremental: the customers recomputed from their full history; a full rebuild for many changed
+    # customers: those (the only ones whose rows can differ from the previous run's)
+    customers: tuple[str, ...] = ()
     from_month: dt.date | None = None  # incremental: the first customer_months partition that can change
     daily_days: tuple[dt.date, ...] = ()  # incremental: days whose revenue_daily rows are recomputed
     rewrite_lifetime: bool = False
@@ -221,7 +223,9 @@ def plan_run(config: RunConfig, pinned: dict) -> MetricsPlan:
         return MetricsPlan("unchanged", "no new events or usage since the last metrics run")
     known = lake.row_count(layout, "customer_lifetime")
     if known >= SHARE_RULE_CUSTOMERS and len(customers) > MAX_INCREMENTAL_SHARE * known:
-        return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed")
+        # cheaper rebuilt whole; the other customers' rows come out as they were, so the warehouse's
+        # load still compares only these customers' (see lake.recomputed_record)
+        return MetricsPlan("full", f"{len(customers):,} of {known:,} customers changed", tuple(customers))
     first = min((month_start(f) for _, _, f in changed), default=month_start(as_of))
     return MetricsPlan("incremental", f"{len(customers):,} customers changed", tuple(customers), first,
                        tuple(sorted(daily)), rewrite_lifetime=True,
@@ -506,9 +510,7 @@ def _commit_incremental(config: RunConfig, run_id: str, plan: MetricsPlan, out: 
     changed = pa.array(plan.customers, pa.string())
     rewritten = list(months_between(plan.from_month, month_start(as_of)))
     daily_months = sorted({month_start(d) for d in plan.daily_days})
-    per_customer = dict(meta)  # the warehouse's load compares only these customers' rows (see lake.recorded_keys)
-    if len(plan.customers) <= lake.RECOMPUTED_CUSTOMERS_MAX:
-        per_customer[lake.RECOMPUTED_CUSTOMERS_KEY] = json.dumps(list(plan.customers))
+    per_customer = {**meta, **lake.recomputed_record(plan.customers)}  # what the warehouse's load compares
 
     def customer_months() -> list[str]:
         schema = schemas.with_partition_column("customer_months")
@@ -614,8 +616,11 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                     # each derived table replaced whole, one commit each, all carrying this run's state: a
                     # kill between them leaves them from different runs, and the next run rebuilds them all
                     for table in schemas.DERIVED_TABLES:
+                        table_meta = meta
+                        if plan.customers and table in ("customer_months", "customer_lifetime"):
+                            table_meta = {**meta, **lake.recomputed_record(plan.customers)}
                         committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
-                                                       mode="overwrite", metadata=meta,
+                                                       mode="overwrite", metadata=table_meta,
                                                        read_version=read_versions.get(table))  # fmt: skip
                         committed_tables.add(table)
             store.delete_dir(stage)

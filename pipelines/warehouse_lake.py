@@ -17,7 +17,7 @@ loaded. A build brings the copy to the versions the run pinned:
   incremental metrics run rewrites whole partitions of, only the rows of the customers that the
   metrics runs since the published build recorded in their commits as recomputed are compared
   (they copied every other customer's rows as they were); when a commit in between changed rows
-  without that record (a full rebuild, more than ``lake.RECOMPUTED_CUSTOMERS_MAX`` customers),
+  without that record (a full rebuild other than for many changed customers),
   every row is.
 - **full** (``--full-refresh``, no compatible published warehouse, a changed dbt project, seed,
   FX table or reporting currency, a lake table recreated or rolled back): everything is loaded
@@ -206,20 +206,25 @@ def _comparison_scope(con: duckdb.DuckDBPyConnection, layout: DataLayout, table:
                       pinned: dict[str, int]) -> str:  # fmt: skip
     """The rows of ``table`` whose old and new versions the load compares, as a SQL condition:
     every row, or (customer_months, customer_lifetime) only the rows of the customers that the
-    incremental metrics runs since the published build recorded in their commits as recomputed;
-    they copied every other customer's rows unchanged, so comparing those finds nothing."""
+    metrics runs since the published build recorded in their commits as recomputed (by id, or by
+    bucket when there were many); they copied every other customer's rows unchanged, or computed
+    them again to the same values, so comparing those finds nothing."""
     old = (state["tables"].get(table) or {}).get("version")
     if table not in ("customer_months", "customer_lifetime") or old is None or pinned.get(table) is None:
         return ""
     try:
-        customers = lake.recorded_keys(layout, table, old, pinned[table], lake.RECOMPUTED_CUSTOMERS_KEY)
+        scope = lake.recomputed_scope(layout, table, old, pinned[table])
     except (OSError, ValueError):  # a commit's log entry is gone: compare every row
         return ""
-    if customers is None:
+    if scope is None:
         return ""
-    con.execute("create or replace temp table recomputed as select unnest(?::varchar[]) as customer_id",
-                [sorted(customers)])  # fmt: skip
-    return " and customer_id in (select customer_id from recomputed)"
+    if scope.customers is not None:
+        con.execute("create or replace temp table recomputed as select unnest(?::varchar[]) as customer_id",
+                    [sorted(scope.customers)])  # fmt: skip
+        return " and customer_id in (select customer_id from recomputed)"
+    con.execute("create or replace temp table recomputed_buckets as select unnest(?::integer[]) as bucket",
+                [sorted(scope.buckets)])  # fmt: skip
+    return f" and {lake.CUSTOMER_BUCKET_SQL} in (select bucket from recomputed_buckets)"
 
 
 def _record_changes(con: duckdb.DuckDBPyConnection, table: str, added: list[str], scope: str) -> int:

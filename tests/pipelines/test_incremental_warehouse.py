@@ -95,6 +95,66 @@ def test_a_micro_batch_with_one_bad_line_publishes_and_recomputes_one_customer(p
     con.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("record", ["buckets", "share rule"])
+def test_a_load_compares_the_recorded_customers_by_bucket_or_after_a_share_rule_rebuild(published, tmp_path,
+                                                                                       monkeypatch, record):  # fmt: skip
+    """Many changed customers are recorded by bucket (the load compares the rows of every customer
+    in those buckets); a full metrics rebuild because many customers changed records them too.
+    Either way the warehouse equals a --full-refresh build."""
+    from pipelines import lake, metrics
+
+    if record == "buckets":
+        monkeypatch.setattr(lake, "RECOMPUTED_CUSTOMERS_MAX", 1)
+    else:  # any change is "many": the metrics rebuild everything
+        monkeypatch.setattr(metrics, "SHARE_RULE_CUSTOMERS", 1)
+        monkeypatch.setattr(metrics, "MAX_INCREMENTAL_SHARE", 0.0)
+    data = tmp_path / "data"
+    shutil.copytree(published / "lake", data / "lake")
+    shutil.copytree(published / "warehouse", data / "warehouse")
+    con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
+    day = con.execute("select max(cast(occurred_at as date)) from lake.events").fetchall()[0][0]
+    everyone = [r[0] for r in con.execute("select customer_id from lake.customer_lifetime").fetchall()]
+    con.close()
+    touched = everyone[:3]
+    at = f"{day.isoformat()}T12:00:00Z"
+    write_lines(tmp_path / "in" / "many.jsonl", [
+        json.dumps({"event_id": f"many-usage-{c}", "event_type": "usage.recorded", "occurred_at": at,
+                    "customer_id": c, "meter": "many_meter", "quantity": 2}) for c in touched])  # fmt: skip
+    result = build(data, input_dir=tmp_path / "in")
+    load = result.lake_load
+    assert load["mode"] == "incremental" and load["changed_customers"] == 3
+    if record == "buckets":
+        buckets = {lake.customer_bucket(c) for c in touched}
+        compared = [c for c in everyone if lake.customer_bucket(c) in buckets]  # collisions included
+    else:
+        compared = touched
+        assert load["rows_removed"]["customer_lifetime"] == len(everyone)  # a full rebuild rewrote every row
+    assert load["rows_compared"]["customer_lifetime"] == 2 * len(compared) < 2 * len(everyone)
+    assert 0 < load["rows_compared"]["customer_months"] < load["rows_removed"]["customer_months"]
+    incremental = tmp_path / "incremental.duckdb"
+    shutil.copy(DataLayout(data).warehouse, incremental)
+    run_transform(cfg(data, full_refresh=True).resolve_as_of())
+    assert table_differences(incremental, DataLayout(data).warehouse) == {}
+
+
+def test_a_customer_bucket_is_the_same_in_python_and_in_duckdb_and_survives_the_record():
+    from pipelines import lake
+
+    ids = [f"cus_{i:06d}" for i in range(3000)] + ["", "ü-客户-🙂", "a'b", "x" * 300]
+    con = duckdb.connect()
+    sql = con.execute(f"select {lake.CUSTOMER_BUCKET_SQL} from (select unnest(?::varchar[]) as customer_id)",
+                      [ids]).fetchall()  # fmt: skip
+    assert [r[0] for r in sql] == [lake.customer_bucket(c) for c in ids]
+    assert len({lake.customer_bucket(c) for c in ids}) > 2500  # spread over the 65,536 buckets
+    small = lake.recomputed_record(ids[:10])
+    assert json.loads(small[lake.RECOMPUTED_CUSTOMERS_KEY]) == ids[:10]
+    many = [f"cus_{i}" for i in range(lake.RECOMPUTED_CUSTOMERS_MAX + 1)]
+    big = lake.recomputed_record(many)
+    assert list(big) == [lake.RECOMPUTED_BUCKETS_KEY] and len(big[lake.RECOMPUTED_BUCKETS_KEY]) < 12_000
+    assert lake._record_buckets(big[lake.RECOMPUTED_BUCKETS_KEY]) == {lake.customer_bucket(c) for c in many}
+
+
 @pytest.mark.parametrize("new_accepted, new_dead, accepted, dead, window, ratio", [
     (9, 1, 5_000, 40, "lake", 40 / 5_040),           # a micro-batch with one bad line: the lake decides
     (9, 1, 9, 1, "fewer than 100 lines", None),      # a first micro-batch: too few lines to judge
