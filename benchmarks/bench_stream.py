@@ -253,9 +253,11 @@ def main() -> None:
     while consumer.poll() is None:
         try:
             rss, peak, cpu = proc_stats(consumer.pid)
-            samples.append((time.time() - started, rss))
-            child_samples.append((time.time() - started, tree_rss(consumer.pid)))
-            publisher_samples.append((time.time() - started, tree_rss(consumer.pid, direct_only=True)))
+            children, own = tree_rss(consumer.pid), tree_rss(consumer.pid, direct_only=True)
+            now = time.time() - started
+            samples.append((now, rss))
+            child_samples.append((now, children))
+            publisher_samples.append((now, own))
         except (OSError, KeyError):
             pass
         time.sleep(1.0)
@@ -342,9 +344,10 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
 
     print(f"per segment of {width:.0f}s of publishing (lags by publish time; batches, publishes and RSS by wall "
           "clock; RSS: the consumer at the segment's end, its child processes' peak in it, the publishing process's "
-          "own peak in it):")
+          "own peak in it, and the peak of what it runs beside it (its dbt) as children minus publisher):")
     print("  segment | lake p50 / p95 / max | warehouse p50 / p95 / max | batches, mean s | publishes, mean s "
-          "| consumer RSS | children peak | publisher peak")
+          "| consumer RSS | children peak | publisher peak | its dbt peak")
+    helpers = [(t, c - o) for (t, c), (_, o) in zip(child_samples, publisher_samples, strict=True)]
     for i in range(segments):
         lo, hi = t0 + i * width, t0 + (i + 1) * width
         lake = [lag for off, lag in lake_lags.items() if segment(sent_at[off]) == i]
@@ -354,6 +357,7 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
         rss = [m for t, m in samples if lo - started <= t < hi - started] or [float("nan")]
         child = [m for t, m in child_samples if lo - started <= t < hi - started] or [float("nan")]
         own = [m for t, m in publisher_samples if lo - started <= t < hi - started] or [float("nan")]
+        dbt = [m for t, m in helpers if lo - started <= t < hi - started] or [float("nan")]
 
         def trio(values):
             if not values:
@@ -363,7 +367,7 @@ def print_segments(segments: int, started: float, sent_at, lake_lags: dict, ware
         print(f"  {i + 1:>7} | {trio(lake):>20} | {trio(ware):>25} | {len(seg_batches):>3}, "
               f"{sum(seg_batches) / max(1, len(seg_batches)):5.2f} | {len(seg_publishes):>3}, "
               f"{sum(seg_publishes) / max(1, len(seg_publishes)):5.1f} | {rss[-1]:>8.0f} MB | {max(child):>8.0f} MB "
-              f"| {max(own):>8.0f} MB")
+              f"| {max(own):>8.0f} MB | {max(dbt):>8.0f} MB")
 
 
 def print_lake_files(data_dir: Path) -> None:

@@ -62,7 +62,9 @@ def unwrap(kind: str, value, name: str):
     raise StageCrashed(f"the {name} process failed: {value}")
 
 
-def _child_main(conn, debug, warm) -> None:
+def _child_main(conn, debug, warm, interruptible) -> None:
+    if not interruptible:  # its parent decides when it stops (and waits for its answer)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     configure_logging(debug)
     try:
@@ -84,16 +86,20 @@ def _child_main(conn, debug, warm) -> None:
 class PreparedChild:
     """A spawned interpreter started ahead of its one call: ``warm()`` (imports, helper processes)
     runs there while the parent does earlier work, then ``call(fn, ...)`` runs ``fn`` in it. Start it
-    from the parent's main thread (``die_with_parent``). ``close()`` ends a child never called."""
+    from the parent's main thread (``die_with_parent``). ``close()`` ends a child never called.
 
-    def __init__(self, name: str = "stage", warm=None):
+    ``interruptible=False``: Ctrl-C does not reach the child (a parent that finishes its work on the
+    first signal). ``daemon=True``: a parent that exits while the call runs ends the child instead of
+    waiting for it."""
+
+    def __init__(self, name: str = "stage", warm=None, *, interruptible: bool = True, daemon: bool = False):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         self.name = name
         self._conn, child_conn = context.Pipe(duplex=True)
-        self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm),
-                                        name=f"revenue-{name}")  # fmt: skip
+        self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm, interruptible),
+                                        name=f"revenue-{name}", daemon=daemon)  # fmt: skip
         self._process.start()
         child_conn.close()
 
@@ -106,7 +112,7 @@ class PreparedChild:
         try:
             self._conn.send((fn, args, kwargs))
             kind, value = self._conn.recv()
-        except (EOFError, BrokenPipeError):  # killed (OOM killer, kill -9) before it could answer
+        except (EOFError, OSError):  # killed (OOM killer, kill -9) before it could answer
             process.join()
             raise StageCrashed(f"the {name} process died (exit {process.exitcode})") from None
         except KeyboardInterrupt:

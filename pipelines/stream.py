@@ -23,17 +23,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pipelines import lake
-from pipelines.child import (
-    StageCrashed,
-    call_reporting,
-    die_with_parent,
-    release_memory,
-    send_outcome,
-    unwrap,
-)
+from pipelines.child import PreparedChild, release_memory
 from pipelines.config import RunConfig
 from pipelines.ingest import INGEST_TABLES, MessageBatch, ingest_batch
-from pipelines.logs import configure_logging, debugging
 from pipelines.manifest import new_run_id, write_manifest
 from transforms.errors import ConfigError, LakeError, QualityGateFailed, RevenueError
 from transforms.messages import MessageSource
@@ -460,7 +452,8 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
             "stages": {"metrics": metrics.seconds, "transform": transform.seconds,
                        "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode,
-                       "metrics_reason": metrics.reason},
+                       "metrics_reason": metrics.reason,
+                       "load": {k: transform.lake_load.get(k) for k in ("mode", "seconds", "rows_compared")}},
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
 
@@ -479,98 +472,49 @@ def _waiting_for_lake(step):
             waited += LOCK_RETRY_SECONDS
 
 
-def _publish_worker(conn, debug: bool) -> None:
-    """The publishing process: imports the stages (Beam, dbt's orchestration, Great Expectations)
-    once, then runs ``publish_warehouse`` for each request until told to stop (``None``)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop; it waits for a publish
-    die_with_parent()
-    configure_logging(debug)
-    import great_expectations  # noqa: F401 - imported once here (seconds), not in every publish
+def _warm_publisher() -> None:
+    """In a publishing process, before its publish is asked for: the stages' imports (Beam, dbt's
+    orchestration, Great Expectations: seconds) and a dbt waiting for the build."""
+    import great_expectations  # noqa: F401
 
     import pipelines.metrics  # noqa: F401
     import pipelines.quality  # noqa: F401
     import pipelines.transform
 
-    pipelines.transform.prewarm_dbt()  # a dbt waiting for this process's (one) build: its imports load now
-    while True:
-        try:
-            request = conn.recv()
-        except EOFError:
-            return
-        if request is None:
-            return
-        config, run_id = request
-        outcome = call_reporting(publish_warehouse, config, run_id)
-        send_outcome(conn, outcome, publish_warehouse)
-        if outcome[0] == "crash":
-            return  # the consumer replaces a process that is no longer alive
+    pipelines.transform.prewarm_dbt()
 
 
 class _PublishProcess:
-    """A child process that runs ``publish_warehouse``: its Python work (metrics, the gate) does not
-    share the consumer's interpreter lock, so batches keep their pace while the warehouse is rebuilt.
+    """The child processes that run ``publish_warehouse``: their Python work (metrics, the gate) does
+    not share the consumer's interpreter lock, so batches keep their pace while the warehouse is rebuilt.
 
-    One process per publish (``MAX_PUBLISHES``), started as soon as the previous publish ends, so its
-    imports (Beam, Great Expectations: seconds) load while the consumer waits for the next interval,
-    not inside the publish. A process kept for many publishes grows: four identical full publishes
-    of a 300k-event lake in one process left it at 680, 782, 795 and 853 MB after returning freed
-    memory to the system, against 783 MB peak for a fresh one; over a 10-minute stream at 500/s the
-    process kept for 40 publishes reached 1,131 MB. A crashed process is replaced too."""
-
-    MAX_PUBLISHES = 1
+    One process per publish, started as soon as the previous publish ends, so its imports load
+    while the consumer waits for the next interval, not inside the publish. A process kept for many
+    publishes grows: four identical full publishes of a 300k-event lake in one process left it at
+    680, 782, 795 and 853 MB after returning freed memory to the system, against 783 MB peak for a
+    fresh one; over a 10-minute stream at 500/s the process kept for 40 publishes reached 1,131 MB.
+    Ctrl-C does not reach it (the consumer finishes its batch, then publishes); a consumer that
+    exits mid-publish (a second signal) ends it."""
 
     def __init__(self):
-        self.process = None
-        self.conn = None
-        self.publishes = 0
-        self.retired: list = []  # processes told to exit, reaped once they have
+        self.child: PreparedChild | None = None  # started, waiting for its publish
 
     def ensure_started(self) -> None:
-        """(Re)start the process if needed; call from the consumer's main thread (see child.die_with_parent)."""
-        self.retired = [p for p in self.retired if p.is_alive()]  # is_alive() reaps an exited process
-        if self.process is not None and self.process.is_alive() and self.publishes < self.MAX_PUBLISHES:
-            return
-        self._retire()
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=_publish_worker, args=(child_conn, debugging()), name="publish-warehouse",
-                                       daemon=True)  # fmt: skip
-        self.process.start()
-        child_conn.close()
-        self.publishes = 0
+        """Start the next publish's process if none is waiting; call from the consumer's main thread
+        (see child.die_with_parent)."""
+        if self.child is None:
+            self.child = PreparedChild("publishing", warm=_warm_publisher, interruptible=False, daemon=True)
 
     def publish(self, config: RunConfig, run_id: str) -> dict:
-        self.publishes += 1
-        try:
-            self.conn.send((config, run_id))
-            kind, value = self.conn.recv()
-        except (EOFError, OSError):
-            self.process.join(timeout=5)
-            raise StageCrashed(f"the publishing process died (exit {self.process.exitcode})") from None
-        return unwrap(kind, value, "publishing")
-
-    def _retire(self) -> None:
-        """Tell the process to exit, without waiting for it (the consumer's loop goes on)."""
-        if self.process is None:
-            return
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.conn.close()
-        self.retired.append(self.process)
-        self.process = self.conn = None
+        """Run one publish in the waiting process, which then exits (a crash raises StageCrashed)."""
+        child, self.child = self.child, None
+        return child.call(publish_warehouse, config, run_id)
 
     def stop(self) -> None:
-        self._retire()
-        for process in self.retired:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        self.retired = []
+        """End the process waiting for a publish that will not come (with its waiting dbt)."""
+        if self.child is not None:
+            self.child.close()
+            self.child = None
 
 
 class _WarehousePublisher:
