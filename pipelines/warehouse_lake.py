@@ -228,17 +228,22 @@ def _comparison_scope(con: duckdb.DuckDBPyConnection, layout: DataLayout, table:
 
 
 def _record_changes(con: duckdb.DuckDBPyConnection, table: str, added: list[str], scope: str) -> int:
-    """Keys of rows that differ between the removed files' rows (kept in ``removed_rows``) and the
-    added files' rows (those within ``scope``), into the table's change table; returns the rows compared."""
-    target, key, where = CHANGE_KEYS[table]
+    """Keys of rows that differ between the removed files' rows (kept in ``removed_<table>``) and
+    the added files' rows (those within ``scope``: the rows that matter, of the recorded customers),
+    into the table's change table; returns the rows compared. The rows of keys already in the
+    change table are left out on both sides: they are recomputed whatever their rows say."""
+    target, key, _ = CHANGE_KEYS[table]
     columns = _compared_columns(con, table)
+    known = f" and ({key} is null or {key} not in (select {key} from lake.{target} where {key} is not null))"
     con.execute("create or replace temp table added_names as select unnest(?::varchar[]) as file", [added])
     con.execute(f'create or replace temp table added_rows as select {columns} from lake."{table}" '
-                f"where {FILE_COLUMN} in (select file from added_names){scope}")  # fmt: skip
-    new, old = "select * from added_rows", f"select {columns} from removed_rows"
+                f"where {FILE_COLUMN} in (select file from added_names){scope}{known}")  # fmt: skip
+    con.execute(f"create or replace temp table removed_rows as select {columns} from removed_{table} "
+                f"where true{known}")  # fmt: skip
+    con.execute(f"drop table removed_{table}")
+    new, old = "select * from added_rows", "select * from removed_rows"
     changed = f"(({new}) except all ({old})) union all (({old}) except all ({new}))"
-    filter_ = f"where {where}" if where else ""
-    con.execute(f"insert into lake.{target} select distinct {key} from ({changed}) {filter_}")
+    con.execute(f"insert into lake.{target} select distinct {key} from ({changed})")
     return con.execute("select (select count(*) from added_rows) + (select count(*) from removed_rows)").fetchall()[0][0]
 
 
@@ -266,6 +271,7 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
     try:
         _create_lake_tables(con)
         con.execute("update lake._files set new_in_build = false")
+        scopes, added_by_table = {}, {}  # the tables whose old and new rows are compared (after every load)
         for table in LAKE_SOURCES:
             now = _current_files(layout, table, pinned.get(table))
             loaded = {r[0] for r in con.execute("select file from lake._files where table_name = ?",
@@ -277,11 +283,13 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
             track = state is not None and table in CHANGE_KEYS
             con.execute("create or replace temp table removed_names as select unnest(?::varchar[]) as file",
                         [removed])  # fmt: skip
-            scope = ""
             if track:
-                scope = _comparison_scope(con, layout, table, state, pinned)
-                con.execute(f'create or replace temp table removed_rows as select * from lake."{table}" '
-                            f"where {FILE_COLUMN} in (select file from removed_names){scope}")  # fmt: skip
+                # only the rows that can put a key in the change table (a row filter commutes with EXCEPT ALL)
+                where = CHANGE_KEYS[table][2]
+                scopes[table] = _comparison_scope(con, layout, table, state, pinned) + (f" and ({where})" if where else "")
+                con.execute(f'create or replace temp table removed_{table} as select * from lake."{table}" '
+                            f"where {FILE_COLUMN} in (select file from removed_names){scopes[table]}")  # fmt: skip
+                added_by_table[table] = added_names
             if removed:
                 result.rows_removed[table] = con.execute(
                     f'delete from lake."{table}" where {FILE_COLUMN} in (select file from removed_names)').fetchall()[0][0]
@@ -289,10 +297,15 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
                             [table])  # fmt: skip
             result.rows_added[table] = _insert_files(con, table, added)
             result.files_added[table], result.files_removed[table] = len(added_names), len(removed)
-            if track and (removed or added_names):
-                result.rows_compared[table] = _record_changes(con, table, added_names, scope)
+        # what changed: first what the as-of date lets through (in a new as-of month, every customer
+        # with a row in it), then the rows that differ of the keys not already known to have changed
         if state is not None and state.get("as_of") != as_of.isoformat():
             _record_as_of_shift(con, dt.date.fromisoformat(state["as_of"]), as_of)
+        for table, added_names in added_by_table.items():
+            if result.files_removed[table] or added_names:
+                result.rows_compared[table] = _record_changes(con, table, added_names, scopes[table])
+            else:
+                con.execute(f"drop table removed_{table}")
         for target in ("changed_customers", "changed_days"):
             con.execute(f"create or replace table lake.{target} as select distinct * from lake.{target}")
         result.changed_customers = con.execute("select count(*) from lake.changed_customers").fetchall()[0][0]
