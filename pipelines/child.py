@@ -10,6 +10,7 @@ something), returns its value or raises its error in the parent, and takes its m
 from __future__ import annotations
 
 import signal
+import time
 
 from pipelines.logs import configure_logging, debugging
 from transforms.errors import RevenueError
@@ -97,6 +98,7 @@ class PreparedChild:
 
         context = multiprocessing.get_context("spawn")
         self.name = name
+        self.exit_seconds = 0.0
         self._conn, child_conn = context.Pipe(duplex=True)
         self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm, interruptible),
                                         name=f"revenue-{name}", daemon=daemon)  # fmt: skip
@@ -123,7 +125,9 @@ class PreparedChild:
             raise
         finally:
             self._conn.close()
+        answered = time.monotonic()
         process.join()
+        self.exit_seconds = time.monotonic() - answered  # from its answer to its exit (interpreter teardown)
         return unwrap(kind, value, name)
 
     def close(self) -> None:

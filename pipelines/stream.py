@@ -439,20 +439,26 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     from pipelines.quality import warehouse_gate
     from pipelines.transform import LAKE_SOURCES, run_transform
 
+    started = time.monotonic()
     config = config.resolve_as_of()
     metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
+    metrics_done = time.monotonic()
     release_memory()  # what the metrics freed goes back before the lake copy's load takes DuckDB's share
     # the build reads the events and usage versions the metrics read (batches go on committing meanwhile)
     # and the derived tables those metrics wrote; the dead letters as they are now
     pinned = {**lake.versions(config.layout, ("dead_letter",)),
               **{t: v for t, v in metrics.lake_versions.items() if t in LAKE_SOURCES}}  # fmt: skip
     gate = warehouse_gate(config, run_id=run_id)
+    transform_started = time.monotonic()
     transform = _waiting_for_lake(lambda: run_transform(config, gate=gate, run_id=run_id, write_run_manifest=False,
                                                         pinned=pinned))  # fmt: skip
+    # beside the stages: the as-of date, waits for the lake, returning the metrics' memory
+    other = (transform_started - started) - metrics.seconds + (time.monotonic() - transform_started) - transform.seconds
     return {"as_of": config.as_of.isoformat(), "lake_versions": transform.lake_versions,
             "stages": {"metrics": metrics.seconds, "transform": transform.seconds,
                        "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode,
-                       "metrics_reason": metrics.reason,
+                       "metrics_reason": metrics.reason, "other": round(other, 3),
+                       "between_stages": round(transform_started - metrics_done, 3),
                        "load": {k: transform.lake_load.get(k) for k in ("mode", "seconds", "rows_compared")}},
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
@@ -488,8 +494,8 @@ class _PublishProcess:
     """The child processes that run ``publish_warehouse``: their Python work (metrics, the gate) does
     not share the consumer's interpreter lock, so batches keep their pace while the warehouse is rebuilt.
 
-    One process per publish, started as soon as the previous publish ends, so its imports load
-    while the consumer waits for the next interval, not inside the publish. A process kept for many
+    One process per publish, started as soon as the previous publish has begun, so its imports
+    load beside it and while the consumer waits for the next interval, not inside the publish. A process kept for many
     publishes grows: four identical full publishes of a 300k-event lake in one process left it at
     680, 782, 795 and 853 MB after returning freed memory to the system, against 783 MB peak for a
     fresh one; over a 10-minute stream at 500/s the process kept for 40 publishes reached 1,131 MB.
@@ -498,6 +504,7 @@ class _PublishProcess:
 
     def __init__(self):
         self.child: PreparedChild | None = None  # started, waiting for its publish
+        self.exit_seconds = 0.0  # the last publish's process: from its answer to its exit
 
     def ensure_started(self) -> None:
         """Start the next publish's process if none is waiting; call from the consumer's main thread
@@ -508,7 +515,10 @@ class _PublishProcess:
     def publish(self, config: RunConfig, run_id: str) -> dict:
         """Run one publish in the waiting process, which then exits (a crash raises StageCrashed)."""
         child, self.child = self.child, None
-        return child.call(publish_warehouse, config, run_id)
+        try:
+            return child.call(publish_warehouse, config, run_id)
+        finally:
+            self.exit_seconds = child.exit_seconds
 
     def stop(self) -> None:
         """End the process waiting for a publish that will not come (with its waiting dbt)."""
@@ -561,6 +571,7 @@ class _WarehousePublisher:
         record = {"kind": "publish", "run_id": run_id, "reason": reason}
         try:
             record.update(self.worker.publish(self.config, run_id))
+            record["stages"]["process_exit"] = round(self.worker.exit_seconds, 3)
             record["status"] = "success"
             self.metrics.published_received = received
             self.result.publishes += 1
@@ -707,8 +718,11 @@ def run_stream(config: RunConfig, options: StreamOptions, metrics: StreamMetrics
                 continue
             now = time.monotonic()
             publisher.check()
-            if options.warehouse and not publisher.busy:
-                publisher.prepare()  # the next publish's process starts now, from this (main) thread
+            if options.warehouse:
+                # the next publish's process starts now, from this (main) thread, while the current publish
+                # runs: a publish longer than --publish-every is followed at once by the next, whose
+                # process would otherwise still be importing its stages (4 s idle, ~10 s on a busy machine)
+                publisher.prepare()
             if unpublished and options.warehouse and not publisher.busy and now - last_publish >= options.publish_every:
                 publish("interval")
         else:
