@@ -10,7 +10,6 @@ something), returns its value or raises its error in the parent, and takes its m
 from __future__ import annotations
 
 import signal
-import time
 
 from pipelines.logs import configure_logging, debugging
 from transforms.errors import RevenueError
@@ -91,14 +90,15 @@ class PreparedChild:
 
     ``interruptible=False``: Ctrl-C does not reach the child (a parent that finishes its work on the
     first signal). ``daemon=True``: a parent that exits while the call runs ends the child instead of
-    waiting for it."""
+    waiting for it. ``wait_exit=False``: ``call`` returns on the child's answer, without waiting for
+    its interpreter to exit (``exited``, ``end``)."""
 
-    def __init__(self, name: str = "stage", warm=None, *, interruptible: bool = True, daemon: bool = False):
+    def __init__(self, name: str = "stage", warm=None, *, interruptible: bool = True, daemon: bool = False,
+                 wait_exit: bool = True):  # fmt: skip
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        self.name = name
-        self.exit_seconds = 0.0
+        self.name, self.wait_exit = name, wait_exit
         self._conn, child_conn = context.Pipe(duplex=True)
         self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm, interruptible),
                                         name=f"revenue-{name}", daemon=daemon)  # fmt: skip
@@ -125,10 +125,20 @@ class PreparedChild:
             raise
         finally:
             self._conn.close()
-        answered = time.monotonic()
-        process.join()
-        self.exit_seconds = time.monotonic() - answered  # from its answer to its exit (interpreter teardown)
+        if self.wait_exit:
+            process.join()
         return unwrap(kind, value, name)
+
+    def exited(self) -> bool:
+        """Whether the process has exited (and then reaped it)."""
+        return not self._process.is_alive()
+
+    def end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the process to exit, then kill it."""
+        self._process.join(timeout=timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
     def close(self) -> None:
         """End a child that was never called (it has done nothing but ``warm``); no-op after ``call``."""

@@ -442,7 +442,6 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     started = time.monotonic()
     config = config.resolve_as_of()
     metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
-    metrics_done = time.monotonic()
     release_memory()  # what the metrics freed goes back before the lake copy's load takes DuckDB's share
     # the build reads the events and usage versions the metrics read (batches go on committing meanwhile)
     # and the derived tables those metrics wrote; the dead letters as they are now
@@ -458,7 +457,6 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
             "stages": {"metrics": metrics.seconds, "transform": transform.seconds,
                        "dbt_build": transform.dbt_seconds, "metrics_mode": metrics.mode,
                        "metrics_reason": metrics.reason, "other": round(other, 3),
-                       "between_stages": round(transform_started - metrics_done, 3),
                        "load": {k: transform.lake_load.get(k) for k in ("mode", "seconds", "rows_compared")}},
             "metrics_lake_versions": metrics.lake_versions}  # fmt: skip
 
@@ -504,27 +502,32 @@ class _PublishProcess:
 
     def __init__(self):
         self.child: PreparedChild | None = None  # started, waiting for its publish
-        self.exit_seconds = 0.0  # the last publish's process: from its answer to its exit
+        self.exiting: list[PreparedChild] = []  # processes that answered, reaped once they have exited
 
     def ensure_started(self) -> None:
         """Start the next publish's process if none is waiting; call from the consumer's main thread
         (see child.die_with_parent)."""
+        self.exiting = [c for c in self.exiting if not c.exited()]
         if self.child is None:
-            self.child = PreparedChild("publishing", warm=_warm_publisher, interruptible=False, daemon=True)
+            self.child = PreparedChild("publishing", warm=_warm_publisher, interruptible=False, daemon=True,
+                                       wait_exit=False)  # fmt: skip
 
     def publish(self, config: RunConfig, run_id: str) -> dict:
-        """Run one publish in the waiting process, which then exits (a crash raises StageCrashed)."""
+        """Run one publish in the waiting process, which then exits on its own (its interpreter's
+        teardown, 1-2.6 s after a publish, is not part of the publish); a crash raises StageCrashed."""
         child, self.child = self.child, None
-        try:
-            return child.call(publish_warehouse, config, run_id)
-        finally:
-            self.exit_seconds = child.exit_seconds
+        self.exiting.append(child)
+        return child.call(publish_warehouse, config, run_id)
 
     def stop(self) -> None:
-        """End the process waiting for a publish that will not come (with its waiting dbt)."""
+        """End the process waiting for a publish that will not come (with its waiting dbt), and wait
+        for the others to exit."""
         if self.child is not None:
             self.child.close()
             self.child = None
+        for child in self.exiting:
+            child.end(timeout=30)
+        self.exiting = []
 
 
 class _WarehousePublisher:
@@ -571,7 +574,6 @@ class _WarehousePublisher:
         record = {"kind": "publish", "run_id": run_id, "reason": reason}
         try:
             record.update(self.worker.publish(self.config, run_id))
-            record["stages"]["process_exit"] = round(self.worker.exit_seconds, 3)
             record["status"] = "success"
             self.metrics.published_received = received
             self.result.publishes += 1

@@ -976,7 +976,7 @@ def test_each_publish_gets_a_fresh_process_started_before_it_is_needed(tmp_path)
     try:
         with pytest.raises(RevenueError):  # an empty data dir: the publish fails, the process answers
             worker.publish(cfg(tmp_path / "empty"), "20261128T000000Z-00000000")
-        assert not first.is_alive() and first.exitcode == 0  # it exited after its one publish
+        assert wait_until(lambda: not first.is_alive(), timeout=30) and first.exitcode == 0  # exits after one publish
         worker.ensure_started()  # the consumer's loop, once the publish is over
         second = worker.child._process
         assert second is not first and second.is_alive()
@@ -984,4 +984,4 @@ def test_each_publish_gets_a_fresh_process_started_before_it_is_needed(tmp_path)
         assert worker.child._process is second
     finally:
         worker.stop()
-    assert worker.child is None and not second.is_alive()
+    assert worker.child is None and worker.exiting == [] and not second.is_alive()
