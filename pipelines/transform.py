@@ -271,8 +271,8 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         try:
             shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
             build_root.mkdir(parents=True)
-            if gate is not None:
-                quality.prewarm()  # the gate's imports load while dbt builds
+            if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
+                getattr(gate, "prepare", quality.prewarm)()
             try:
                 dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
                 gate_result = gate(build_file) if gate is not None else None  # QualityGateFailed: nothing published
