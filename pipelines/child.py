@@ -97,11 +97,13 @@ class PreparedChild:
         self._process.start()
         child_conn.close()
 
-    def call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, wait: bool = True, **kwargs):
         """``fn(*args, **kwargs)`` in the child (``fn``, the arguments, the value and its errors must
         pickle). A RevenueError raised there is raised here; a crash (in ``warm`` too) raises
         StageCrashed with the child's traceback. Ctrl-C reaches the child too (same process group):
-        the parent waits for it to clean up, then raises KeyboardInterrupt."""
+        the parent waits for it to clean up, then raises KeyboardInterrupt. ``wait=False``: return as
+        soon as the child has answered, without waiting for its interpreter to shut down (a large one
+        takes most of a second): ``close()`` waits for it."""
         process, name = self._process, self.name
         try:
             self._conn.send((fn, args, kwargs))
@@ -117,15 +119,17 @@ class PreparedChild:
             raise
         finally:
             self._conn.close()
-        process.join()
+        if wait:
+            process.join()
         return unwrap(kind, value, name)
 
     def close(self) -> None:
-        """End a child that was never called (it has done nothing but ``warm``); no-op after ``call``."""
+        """End a child that was never called (it has done nothing but ``warm``); after ``call``, wait
+        for the child to exit."""
         if not self._conn.closed:
             self._conn.close()
             self._process.kill()  # its helpers (a waiting dbt) die with it
-            self._process.join()
+        self._process.join()
 
 
 def run_in_child(fn, *args, name: str = "stage", **kwargs):
