@@ -90,26 +90,26 @@ class PreparedChild:
 
     ``interruptible=False``: Ctrl-C does not reach the child (a parent that finishes its work on the
     first signal). ``daemon=True``: a parent that exits while the call runs ends the child instead of
-    waiting for it. ``wait_exit=False``: ``call`` returns on the child's answer, without waiting for
-    its interpreter to exit (``exited``, ``end``)."""
+    waiting for it."""
 
-    def __init__(self, name: str = "stage", warm=None, *, interruptible: bool = True, daemon: bool = False,
-                 wait_exit: bool = True):  # fmt: skip
+    def __init__(self, name: str = "stage", warm=None, *, interruptible: bool = True, daemon: bool = False):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        self.name, self.wait_exit = name, wait_exit
+        self.name = name
         self._conn, child_conn = context.Pipe(duplex=True)
         self._process = context.Process(target=_child_main, args=(child_conn, debugging(), warm, interruptible),
                                         name=f"revenue-{name}", daemon=daemon)  # fmt: skip
         self._process.start()
         child_conn.close()
 
-    def call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, wait: bool = True, **kwargs):
         """``fn(*args, **kwargs)`` in the child (``fn``, the arguments, the value and its errors must
         pickle). A RevenueError raised there is raised here; a crash (in ``warm`` too) raises
         StageCrashed with the child's traceback. Ctrl-C reaches the child too (same process group):
-        the parent waits for it to clean up, then raises KeyboardInterrupt."""
+        the parent waits for it to clean up, then raises KeyboardInterrupt. ``wait=False``: return as
+        soon as the child has answered, without waiting for its interpreter to shut down (a large one
+        takes a second or two): ``close()`` or ``end()`` waits for it, ``exited()`` tells."""
         process, name = self._process, self.name
         try:
             self._conn.send((fn, args, kwargs))
@@ -125,7 +125,7 @@ class PreparedChild:
             raise
         finally:
             self._conn.close()
-        if self.wait_exit:
+        if wait:
             process.join()
         return unwrap(kind, value, name)
 
@@ -141,11 +141,12 @@ class PreparedChild:
             self._process.join()
 
     def close(self) -> None:
-        """End a child that was never called (it has done nothing but ``warm``); no-op after ``call``."""
+        """End a child that was never called (it has done nothing but ``warm``); after ``call``, wait
+        for the child to exit."""
         if not self._conn.closed:
             self._conn.close()
             self._process.kill()  # its helpers (a waiting dbt) die with it
-            self._process.join()
+        self._process.join()
 
 
 def run_in_child(fn, *args, name: str = "stage", **kwargs):

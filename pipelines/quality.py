@@ -339,7 +339,8 @@ def _load_suite(gx, name: str):
 
 
 def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str, ...] | None = None,
-             run_id: str | None = None, lake_checks: bool = True, lake_from_warehouse: bool = False) -> GateResult:  # fmt: skip
+             run_id: str | None = None, lake_checks: bool = True, lake_from_warehouse: bool = False,
+             prepared=None) -> GateResult:  # fmt: skip
     """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
 
     A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
@@ -369,7 +370,7 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
         if not frames:
             raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
         outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames],
-                               run_id)  # fmt: skip
+                               run_id, prepared)  # fmt: skip
     finally:
         for con in connections:
             con.close()
@@ -412,22 +413,19 @@ def prune_docs_history(quality_dir: Path, keep: int | None = None) -> int:
     return removed
 
 
-def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
-                run_id: str | None = None) -> list[SuiteOutcome]:  # fmt: skip
-    """Each suite over each batch of its frame; a suite's failures are merged over its batches
-    (unexpected counts added, the first samples kept). GX stores the results under ``run_id``."""
+def _gx_setup(quality_dir: Path, names) -> tuple[object, dict]:
+    """The GX file context under ``quality_dir`` with the committed suites ``names`` stored, each with
+    its dataframe asset and validation definition: ``(context, {suite: definition})``. Nothing here
+    depends on the data: a gate prepares it while dbt builds (``warehouse_gate``)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
 
-    params = _parameters(config.as_of, config.thresholds.as_parameters())
-    quality_dir = config.layout.quality_dir
     quality_dir.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(quality_dir))
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     source = context.data_sources.add_or_update_pandas("revenue_frames")
-    outcomes = []
-    gx_run = RunIdentifier(run_name=run_id or f"validate-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}")
-    for name in wanted:
+    definitions = {}
+    for name in names:
         suite = context.suites.add_or_update(_load_suite(gx, name))
         try:
             asset = source.get_asset(name)
@@ -437,8 +435,25 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
             batch_def = asset.get_batch_definition("whole")
         except (KeyError, LookupError, ValueError):
             batch_def = asset.add_batch_definition_whole_dataframe("whole")
-        definition = context.validation_definitions.add_or_update(
+        definitions[name] = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=f"validate_{name}", data=batch_def, suite=suite))
+    return context, definitions
+
+
+def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
+                run_id: str | None = None, prepared=None) -> list[SuiteOutcome]:  # fmt: skip
+    """Each suite over each batch of its frame; a suite's failures are merged over its batches
+    (unexpected counts added, the first samples kept). GX stores the results under ``run_id``.
+    ``prepared``: a future of ``_gx_setup`` for (at least) the ``wanted`` suites, else set up here."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    params = _parameters(config.as_of, config.thresholds.as_parameters())
+    quality_dir = config.layout.quality_dir
+    context, definitions = prepared.result() if prepared is not None else _gx_setup(quality_dir, wanted)
+    outcomes = []
+    gx_run = RunIdentifier(run_name=run_id or f"validate-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}")
+    for name in wanted:
+        definition = definitions[name]
         outcome = SuiteOutcome(suite=name, rows=0, passed=True)
         failures: dict[tuple, dict] = {}
         for frame in frames[name].batches():
@@ -470,11 +485,53 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
     prune_docs_history(quality_dir)
+    build_data_docs(context, quality_dir, gx_run.run_name, wanted)
+    return outcomes
+
+
+def _docs_complete(quality_dir: Path, run_name: str) -> bool:
+    """Whether the Data Docs site has the page of every stored suite and validation result but this
+    run's (pages mirror the stores' paths, ``.json`` -> ``.html``), rendered by this GX version."""
+    import great_expectations as gx
+
+    gx_dir = quality_dir / "gx"
+    site = gx_dir / "uncommitted" / "data_docs" / "local_site"
+    marker = site / DOCS_VERSION_FILE
+    if not (site / "index.html").is_file() or not marker.is_file() or marker.read_text() != gx.__version__:
+        return False
+    for store, pages in ((gx_dir / "expectations", site / "expectations"),
+                         (gx_dir / "uncommitted" / "validations", site / "validations")):  # fmt: skip
+        for stored in store.rglob("*.json") if store.is_dir() else []:
+            relative = stored.relative_to(store)
+            if store.name == "validations" and relative.parts[1:2] == (run_name,):
+                continue  # rendered now
+            if not (pages / relative).with_suffix(".html").is_file():
+                return False
+    return True
+
+
+DOCS_VERSION_FILE = ".gx-version"  # the GX version that rendered the site's pages
+
+
+def build_data_docs(context, quality_dir: Path, run_name: str, suites: list[str]) -> None:
+    """Render this run's pages (its validation results, the suites it stored) and the index. The pages
+    of earlier runs' results do not change: they are rendered again only when the site lacks one (a
+    failed build, a first run) or was rendered by another GX version, as GX's own incremental build
+    (``resource_identifiers``) allows. Never raises: docs are a convenience, the JSON results the record."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
     try:
-        context.build_data_docs()
+        if _docs_complete(quality_dir, run_name):
+            ours = [key for key in context.validation_results_store.list_keys()
+                    if key.run_id.run_name == run_name]  # fmt: skip
+            context.build_data_docs(resource_identifiers=ours + [ExpectationSuiteIdentifier(name=s) for s in suites])
+        else:
+            context.build_data_docs()
+        site = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+        write_atomic_bytes(site / DOCS_VERSION_FILE, gx.__version__.encode())
     except Exception as exc:  # docs are a convenience; the JSON results are the record
         log.warning("could not build Data Docs: %s", exc)
-    return outcomes
 
 
 def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None):
@@ -483,13 +540,27 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
     ``on_result(GateResult)`` is called with every result (the CLI prints it) before a failure raises.
     """
 
+    prepared = []
+
     def gate(build_file: Path) -> dict:
-        result = validate(config, warehouse=build_file, run_id=run_id, lake_from_warehouse=True)
+        result = validate(config, warehouse=build_file, run_id=run_id, lake_from_warehouse=True,
+                          prepared=prepared[0] if prepared else None)  # fmt: skip
         if on_result is not None:
             on_result(result)
         raise_on_failure(result)
         return result.as_dict()
 
+    def prepare() -> None:
+        """Import GX and set up its context and suites (``_gx_setup``) on a background thread now, e.g.
+        while dbt builds, instead of when the gate runs."""
+        if not prepared:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1, thread_name_prefix="gx-setup")
+            prepared.append(pool.submit(_gx_setup, config.layout.quality_dir, LAKE_SUITES + WAREHOUSE_SUITES))
+            pool.shutdown(wait=False)
+
+    gate.prepare = prepare
     return gate
 
 

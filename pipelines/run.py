@@ -136,6 +136,13 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     warm = size is not None and size <= WARM_START_MAX_BYTES
     transform_process = PreparedChild("transform", warm=_warm_transform) if warm else None
     summary["transform_started"] = "with the run" if warm else "after the metrics"
+
+    def transform_call():
+        nonlocal transform_process
+        transform_process = transform_process or PreparedChild("transform")
+        # the report starts while the transform process shuts down; it is waited for before the manifest
+        return transform_process.call(transform_stage, config, run_id, pinned, wait=False)
+
     try:
         with progress:
             ingest = stage("ingest", "ingest: parse, validate, deduplicate into the lake",
@@ -155,9 +162,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
                                   "rows_read": metrics.rows_read, "months_rewritten": metrics.months_rewritten}  # fmt: skip
             pinned = {**ingest.lake_versions, **metrics.lake_versions}
             transform, gates, peaks["transform_process"] = stage(
-                "transform", "dbt build, quality gate, atomic publish",
-                lambda: (transform_process or PreparedChild("transform")).call(transform_stage, config, run_id,
-                                                                                pinned))  # fmt: skip
+                "transform", "dbt build, quality gate, atomic publish", transform_call)
             for gate_result in gates:
                 if on_gate is not None:
                     on_gate(gate_result)
@@ -182,13 +187,15 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     except RevenueError as exc:
         result.status, failure = "error", exc
     except BaseException as exc:  # a bug or an interrupt: still record the run, then let it propagate
+        if transform_process is not None:
+            transform_process.close()
         summary.update(status="crashed", error=f"{type(exc).__name__}: {exc}", timings=timings,
                        peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
         write_manifest(layout, run_id, "run", summary)
         raise
     finally:
-        if transform_process is not None:
-            transform_process.close()  # a run stopped before its transform: the waiting process ends
+        if transform_process is not None:  # a run stopped before its transform: the waiting process ends;
+            transform_process.close()  # else it has answered: wait for it to exit (its peak is in "children")
     summary.update(status=result.status, error=str(failure) if failure else None, timings=timings,
                    peak_rss_mb={**peaks, "children": _peak_rss_mb(children=True)})
     result.manifest = write_manifest(layout, run_id, "run", summary)

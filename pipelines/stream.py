@@ -510,15 +510,14 @@ class _PublishProcess:
         (see child.die_with_parent)."""
         self.exiting = [c for c in self.exiting if not c.exited()]
         if self.child is None:
-            self.child = PreparedChild("publishing", warm=_warm_publisher, interruptible=False, daemon=True,
-                                       wait_exit=False)  # fmt: skip
+            self.child = PreparedChild("publishing", warm=_warm_publisher, interruptible=False, daemon=True)
 
     def publish(self, config: RunConfig, run_id: str) -> dict:
         """Run one publish in the waiting process, which then exits on its own (its interpreter's
         teardown, 1-2.6 s after a publish, is not part of the publish); a crash raises StageCrashed."""
         child, self.child = self.child, None
         self.exiting.append(child)
-        return child.call(publish_warehouse, config, run_id)
+        return child.call(publish_warehouse, config, run_id, wait=False)
 
     def stop(self) -> None:
         """End the process waiting for a publish that will not come (with its waiting dbt), and wait

@@ -147,18 +147,33 @@ def die_with_parent(cmd: list[str]) -> list[str]:
 
 
 # dbt started ahead of its build (``prewarm_dbt``): the same guard, then dbt's imports (about 2 s of
-# one core), then one line on stdin: the build's command line and environment, run as the `dbt`
-# command would. An empty stdin (the build never came) exits.
+# one core), then lines on stdin: optionally a parse of the project (``_parse_ahead``), then the
+# build's command line and environment, run as the `dbt` command would. A build with the environment
+# of the parse before it takes its manifest (dbt's documented reuse of a parsed manifest by dbtRunner)
+# instead of parsing again; exit status as the `dbt` command's: 0 success, 1 failure, 2 error.
+# An empty stdin (the build never came) exits.
 WARM_DBT = PARENT_GUARD + (
-    "from dbt.cli.main import cli\n"
-    "request = sys.stdin.readline()\n"
-    "if not request:\n"
-    "    sys.exit(0)\n"
-    "request = json.loads(request)\n"
-    "os.environ.clear()\n"
-    "os.environ.update(request['env'])\n"
-    "sys.argv = request['argv']\n"
-    "sys.exit(cli())\n"
+    "from dbt.cli.main import cli, dbtRunner\n"
+    "manifest = parsed_env = None\n"
+    "while True:\n"
+    "    request = sys.stdin.readline()\n"
+    "    if not request:\n"
+    "        sys.exit(0)\n"
+    "    request = json.loads(request)\n"
+    "    os.environ.clear()\n"
+    "    os.environ.update(request['env'])\n"
+    "    if request.get('parse'):\n"
+    "        result = dbtRunner().invoke(request['argv'][1:])\n"
+    "        ok = result.success and result.result is not None\n"
+    "        manifest, parsed_env = (result.result, request['env']) if ok else (None, None)\n"
+    "        continue\n"
+    "    sys.argv = request['argv']\n"
+    "    if manifest is None or request['env'] != parsed_env:\n"
+    "        sys.exit(cli())\n"
+    "    result = dbtRunner(manifest=manifest).invoke(request['argv'][1:])\n"
+    "    if result.exception is not None:\n"
+    "        print(f'dbt: {result.exception}', file=sys.stderr)\n"
+    "    sys.exit(0 if result.success else 1 if result.exception is None else 2)\n"
 )
 _warm_dbt: subprocess.Popen | None = None
 
@@ -173,6 +188,21 @@ def prewarm_dbt() -> None:
         env = dict(os.environ, DO_NOT_TRACK="1", DBT_SEND_ANONYMOUS_USAGE_STATS="false")
         _warm_dbt = subprocess.Popen([sys.executable, "-c", WARM_DBT, str(os.getpid())], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def _parse_ahead(cmd: list[str], env: dict[str, str]) -> None:
+    """Have the dbt ``prewarm_dbt`` started parse the project now (``cmd``: dbt's command line, whose
+    options are kept and command becomes ``parse``), while this process loads the build's lake copy;
+    the build that follows with the same environment reuses that manifest (``WARM_DBT``). No-op
+    without a waiting dbt. The project must not change in between."""
+    warm = _warm_dbt
+    if warm is not None and warm.poll() is None:
+        parse = [cmd[0], "parse", "--quiet", *cmd[2:]]
+        try:
+            warm.stdin.write(json.dumps({"parse": True, "argv": parse, "env": env}) + "\n")
+            warm.stdin.flush()
+        except OSError:  # it died: the build starts a new dbt (``_run_dbt``)
+            pass
 
 
 def _run_dbt(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -232,16 +262,20 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
                     copy_function=shutil.copyfile)  # new files under the umask: this copy stays between builds
     (target / "run_results.json").unlink(missing_ok=True)  # only this build's results are read back
     _write_fx_seed(project, config)
+    # no log file: it would go to the build folder, removed after the build (what dbt prints is kept on failure)
+    cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
+           "--target-path", str(target), "--log-path", str(build_root / "logs"), "--log-level-file", "none",
+           "--no-use-colors"]  # fmt: skip
+    env = _dbt_env(config, build_root, build_file)
+    _parse_ahead(cmd, env)  # dbt parses the project (it reads no data) while the lake copy loads
     loaded = _start_build(config, project, build_file, pinned)
     closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
-    cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
-           "--target-path", str(target), "--log-path", str(build_root / "logs"), "--no-use-colors"]  # fmt: skip
     if loaded.mode == "incremental":
         # same fingerprint as the published build: its seeds are already loaded and its unit tests
         # (model logic on fixtures, independent of the data) passed on these very models
         cmd += ["--exclude", "resource_type:seed", "test_type:unit"]
     started = time.monotonic()
-    proc = _run_dbt(cmd, _dbt_env(config, build_root, build_file))
+    proc = _run_dbt(cmd, env)
     seconds = round(time.monotonic() - started, 3)
     if proc.returncode != 0:
         failures = _failures(target)
@@ -271,8 +305,8 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         try:
             shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
             build_root.mkdir(parents=True)
-            if gate is not None:
-                quality.prewarm()  # the gate's imports load while dbt builds
+            if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
+                getattr(gate, "prepare", quality.prewarm)()
             try:
                 dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
                 gate_result = gate(build_file) if gate is not None else None  # QualityGateFailed: nothing published

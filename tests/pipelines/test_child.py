@@ -3,6 +3,7 @@ the run expects; the dbt started ahead of a build runs it."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,21 @@ def test_a_failed_warm_up_is_the_calls_crash():
     assert "cannot import a module" in str(raised.value) and "_warm_up_fails" in str(raised.value)
 
 
+def _sleep_at_exit() -> None:
+    import atexit
+    import time
+
+    atexit.register(time.sleep, 1.5)
+
+
+def test_a_call_that_does_not_wait_returns_before_the_child_has_exited_and_close_waits_for_it():
+    child = PreparedChild("test", warm=_sleep_at_exit)
+    pid, _ = child.call(_where_warmed, wait=False)
+    assert pid != os.getpid() and child._process.is_alive()  # still shutting down
+    child.close()
+    assert not child._process.is_alive() and child._process.exitcode == 0
+
+
 def test_closing_a_prepared_child_that_was_never_called_ends_it():
     child = PreparedChild("test", warm=_warm_up)
     process = child._process
@@ -95,6 +111,42 @@ def test_the_dbt_started_ahead_runs_the_build_command_with_the_builds_environmen
         if warm.poll() is None:
             warm.kill()
         transform._warm_dbt = None
+
+
+def _tiny_dbt_project(root):
+    (root / "models").mkdir(parents=True)
+    (root / "dbt_project.yml").write_text("name: tiny\nversion: '1.0'\nconfig-version: 2\nprofile: tiny\n")
+    (root / "profiles.yml").write_text("tiny:\n  target: t\n  outputs:\n    t:\n      type: duckdb\n"
+                                       "      path: \"{{ env_var('TINY_DB') }}\"\n")  # fmt: skip
+    (root / "models" / "first.sql").write_text("select 1 as x")
+
+
+def test_the_dbt_started_ahead_reuses_the_manifest_it_parsed_for_a_build_with_the_same_environment(tmp_path):
+    """`_parse_ahead` has the waiting dbt parse while the build's lake copy loads; the command that
+    follows reuses that manifest only when its environment is the parse's (else dbt parses again).
+    A model added after the parse shows which manifest the command used."""
+    project = tmp_path / "project"
+    _tiny_dbt_project(project)
+    cmd = [transform.dbt_executable(), "ls", "--project-dir", str(project), "--profiles-dir", str(project),
+           "--target-path", str(tmp_path / "target"), "--log-level-file", "none"]  # fmt: skip
+    env = dict(os.environ, DO_NOT_TRACK="1", TINY_DB=str(tmp_path / "tiny.duckdb"))
+    for command_env, reused in ((env, True), (dict(env, TINY_DB=str(tmp_path / "other.duckdb")), False)):
+        (project / "models" / "second.sql").unlink(missing_ok=True)
+        shutil.rmtree(tmp_path / "target", ignore_errors=True)
+        transform.prewarm_dbt()
+        try:
+            transform._parse_ahead(cmd, env)
+            # the parse writes its manifest last; a model added before that could be seen by it
+            assert wait_until(lambda: (tmp_path / "target" / "manifest.json").exists(), 60)
+            time.sleep(0.3)
+            (project / "models" / "second.sql").write_text("select 2 as x")
+            listed = transform._run_dbt(cmd, command_env)
+        finally:
+            if transform._warm_dbt is not None and transform._warm_dbt.poll() is None:
+                transform._warm_dbt.kill()
+            transform._warm_dbt = None
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "tiny.first" in listed.stdout and ("tiny.second" in listed.stdout) is not reused
 
 
 def test_the_value_comes_back_from_another_process():

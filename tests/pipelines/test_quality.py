@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,44 @@ def test_data_docs_keep_the_last_runs_and_every_run_keeps_its_results_file(tmp_p
     index = (gx_dir / "data_docs" / "local_site" / "index.html").read_text()
     assert "run-3" in index and "run-0" not in index
     assert all((tmp_path / "d" / "quality" / f"results-{run_id}.json").exists() for run_id in runs)
+
+
+def test_data_docs_built_run_by_run_equal_a_full_build(tmp_path, monkeypatch):
+    """Each gate renders only its own pages and the index (GX's incremental build): the site is the
+    one a full build of the same stores gives, page for page; a site that lacks a page is rebuilt whole."""
+    import great_expectations as gx
+
+    from pipelines import quality
+
+    lines = [json.dumps({"event_id": f"u{i}", "event_type": "usage.recorded", "occurred_at": "2024-05-02T00:00:00Z",
+                         "customer_id": f"c{i % 5}", "meter": "api_calls", "quantity": 10}) for i in range(20)]
+    write_lines(tmp_path / "in" / "a.jsonl", lines)
+    run_ingest(cfg(tmp_path / "d", input_dir=tmp_path / "in"))
+    run_metrics(cfg(tmp_path / "d"))
+    monkeypatch.setattr(quality, "DOCS_KEEP_RUNS", 2)
+    quality_dir = tmp_path / "d" / "quality"
+    site = quality_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+    full = []
+    monkeypatch.setattr(gx.data_context.AbstractDataContext, "build_data_docs",
+                        lambda self, *a, _real=gx.data_context.AbstractDataContext.build_data_docs, **k:
+                        (full.append(not k.get("resource_identifiers")), _real(self, *a, **k))[1])  # fmt: skip
+    for run_id in ("run-0", "run-1", "run-2"):
+        assert validate(cfg(tmp_path / "d").resolve_as_of(), run_id=run_id).passed
+    assert full == [True, False, False]
+
+    def pages():  # GX stamps each page with its render time and random element ids: those aside
+        stamps = re.compile(rb"d=\d{8}T\d{6}\.\d+Z|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+        return {p.relative_to(site).as_posix(): stamps.sub(b"", p.read_bytes()) for p in site.rglob("*.html")}
+
+    built = pages()
+    assert any("run-2" in name for name in built) and not any("run-0" in name for name in built)
+    shutil.rmtree(site)
+    gx.get_context(mode="file", project_root_dir=str(quality_dir)).build_data_docs()
+    assert pages() == built
+    (site / quality.DOCS_VERSION_FILE).write_text("0.0")  # another GX version rendered the site: all again
+    next(site.joinpath("validations").rglob("*.html")).unlink()
+    assert validate(cfg(tmp_path / "d").resolve_as_of(), run_id="run-3").passed
+    assert full[-1] is True
 
 
 def test_results_an_earlier_release_stored_without_a_run_name_are_kept_by_time(tmp_path):
