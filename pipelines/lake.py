@@ -53,6 +53,7 @@ DELTA_LOG = "_delta_log"
 # some customers' rows (the others' rows are what they were): those customers, as a JSON list
 # when at most RECOMPUTED_CUSTOMERS_MAX of them, else as the set of their buckets (see
 # customer_bucket), a zlib-compressed, base64 bitmap of CUSTOMER_BUCKETS bits (the record lives in the Delta log)
+RECOMPUTED_TABLES = ("customer_months", "customer_lifetime")  # the tables whose commits carry that record
 RECOMPUTED_CUSTOMERS_KEY = "recomputed_customers"
 RECOMPUTED_BUCKETS_KEY = "recomputed_customer_buckets"
 RECOMPUTED_CUSTOMERS_MAX = 5000

@@ -615,10 +615,10 @@ def run_metrics(config: RunConfig, run_id: str | None = None, write_run_manifest
                 else:
                     # each derived table replaced whole, one commit each, all carrying this run's state: a
                     # kill between them leaves them from different runs, and the next run rebuilds them all
+                    # a rebuild for many changed customers records them (see plan_run); others record none
+                    recorded = {**meta, **lake.recomputed_record(plan.customers)} if plan.customers else meta
                     for table in schemas.DERIVED_TABLES:
-                        table_meta = meta
-                        if plan.customers and table in ("customer_months", "customer_lifetime"):
-                            table_meta = {**meta, **lake.recomputed_record(plan.customers)}
+                        table_meta = recorded if table in lake.RECOMPUTED_TABLES else meta
                         committed[table] = lake.commit(layout, table, lake.run_files(layout, table, run_id), run_id,
                                                        mode="overwrite", metadata=table_meta,
                                                        read_version=read_versions.get(table))  # fmt: skip

@@ -210,7 +210,7 @@ def _comparison_scope(con: duckdb.DuckDBPyConnection, layout: DataLayout, table:
     bucket when there were many); they copied every other customer's rows unchanged, or computed
     them again to the same values, so comparing those finds nothing."""
     old = (state["tables"].get(table) or {}).get("version")
-    if table not in ("customer_months", "customer_lifetime") or old is None or pinned.get(table) is None:
+    if table not in lake.RECOMPUTED_TABLES or old is None or pinned.get(table) is None:
         return ""
     try:
         scope = lake.recomputed_scope(layout, table, old, pinned[table])
