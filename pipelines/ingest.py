@@ -23,7 +23,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
@@ -160,6 +159,9 @@ class _LinesFn(beam.DoFn):
         yield total
 
 
+LOOKUP_SCHEMA = pa.schema([("event_id", pa.string()), ("payload_sha256", pa.string())])
+
+
 class LakeKeys:
     """Lookups of event ids and dead-letter keys in the lake's committed tables, at pinned versions.
 
@@ -176,25 +178,27 @@ class LakeKeys:
             self._datasets[table] = lake.dataset(self.layout, table, version) if version is not None else None
         return self._datasets[table]
 
+    def _files(self, table: str) -> list:
+        """The data files of the pinned version, ``(path, size)`` from the log."""
+        key = f"files:{table}"
+        if key not in self._datasets:
+            version, sizes = self.pinned.get(table), {}
+            if version is not None:
+                lake.files_by_partition(self.layout, table, version, sizes=sizes)
+            self._datasets[key] = sorted(sizes.items())
+        return self._datasets[key]
+
     def event_hashes(self, ids: list[str]) -> dict[str, str]:
-        """The payload hash of each of ``ids`` the lake holds. Two passes: the ``event_id`` column of
-        every file, which says which files hold any of them (usually none: a batch is mostly new
-        events), then ``payload_sha256`` from those files only. Reading both columns everywhere
-        cost three times the bytes: a 64-character hash per committed row."""
+        """The payload hash of each of ``ids`` the lake holds: one scan of each table's files whose
+        filter on ``event_id`` runs inside the reader, so the 64-character ``payload_sha256`` is read
+        only where an id matches (usually nowhere: a batch is mostly new events)."""
         found: dict[str, str] = {}
         if not ids:
             return found
-        wanted = pc.field("event_id").isin(pa.array(ids, pa.string()))
         for table in ("events", "usage"):
-            data = self._dataset(table)
-            if data is None:
-                continue
-            holding = {tagged.fragment.path: tagged.fragment
-                       for tagged in data.scanner(columns=["event_id"], filter=wanted).scan_batches()
-                       if tagged.record_batch.num_rows}  # fmt: skip
-            if holding:
-                holders = ds.FileSystemDataset(list(holding.values()), data.schema, data.format, data.filesystem)
-                hits = holders.to_table(columns=["event_id", "payload_sha256"], filter=wanted)
+            files = self._files(table)
+            if files:
+                hits = self.layout.store.read_rows(files, LOOKUP_SCHEMA, "event_id", ids)
                 found.update(zip(hits["event_id"].to_pylist(), hits["payload_sha256"].to_pylist(), strict=True))
         return found
 

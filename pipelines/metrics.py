@@ -240,10 +240,9 @@ def _read_files(store: LakeStore, files: list, schema: pa.Schema,
     """Rows of some data files of one committed version (listed from its log), typed by ``schema``
     (only its columns are read; a column a file lacks reads as nulls); with ``customers``, only
     their rows (the filter is pushed into the scan)."""
-    if not files:
-        return schema.empty_table()
-    wanted = None if customers is None else pc.field("customer_id").isin(pa.array(customers, pa.string()))
-    return _scan(store, files, schema).to_table(filter=wanted)
+    if customers is None:
+        return store.read_rows(files, schema)
+    return store.read_rows(files, schema, "customer_id", list(customers))
 
 
 class _ReadMonthFn(beam.DoFn):
@@ -291,14 +290,26 @@ class _StageMonthFn(beam.DoFn):
                                    [("date", "ascending"), ("currency", "ascending")], self.store)  # fmt: skip
         name = f"{element.month.isoformat()}-s{element.index:03d}.parquet"
         store = self.store
-        for shard, piece in staged.partials:
-            path = _write(store, piece, store.join(self.stage, "partials", f"shard-{shard:04d}", name))
-            yield window.TimestampedValue((shard, path), month_timestamp(element.month))
+        for shard, rows in staged.partials:
+            for month, piece in _by_month(rows):  # a slice of an incremental run can span months
+                path = _write(store, piece, store.join(self.stage, "partials", f"shard-{shard:04d}",
+                                                       f"{month.isoformat()}-from-{name}"))  # fmt: skip
+                yield window.TimestampedValue((shard, path), month_timestamp(month))
         for shard, piece in staged.subscriptions:
             path = _write(store, piece, store.join(self.stage, "subs", f"shard-{shard:04d}", name))
             yield beam.pvalue.TaggedOutput("subscriptions", (shard, path))
         del staged
         pa.default_memory_pool().release_unused()
+
+
+def _by_month(partial: pa.Table):
+    """``(month, rows)`` for each month of a pre-aggregated partial, in month order."""
+    months = sorted(pc.unique(partial["month"]).to_pylist())
+    if len(months) == 1:
+        yield months[0], partial
+        return
+    for month in months:
+        yield month, partial.filter(pc.equal(partial["month"], pa.scalar(month, pa.date32())))
 
 
 class _MergeMonthFn(beam.DoFn):
@@ -456,9 +467,12 @@ def _day_chunks(days: list[dt.date], rows: dict, limit: int) -> list[list[dt.dat
 
 
 def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: MetricsPlan) -> list:
-    """Elements ``(month, slice, files, customers, day files)``: each calendar month with data on or
-    before the as-of date, cut into slices of whole days holding at most SLICE_ROWS lake rows each
-    (memory), in a full rebuild and in an incremental run alike."""
+    """Elements ``(month, slice, files, customers, day files)``: slices of whole days on or before the
+    as-of date holding at most SLICE_ROWS lake rows each (memory). A full rebuild cuts each calendar
+    month into slices of its own; an incremental run, which keeps only the changed customers' rows,
+    lets a slice run on into the next months (24 months of a few hundred customers are one read
+    and one pre-aggregation, not 24), and ``month`` is the slice's first month. Either way the
+    pre-aggregated rows reach the calendar-month windows month by month (``_StageMonthFn``)."""
     rows: dict = {}
     sizes: dict = {}  # file sizes from the log: readers skip a HEAD request per file on an object store
     parts = {t: lake.files_by_partition(layout, t, pinned[t], rows, sizes) if pinned.get(t) is not None else {}
@@ -473,15 +487,20 @@ def _month_elements(layout: DataLayout, pinned: dict, as_of: dt.date, plan: Metr
         # other days about the recomputed customers' share (their rows only are kept)
         recomputed = set(plan.daily_days)
         rows = {d: n if d in recomputed else math.ceil(n * plan.customer_share) for d, n in rows.items()}
+    if customers is None:  # a full rebuild: each month on its own (its slices hold every customer's rows)
+        chunks = [(month, index, chunk) for month in sorted({month_start(d) for d in days})
+                  for index, chunk in enumerate(_day_chunks([d for d in days if month_start(d) == month],
+                                                            rows, SLICE_ROWS))]  # fmt: skip
+    else:  # the changed customers' rows of several months fit one slice: one read, one pre-aggregation
+        chunks = [(month_start(chunk[0]), index, chunk) for index, chunk in enumerate(_day_chunks(days, rows, SLICE_ROWS))]
     elements = []
-    for month in sorted({month_start(d) for d in days}):
-        in_month = [d for d in days if month_start(d) == month]
-        for index, chunk in enumerate(_day_chunks(in_month, rows, SLICE_ROWS)):
-            files = {t: [f for d in chunk for f in parts[t].get(d, [])] for t in parts}
-            day_files = [f for d in plan.daily_days if d in chunk for f in parts["events"].get(d, [])]
-            if customers is not None and not customers and not day_files:
-                continue
-            elements.append((month, index, files, customers, day_files))
+    for month, index, chunk in chunks:
+        days_in = set(chunk)
+        files = {t: [f for d in chunk for f in parts[t].get(d, [])] for t in parts}
+        day_files = [f for d in plan.daily_days if d in days_in for f in parts["events"].get(d, [])]
+        if customers is not None and not customers and not day_files:
+            continue
+        elements.append((month, index, files, customers, day_files))
     return elements
 
 

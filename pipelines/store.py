@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -151,6 +152,43 @@ class LakeStore:
         fmt, fs = ds.ParquetFileFormat(), self.filesystem
         fragments = [fmt.make_fragment(path, filesystem=fs, file_size=size) for path, size in files]
         return ds.FileSystemDataset(fragments, schema, fmt, fs)
+
+    def read_rows(self, files, schema: pa.Schema, column: str | None = None, values: list | None = None) -> pa.Table:
+        """The rows of some Parquet files (paths or ``(path, size)`` pairs) typed by ``schema``: only its
+        columns are read, a column a file lacks reads as nulls; with ``column`` and ``values``, only the
+        rows whose ``column`` is one of ``values`` (the filter runs inside the scan), in file order.
+
+        On a local disk DuckDB's reader does it (over the lake's hundreds of small day files it took
+        less than half of pyarrow's time: 0.33 against 0.74 s for 387k rows in 734 files); on an object
+        store, pyarrow's dataset (DuckDB would need its httpfs extension, which it downloads)."""
+        if not files:
+            return schema.empty_table()
+        if not self.is_local:
+            wanted = None if column is None else pc.field(column).isin(pa.array(values, schema.field(column).type))
+            return self.dataset(files, schema).to_table(filter=wanted)
+        import duckdb
+
+        paths = [f[0] if isinstance(f, tuple) else f for f in files]
+        con = duckdb.connect(config={"threads": 2})
+        try:
+            where = ""
+            if column is not None:
+                con.register("wanted_values", pa.table({"v": pa.array(values, schema.field(column).type)}))
+                where = f' where "{column}" in (select v from wanted_values)'
+            order = " order by list_position($paths, filename), file_row_number"
+            columns = ", ".join(f'"{n}"' for n in schema.names)
+            try:  # files with the same columns (any order): the reader takes the first file's schema
+                table = con.sql(f"select {columns} from read_parquet($paths, filename = true, file_row_number = true)"
+                                f"{where}{order}", params={"paths": paths}).to_arrow_table()  # fmt: skip
+            except (duckdb.InvalidInputException, duckdb.BinderException):
+                # files of an earlier release lack a column: every file's schema is read first (slower)
+                scan = "read_parquet($paths, union_by_name = true, filename = true, file_row_number = true)"
+                present = {r[0] for r in con.sql(f"describe select * from {scan}", params={"paths": paths}).fetchall()}
+                select = ", ".join(f'"{n}"' if n in present else f'null as "{n}"' for n in schema.names)
+                table = con.sql(f"select {select} from {scan}{where}{order}", params={"paths": paths}).to_arrow_table()
+        finally:
+            con.close()
+        return table.cast(schema)
 
     def parquet_rows(self, path: str, size: int | None = None) -> int:
         """A Parquet file's row count, from its footer (one ranged read when the size is known)."""
