@@ -61,6 +61,7 @@ class TransformResult:
     gate: dict | None = None
     lake_versions: dict = field(default_factory=dict)
     lake_load: dict = field(default_factory=dict)  # warehouse_lake.LoadResult: full or incremental, and what changed
+    steps: dict = field(default_factory=dict)  # seconds of each step: project, load (copy included), dbt, gate, ...
     restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
 
 
@@ -252,9 +253,11 @@ def _start_build(config: RunConfig, project: Path, build_file: Path,
 
 
 def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path,
-               pinned: dict[str, int]) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
+               pinned: dict[str, int], steps: dict) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
     """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
-    ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes."""
+    ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes.
+    ``steps`` receives the seconds of each step."""
+    mark = time.monotonic()
     workspace = config.layout.dbt_workspace
     project, target = workspace / "project", workspace / "target"
     shutil.rmtree(project, ignore_errors=True)  # a fresh copy, at the same path as the previous build's
@@ -268,15 +271,18 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
            "--no-use-colors"]  # fmt: skip
     env = _dbt_env(config, build_root, build_file)
     _parse_ahead(cmd, env)  # dbt parses the project (it reads no data) while the lake copy loads
+    steps["project"] = round(time.monotonic() - mark, 3)
+    mark = time.monotonic()
     loaded = _start_build(config, project, build_file, pinned)
     closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
+    steps["load"] = round(time.monotonic() - mark, 3)
     if loaded.mode == "incremental":
         # same fingerprint as the published build: its seeds are already loaded and its unit tests
         # (model logic on fixtures, independent of the data) passed on these very models
         cmd += ["--exclude", "resource_type:seed", "test_type:unit"]
     started = time.monotonic()
     proc = _run_dbt(cmd, env)
-    seconds = round(time.monotonic() - started, 3)
+    seconds = steps["dbt"] = round(time.monotonic() - started, 3)
     if proc.returncode != 0:
         failures = _failures(target)
         log_copy = config.layout.dbt_failure_log(run_id)
@@ -298,6 +304,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         # the versions this build reads: the caller's (the run's own metrics), else the current ones
         pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
     published = layout.warehouse
+    steps = {"prepare": round(time.monotonic() - started, 3)}
     with warehouse_lock(layout):
         # the build file's path is in dbt's profile: a path that changed would make dbt parse everything again
         build_root = layout.dbt_workspace / "build"
@@ -308,26 +315,33 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
                 getattr(gate, "prepare", quality.prewarm)()
             try:
-                dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned)
+                dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned, steps)
+                mark = time.monotonic()
                 gate_result = gate(build_file) if gate is not None else None  # QualityGateFailed: nothing published
+                steps["gate"] = round(time.monotonic() - mark, 3)
+                mark = time.monotonic()
                 restatements = closes.record_restatements(config, run_id, build_file, pinned)  # closed periods
+                steps["restatements"] = round(time.monotonic() - mark, 3)
+                mark = time.monotonic()
             except duckdb.OutOfMemoryException as exc:
                 raise BuildFailed(f"DuckDB reached its memory limit ({memory_limit()}) loading or validating the "
                                   f"build, published warehouse left untouched: raise {MEMORY_LIMIT_ENV} "
                                   f"({str(exc).splitlines()[0]})") from exc  # fmt: skip
             os.replace(build_file, published)
             lake.fsync_dir(published.parent)
+            steps["publish"] = round(time.monotonic() - mark, 3)
         finally:
             shutil.rmtree(build_root, ignore_errors=True)
     result = TransformResult(run_id=run_id, published=published, as_of=config.as_of,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
-                             lake_versions=pinned, lake_load=loaded.as_dict(), restatements=restatements)  # fmt: skip
+                             lake_versions=pinned, lake_load=loaded.as_dict(), restatements=restatements,
+                             steps=steps)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,
-            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "nodes": nodes, "lake_load": result.lake_load,
-            "restatements": restatements,
+            "dbt_seconds": dbt_seconds, "seconds": result.seconds, "steps": steps, "nodes": nodes,
+            "lake_load": result.lake_load, "restatements": restatements,
         })  # fmt: skip
     return result
 
