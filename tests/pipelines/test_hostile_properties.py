@@ -57,7 +57,7 @@ def event(draw) -> str:
     return json.dumps(row)
 
 
-@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 12)), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 8)), deadline=None, suppress_health_check=list(HealthCheck))
 @given(lines=st.lists(event(), min_size=1, max_size=25))
 def test_ingest_and_metrics_never_raise_and_conserve_lines(tmp_path_factory, lines):
     base = tmp_path_factory.mktemp("prop")
