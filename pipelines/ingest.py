@@ -23,6 +23,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
@@ -171,6 +172,7 @@ class LakeKeys:
     def __init__(self, layout: DataLayout, pinned: dict[str, int]):
         self.layout, self.pinned = layout, pinned
         self._datasets: dict[str, object] = {}
+        self._data_files: dict[str, list] = {}
 
     def _dataset(self, table: str):
         if table not in self._datasets:
@@ -180,27 +182,46 @@ class LakeKeys:
 
     def _files(self, table: str) -> list:
         """The data files of the pinned version, ``(path, size)`` from the log."""
-        key = f"files:{table}"
-        if key not in self._datasets:
+        if table not in self._data_files:
             version, sizes = self.pinned.get(table), {}
             if version is not None:
                 lake.files_by_partition(self.layout, table, version, sizes=sizes)
-            self._datasets[key] = sorted(sizes.items())
-        return self._datasets[key]
+            self._data_files[table] = sorted(sizes.items())
+        return self._data_files[table]
 
     def event_hashes(self, ids: list[str]) -> dict[str, str]:
-        """The payload hash of each of ``ids`` the lake holds: one scan of each table's files whose
-        filter on ``event_id`` runs inside the reader, so the 64-character ``payload_sha256`` is read
-        only where an id matches (usually nowhere: a batch is mostly new events)."""
+        """The payload hash of each of ``ids`` the lake holds. On a local disk, one DuckDB scan of each
+        table's files (``LakeStore.read_rows``) whose filter on ``event_id`` runs inside the reader:
+        ``payload_sha256`` is decoded only where an id matches (usually nowhere: a batch is mostly new
+        events). On an object store, where bytes cost more than decoding, two passes: the
+        ``event_id`` column of every file, which says which files hold any of them, then
+        ``payload_sha256`` from those files only (a 64-character hash per row would triple the bytes)."""
         found: dict[str, str] = {}
         if not ids:
             return found
+        store = self.layout.store
         for table in ("events", "usage"):
-            files = self._files(table)
-            if files:
-                hits = self.layout.store.read_rows(files, LOOKUP_SCHEMA, "event_id", ids)
+            if store.is_local:
+                files = self._files(table)
+                hits = store.read_rows(files, LOOKUP_SCHEMA, "event_id", ids) if files else None
+            else:
+                hits = self._remote_hits(table, ids)
+            if hits is not None:
                 found.update(zip(hits["event_id"].to_pylist(), hits["payload_sha256"].to_pylist(), strict=True))
         return found
+
+    def _remote_hits(self, table: str, ids: list[str]) -> pa.Table | None:
+        data = self._dataset(table)
+        if data is None:
+            return None
+        wanted = pc.field("event_id").isin(pa.array(ids, pa.string()))
+        holding = {tagged.fragment.path: tagged.fragment
+                   for tagged in data.scanner(columns=["event_id"], filter=wanted).scan_batches()
+                   if tagged.record_batch.num_rows}  # fmt: skip
+        if not holding:
+            return None
+        holders = ds.FileSystemDataset(list(holding.values()), data.schema, data.format, data.filesystem)
+        return holders.to_table(columns=["event_id", "payload_sha256"], filter=wanted)
 
     def dead_keys(self, keys: list[str]) -> set[str]:
         data = self._dataset("dead_letter")
