@@ -171,18 +171,21 @@ class LakeStore:
         paths = [f[0] if isinstance(f, tuple) else f for f in files]
         con = duckdb.connect(config={"threads": 2})
         try:
-            where = ""
+            # a plain scan returns the files' rows in list order (DuckDB preserves insertion order unless
+            # told otherwise); a filter through a join may not, so then the rows are put back in order
+            where, order = "", ""
             if column is not None:
                 con.register("wanted_values", pa.table({"v": pa.array(values, schema.field(column).type)}))
                 where = f' where "{column}" in (select v from wanted_values)'
-            order = " order by list_position($paths, filename), file_row_number"
+                order = " order by list_position($paths, filename), file_row_number"
             columns = ", ".join(f'"{n}"' for n in schema.names)
+            positions = ", filename = true, file_row_number = true" if order else ""
             try:  # files with the same columns (any order): the reader takes the first file's schema
-                table = con.sql(f"select {columns} from read_parquet($paths, filename = true, file_row_number = true)"
-                                f"{where}{order}", params={"paths": paths}).to_arrow_table()  # fmt: skip
+                table = con.sql(f"select {columns} from read_parquet($paths{positions}){where}{order}",
+                                params={"paths": paths}).to_arrow_table()  # fmt: skip
             except (duckdb.InvalidInputException, duckdb.BinderException):
                 # files of an earlier release lack a column: every file's schema is read first (slower)
-                scan = "read_parquet($paths, union_by_name = true, filename = true, file_row_number = true)"
+                scan = f"read_parquet($paths, union_by_name = true{positions})"
                 present = {r[0] for r in con.sql(f"describe select * from {scan}", params={"paths": paths}).fetchall()}
                 select = ", ".join(f'"{n}"' if n in present else f'null as "{n}"' for n in schema.names)
                 table = con.sql(f"select {select} from {scan}{where}{order}", params={"paths": paths}).to_arrow_table()
