@@ -76,6 +76,15 @@ def _s3_filesystem(endpoint: str | None, region: str | None, key: str | None, se
     return pafs.S3FileSystem(**kwargs)
 
 
+@functools.cache
+def _reader():
+    """One in-memory DuckDB database per process for ``LakeStore.read_rows``: a cursor on it costs
+    under 1 ms, a new database ~27 ms (a metrics run reads a few hundred slices)."""
+    import duckdb
+
+    return duckdb.connect(config={"threads": 2})
+
+
 @dataclass(frozen=True)
 class LakeStore:
     """The lake's root: ``uri`` is an absolute local folder or ``s3://bucket/prefix``.
@@ -169,7 +178,7 @@ class LakeStore:
         import duckdb
 
         paths = [f[0] if isinstance(f, tuple) else f for f in files]
-        con = duckdb.connect(config={"threads": 2})
+        con = _reader().cursor()  # its own connection to the process's reader database: thread-safe
         try:
             # a plain scan returns the files' rows in list order (DuckDB preserves insertion order unless
             # told otherwise); a filter through a join may not, so then the rows are put back in order
