@@ -201,9 +201,8 @@ class LakeKeys:
             return found
         store = self.layout.store
         for table in ("events", "usage"):
-            if store.is_local:
-                files = self._files(table)
-                hits = store.read_rows(files, LOOKUP_SCHEMA, "event_id", ids) if files else None
+            if store.is_local:  # no files: an empty table
+                hits = store.read_rows(self._files(table), LOOKUP_SCHEMA, "event_id", ids)
             else:
                 hits = self._remote_hits(table, ids)
             if hits is not None:
