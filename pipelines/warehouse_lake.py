@@ -81,6 +81,9 @@ class LoadResult:
     changed_customers: int = 0
     changed_days: int = 0
     seconds: float = 0.0
+    # the copy's views are this build's: an incremental load (same dbt project, FX table and currency:
+    # the fingerprint) at the same as-of date, the one variable the views' SQL renders
+    views_current: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -266,7 +269,8 @@ def load(build_file: Path, layout: DataLayout, pinned: dict[str, int], *, state:
     """Bring the build's lake copy to ``pinned``: incrementally on top of ``state`` (the build file
     is then a copy of the published warehouse), or fully into an empty build file."""
     started = time.monotonic()
-    result = LoadResult(mode="incremental" if state is not None else "full", reason=reason)
+    result = LoadResult(mode="incremental" if state is not None else "full", reason=reason,
+                        views_current=state is not None and state.get("as_of") == as_of.isoformat())  # fmt: skip
     con = connect(build_file)
     try:
         _create_lake_tables(con)

@@ -13,7 +13,7 @@ from pipelines.ingest import run_ingest
 from pipelines.layout import DataLayout
 from pipelines.metrics import run_metrics
 from pipelines.quality import dead_letter_window, warehouse_gate
-from pipelines.transform import run_transform
+from pipelines.transform import REBUILT_MATERIALIZATIONS, run_transform
 from pipelines.warehouse_lake import FILE_COLUMN, table_differences
 
 
@@ -42,6 +42,8 @@ def test_batches_built_incrementally_equal_a_full_refresh(generated, tmp_path):
     one = build(data, input_dir=first, as_of=as_of - dt.timedelta(days=42))
     two = build(data, input_dir=second)
     assert one.lake_load["mode"] == "full" and two.lake_load["mode"] == "incremental"
+    # a new as-of date changes what the staging views let through: dbt creates them again
+    assert not two.lake_load["views_current"] and two.nodes["model:success"] == one.nodes["model:success"]
     assert two.lake_load["changed_customers"] > 0 and two.lake_load["changed_days"] > 0
     # a new as-of month: the metrics rebuilt every customer, recording none; every customer with a row
     # in the new month changed anyway, so only the other customers' rows are compared
@@ -85,6 +87,19 @@ def test_a_micro_batch_with_one_bad_line_publishes_and_recomputes_one_customer(p
     result = build(data, input_dir=tmp_path / "in")  # 1 bad line in 10 (10 %) does not block publishing
     assert result.lake_load["mode"] == "incremental" and result.lake_load["rows_added"]["usage"] == 8
     assert result.lake_load["changed_customers"] == 1 and result.lake_load["changed_days"] == 0
+    # same as-of date and project: the copy's views are current, so dbt builds only the tables and
+    # incremental marts, and still runs every data test, those of the views included
+    assert result.lake_load["views_current"]
+    manifest = json.loads((DataLayout(data).dbt_workspace / "target" / "manifest.json").read_text())
+    models = [n for n in manifest["nodes"].values() if n["resource_type"] == "model"]
+    rebuilt = [n for n in models if n["config"]["materialized"] != "view"]
+    assert {n["config"]["materialized"] for n in rebuilt} <= set(REBUILT_MATERIALIZATIONS)
+    # (the seeds' tests ran when the published build loaded the same seeds)
+    data_tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"
+                  and not any(d.startswith("seed.") for d in n["depends_on"]["nodes"])]  # fmt: skip
+    assert any(n["depends_on"]["nodes"] == ["model.revenue.stg_customer_months"] for n in data_tests)
+    assert result.nodes["model:success"] == len(rebuilt) and len(result.nodes) == 2 + ("test:warn" in result.nodes)
+    assert result.nodes["test:pass"] + result.nodes.get("test:warn", 0) == len(data_tests)
     # the metrics recomputed this one customer and recorded it in their commits: the load compares
     # its old and new rows only, not the rewritten partitions' other customers
     con = duckdb.connect(str(DataLayout(data).warehouse), read_only=True)
