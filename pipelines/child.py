@@ -62,7 +62,23 @@ def unwrap(kind: str, value, name: str):
     raise StageCrashed(f"the {name} process failed: {value}")
 
 
+_in_child = False  # this interpreter is a PreparedChild's
+_after_answer: list = []
+
+
+def after_answer(fn) -> None:
+    """Run ``fn()`` once this child's answer has gone to its parent: work the parent does not need
+    before going on (it reaps the process later), such as rendering Data Docs while the parent renders
+    the report. ``fn`` must not raise. Outside a PreparedChild: now."""
+    if _in_child:
+        _after_answer.append(fn)
+    else:
+        fn()
+
+
 def _child_main(conn, debug, warm, interruptible) -> None:
+    global _in_child
+    _in_child = True
     if not interruptible:  # its parent decides when it stops (and waits for its answer)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
@@ -81,6 +97,8 @@ def _child_main(conn, debug, warm, interruptible) -> None:
         send_outcome(conn, call_reporting(fn, *args, **kwargs) if warmed[0] == "ok" else warmed, fn)
     finally:
         conn.close()
+    while _after_answer:
+        _after_answer.pop(0)()
 
 
 class PreparedChild:

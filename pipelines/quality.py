@@ -30,6 +30,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.child import after_answer
 from pipelines.config import RunConfig
 from pipelines.lake import write_atomic_bytes
 from pipelines.layout import DataLayout
@@ -379,9 +380,9 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
             outcomes.append(SuiteOutcome(suite=name, rows=0, passed=False, critical_failures=[{
                 "expectation": "table_exists", "column": None, "severity": "critical",
                 "unexpected_count": None, "observed_value": why, "sample": []}]))  # fmt: skip
-    docs = layout.data_docs_index
+    docs = layout.data_docs_index  # rendered after the suites, maybe not yet (``_run_suites``)
     gate = GateResult(passed=all(o.passed for o in outcomes), suites=outcomes,
-                      seconds=round(time.monotonic() - started, 3), docs_index=docs if docs.exists() else None)  # fmt: skip
+                      seconds=round(time.monotonic() - started, 3), docs_index=docs if outcomes else None)  # fmt: skip
     payload = json.dumps({"run_id": run_id, **gate.as_dict()}, indent=2, default=str).encode()
     gate.results_file = layout.quality_results(run_id)
     write_atomic_bytes(gate.results_file, payload)
@@ -485,7 +486,8 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
     prune_docs_history(quality_dir)
-    build_data_docs(context, quality_dir, gx_run.run_name, wanted)
+    # rendered once a gate's process has answered (``after_answer``): beside the run's report
+    after_answer(lambda: build_data_docs(context, quality_dir, gx_run.run_name, wanted))
     return outcomes
 
 
