@@ -479,11 +479,11 @@ def _waiting_for_lake(step):
 def _warm_publisher() -> None:
     """In a publishing process, before its publish is asked for: the stages' imports (Beam, dbt's
     orchestration, Great Expectations: seconds) and a dbt waiting for the build."""
-    import great_expectations  # noqa: F401
-
     import pipelines.metrics  # noqa: F401
-    import pipelines.quality  # noqa: F401
+    import pipelines.quality
     import pipelines.transform
+
+    pipelines.quality.import_gx()
 
     pipelines.transform.prewarm_dbt()
 

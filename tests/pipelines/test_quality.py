@@ -210,3 +210,19 @@ def test_frame_batches_gather_duckdb_chunks_up_to_the_batch_size(monkeypatch):
     (empty,) = list(quality.Frame(con, "select * from t where false").batches())
     assert len(empty) == 0 and list(empty.columns) == ["i", "id"]
 
+
+
+def test_gx_imports_without_scipy_stats_until_something_uses_it():
+    """The gate imports Great Expectations with scipy.stats deferred (``import_gx``); a GX expectation
+    that needs it (KL divergence) still gets the real module on first use."""
+    code = (
+        "import sys\n"
+        "from pipelines.quality import import_gx\n"
+        "gx = import_gx()\n"
+        "assert 'scipy.stats._stats_py' not in sys.modules\n"
+        "from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl\n"
+        "print(round(float(kl.stats.entropy([0.5, 0.5], [0.25, 0.75])), 6))\n"
+        "assert 'scipy.stats._stats_py' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "0.143841"  # 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75)
