@@ -188,3 +188,53 @@ def test_failing_dbt_test_leaves_published_file_untouched(published, tmp_path):
     assert "accepted_values" in proc.stderr and "stg_customer_months" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sha(published) == digest
+
+
+def test_column_rules_name_each_broken_rule_and_check_only_recomputed_customers_when_incremental(published, tmp_path):
+    """One test node per model checks its not_null, non_negative and accepted_values rules
+    (``column_rules``): each broken rule is a failing row naming it; in an incremental build, only
+    the customers the build recomputed are checked (the others passed when they were built)."""
+    import json
+    import os
+
+    from pipelines.transform import dbt_executable
+
+    layout = DataLayout(published)
+    project = tmp_path / "project"
+    shutil.copytree(layout.dbt_workspace / "project", project)
+    warehouse = tmp_path / "build" / layout.warehouse.name  # the catalog name the sources use
+    warehouse.parent.mkdir()
+    shutil.copy(layout.warehouse, warehouse)
+    con = duckdb.connect(str(warehouse))
+    a, b, c = [r[0] for r in con.execute("select distinct customer_id from fct_mrr order by 1 limit 3").fetchall()]
+    con.execute("update fct_mrr set mrr = -1 where customer_id = ? and month = (select min(month) from fct_mrr "
+                "where customer_id = ?)", [a, a])  # fmt: skip
+    con.execute("update fct_mrr set movement = 'bogus' where customer_id = ?", [b])
+    con.execute("update fct_mrr set previous_mrr = null where customer_id = ?", [c])
+    con.close()
+
+    def failures(mode: str, changed: list[str]) -> set:
+        con = duckdb.connect(str(warehouse))
+        con.execute("delete from lake.changed_customers")
+        con.execute("insert into lake.changed_customers select unnest(?::varchar[])", [changed])
+        con.execute("update lake._load_state set state = json_merge_patch(state, ?)", [json.dumps({"mode": mode})])
+        con.close()
+        env = dict(os.environ, DO_NOT_TRACK="1", REVENUE_WAREHOUSE_BUILD=str(warehouse))
+        proc = subprocess.run([dbt_executable(), "test", "--project-dir", str(project), "--profiles-dir", str(project),
+                               "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+                               "--select", "fct_mrr_column_rules", "--store-failures"],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        con = duckdb.connect(str(warehouse), read_only=True)
+        rows = con.execute("select rule, column_name, failing_rows from main_dbt_test__audit.fct_mrr_column_rules")
+        found = set(rows.fetchall())
+        con.close()
+        return found
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    months_of_b, months_of_c = (con.execute("select count(*) from fct_mrr where customer_id = ?", [x]).fetchall()[0][0]
+                                for x in (b, c))  # fmt: skip
+    con.close()
+    assert failures("full", []) == {("non_negative", "mrr", 1), ("accepted_values", "movement", months_of_b),
+                                    ("not_null", "previous_mrr", months_of_c)}  # fmt: skip
+    assert failures("incremental", [a, c]) == {("non_negative", "mrr", 1), ("not_null", "previous_mrr", months_of_c)}
