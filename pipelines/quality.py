@@ -237,6 +237,36 @@ def lake_frames(layout: DataLayout, snapshot: Path | None = None, min_lines: int
     return frames, con
 
 
+def lake_frames_in_memory(layout: DataLayout, snapshot: Path, min_lines: int) -> tuple[dict, dict] | None:
+    """The lake suites' frames of a build (``lake_frames``) read into memory now, with the suites
+    that cannot run for a missing table; None when a frame holds more than one batch
+    (``BATCH_ROWS``): a full build's lake, validated after dbt in batches instead. An incremental
+    build's lake rows to validate are its batch's, so the suites can run beside dbt, which holds
+    the build file meanwhile (``warehouse_gate``)."""
+    frames, con = lake_frames(layout, snapshot=snapshot, min_lines=min_lines)
+    try:
+        ready = {}
+        for name, frame in frames.items():
+            if frame.frame is not None:
+                ready[name] = frame
+                continue
+            reader = con.sql(frame.sql, params=frame.params).to_arrow_reader(BATCH_ROWS)
+            batches, rows = [], 0
+            for batch in reader:
+                rows += batch.num_rows
+                if rows > BATCH_ROWS:
+                    return None
+                batches.append(batch)
+            import pyarrow as pa
+
+            ready[name] = Frame(frame=_to_pandas(pa.Table.from_batches(batches, reader.schema)))
+    finally:
+        con.close()
+    missing = {s: f"lake table {t} is missing: run `revenue metrics`"
+               for s, t in REQUIRED_LAKE_TABLES.items() if s not in ready}  # fmt: skip
+    return ready, missing
+
+
 def warehouse_frames_or_missing(warehouse: Path, half_minor_unit, changed_only: bool = False) -> tuple[dict, dict, object]:
     """The warehouse frames and their connection, or (when a table the suites read is absent) which
     suites could not run."""
@@ -364,19 +394,24 @@ def _load_suite(gx, name: str):
 
 def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str, ...] | None = None,
              run_id: str | None = None, lake_checks: bool = True, lake_from_warehouse: bool = False,
-             prepared=None) -> GateResult:  # fmt: skip
+             prepared=None, lake_done: tuple[list, dict] | None = None) -> GateResult:  # fmt: skip
     """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
 
     A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
     never passes on what it could not see. ``lake_from_warehouse``: the gate of a build: check the
     lake snapshot the build loaded, row by row only what it added since the published warehouse
     (and, in the warehouse, the customers it recomputed), instead of the lake's current versions
-    and the whole warehouse.
+    and the whole warehouse. ``lake_done``: the lake suites' outcomes and missing tables, validated
+    already (``early_lake_suites``): only the warehouse suites run here.
     """
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     layout = config.layout
     frames, missing, connections = {}, {}, []
+    done: list[SuiteOutcome] = []
+    if lake_done is not None:
+        done, missing = list(lake_done[0]), dict(lake_done[1])
+        lake_checks = False
     try:
         if lake_checks:
             frames, con = lake_frames(layout, snapshot=warehouse if lake_from_warehouse else None,
@@ -391,10 +426,10 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
                 connections.append(con)
             frames.update(wh_frames)
             missing.update(wh_missing)
-        if not frames:
+        if not frames and not done:
             raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
         outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames],
-                               run_id, prepared)  # fmt: skip
+                               run_id, prepared, done)  # fmt: skip
     finally:
         for con in connections:
             con.close()
@@ -463,11 +498,30 @@ def _gx_setup(quality_dir: Path, names) -> tuple[object, dict]:
     return context, definitions
 
 
-def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
-                run_id: str | None = None, prepared=None) -> list[SuiteOutcome]:  # fmt: skip
+def _gx_run_name(run_id: str | None) -> str:
+    return run_id or f"validate-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
+
+
+def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str], run_id: str | None = None,
+                prepared=None, done: list[SuiteOutcome] = ()) -> list[SuiteOutcome]:  # fmt: skip
+    """Each suite over each batch of its frame (``_validate_suites``), then this run's Data Docs,
+    which also show the suites of ``done`` (validated earlier under the same ``run_id``)."""
+    quality_dir = config.layout.quality_dir
+    run_name = _gx_run_name(run_id)
+    context, outcomes = _validate_suites(config, frames, wanted, run_name, prepared)
+    prune_docs_history(quality_dir)
+    shown = [o.suite for o in done] + wanted
+    # rendered once a gate's process has answered (``after_answer``): beside the run's report
+    after_answer(lambda: build_data_docs(context, quality_dir, run_name, shown))
+    return list(done) + outcomes
+
+
+def _validate_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str], run_name: str,
+                     prepared=None) -> tuple[object, list[SuiteOutcome]]:  # fmt: skip
     """Each suite over each batch of its frame; a suite's failures are merged over its batches
-    (unexpected counts added, the first samples kept). GX stores the results under ``run_id``.
-    ``prepared``: a future of ``_gx_setup`` for (at least) the ``wanted`` suites, else set up here."""
+    (unexpected counts added, the first samples kept). GX stores the results under ``run_name``.
+    ``prepared``: a future of ``_gx_setup`` for (at least) the ``wanted`` suites, else set up here.
+    Returns the GX context and the outcomes."""
     import_gx()
     from great_expectations.core.run_identifier import RunIdentifier
 
@@ -475,7 +529,7 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
     quality_dir = config.layout.quality_dir
     context, definitions = prepared.result() if prepared is not None else _gx_setup(quality_dir, wanted)
     outcomes = []
-    gx_run = RunIdentifier(run_name=run_id or f"validate-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}")
+    gx_run = RunIdentifier(run_name=run_name)
     for name in wanted:
         definition = definitions[name]
         outcome = SuiteOutcome(suite=name, rows=0, passed=True)
@@ -508,10 +562,7 @@ def _run_suites(config: RunConfig, frames: dict[str, Frame], wanted: list[str],
             (outcome.critical_failures if detail["severity"] == "critical" else outcome.warnings).append(detail)
         outcome.passed = not outcome.critical_failures
         outcomes.append(outcome)
-    prune_docs_history(quality_dir)
-    # rendered once a gate's process has answered (``after_answer``): beside the run's report
-    after_answer(lambda: build_data_docs(context, quality_dir, gx_run.run_name, wanted))
-    return outcomes
+    return context, outcomes
 
 
 def _docs_complete(quality_dir: Path, run_name: str) -> bool:
@@ -565,10 +616,17 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
     """
 
     prepared = []
+    early: dict = {}  # the lake suites started beside dbt (``before_build``): thread, outcome, error
 
     def gate(build_file: Path) -> dict:
+        lake_done = None
+        if early:
+            early.pop("thread").join()
+            if "error" in early:
+                raise early.pop("error")
+            lake_done = early.pop("outcome")
         result = validate(config, warehouse=build_file, run_id=run_id, lake_from_warehouse=True,
-                          prepared=prepared[0] if prepared else None)  # fmt: skip
+                          prepared=prepared[0] if prepared else None, lake_done=lake_done)  # fmt: skip
         if on_result is not None:
             on_result(result)
         raise_on_failure(result)
@@ -584,7 +642,40 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
             prepared.append(pool.submit(_gx_setup, config.layout.quality_dir, LAKE_SUITES + WAREHOUSE_SUITES))
             pool.shutdown(wait=False)
 
+    def before_build(build_file: Path) -> bool:
+        """Once the lake copy is loaded and before dbt opens the build file: when the lake rows to
+        validate fit in one batch each (an incremental build), read them now and validate them on
+        a background thread while dbt builds in its own process; ``gate`` then adds the warehouse
+        suites. Else (a full build) nothing: ``gate`` validates the lake after dbt, as before.
+        Returns whether the suites started."""
+        ready = lake_frames_in_memory(config.layout, build_file, config.thresholds.dead_letter_min_lines)
+        if ready is None:
+            return False
+        frames, missing = ready
+        prepare()
+
+        def work() -> None:
+            try:
+                _, outcomes = _validate_suites(config, frames, [s for s in LAKE_SUITES if s in frames],
+                                               _gx_run_name(run_id), prepared[0])  # fmt: skip
+                early["outcome"] = (outcomes, missing)
+            except BaseException as exc:  # noqa: BLE001 - raised again by ``gate``, in the caller's thread
+                early["error"] = exc
+
+        early["thread"] = threading.Thread(target=work, name="gx-lake-suites", daemon=True)
+        early["thread"].start()
+        return True
+
+    def abandon() -> None:
+        """The build failed before its gate: wait for the lake suites started beside dbt, if any (GX
+        is writing their results), and drop their outcome."""
+        if early:
+            early.pop("thread").join()
+            early.clear()
+
     gate.prepare = prepare
+    gate.before_build = before_build
+    gate.abandon = abandon
     return gate
 
 

@@ -256,8 +256,9 @@ def _start_build(config: RunConfig, project: Path, build_file: Path,
 REBUILT_MATERIALIZATIONS = ("table", "incremental")
 
 
-def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path,
-               pinned: dict[str, int], steps: dict) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
+def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path, pinned: dict[str, int],
+               steps: dict, before_dbt: Callable[[Path], bool] | None = None,
+               ) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
     """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
     ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes.
     ``steps`` receives the seconds of each step."""
@@ -280,6 +281,10 @@ def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Pat
     loaded = _start_build(config, project, build_file, pinned)
     closes.prepare_build(build_file, config.layout)  # closed periods (CONTRACT section 7): their sources
     steps["load"] = round(time.monotonic() - mark, 3)
+    if before_dbt is not None:  # the gate's lake suites, beside dbt when they can (``warehouse_gate``)
+        mark = time.monotonic()
+        if before_dbt(build_file):  # their rows, read before dbt takes the build file
+            steps["lake_frames"] = round(time.monotonic() - mark, 3)
     if loaded.mode == "incremental":
         # same fingerprint as the published build: its seeds are already loaded and its unit tests
         # (model logic on fixtures, independent of the data) passed on these very models
@@ -323,7 +328,13 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
             if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
                 getattr(gate, "prepare", quality.prewarm)()
             try:
-                dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned, steps)
+                before_dbt = getattr(gate, "before_build", None) if gate is not None else None
+                try:
+                    dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned, steps,
+                                                            before_dbt)  # fmt: skip
+                except BaseException:
+                    getattr(gate, "abandon", lambda: None)()  # its lake suites, if started, finish first
+                    raise
                 mark = time.monotonic()
                 gate_result = gate(build_file) if gate is not None else None  # QualityGateFailed: nothing published
                 steps["gate"] = round(time.monotonic() - mark, 3)

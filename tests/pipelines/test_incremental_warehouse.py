@@ -111,6 +111,8 @@ def test_a_micro_batch_with_one_bad_line_publishes_and_recomputes_one_customer(p
     assert load["rows_compared"]["events"] == 1
     assert load["rows_removed"]["customer_months"] > 2 * months and load["rows_compared"]["customer_months"] == 0
     assert load["rows_removed"]["customer_lifetime"] > 2 and load["rows_compared"]["customer_lifetime"] == 0
+    # its lake rows fit in memory: the lake suites ran beside dbt, then the warehouse suites
+    assert "lake_frames" in result.steps
     judged = {s["suite"]: s for s in result.gate["suites"]}
     assert judged["lake_ingest_summary"]["passed"]  # judged over the whole lake, not the ten lines
     assert judged["lake_usage"]["rows"] == 8 and judged["lake_dead_letter"]["rows"] == 1  # only the new rows
@@ -247,3 +249,20 @@ def test_an_incremental_build_checks_the_grain_of_the_customers_it_recomputed(pu
     assert "incremental load" in caplog.text and "1 changed customers" in caplog.text
     assert "test.revenue.unique_combination_stg_customer_months_" in str(failed.value)
     assert (data / "warehouse" / "revenue.duckdb").read_bytes() == before
+
+
+def test_the_gate_reads_the_lake_rows_beside_dbt_only_when_each_suite_fits_in_one_batch(published, monkeypatch):
+    """``lake_frames_in_memory``: a build's lake rows to validate, in memory before dbt takes the build
+    file, or None (then validated in batches after dbt) when a suite's rows exceed one batch."""
+    from pipelines import quality
+
+    layout = DataLayout(published)
+    frames, missing = quality.lake_frames_in_memory(layout, layout.warehouse, min_lines=100)
+    assert set(frames) == set(quality.LAKE_SUITES) and missing == {}
+    events = duckdb.connect(str(layout.warehouse), read_only=True)
+    new_events = events.execute("select count(*) from lake.events where _file in "
+                                "(select file from lake._files where table_name = 'events' and new_in_build)").fetchall()[0][0]
+    events.close()
+    assert len(frames["lake_events"].frame) == new_events > 0
+    monkeypatch.setattr(quality, "BATCH_ROWS", new_events - 1)
+    assert quality.lake_frames_in_memory(layout, layout.warehouse, min_lines=100) is None
