@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     from pipelines.ingest import run_ingest
     from pipelines.metrics import run_metrics
     from pipelines.report import build_report
+    from pipelines.report import prewarm as prewarm_report
 
     run_id = new_run_id()
     config = config.with_pii()  # paths in the manifest are redacted with the run's key
@@ -140,6 +142,8 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
     def transform_call():
         nonlocal transform_process
         transform_process = transform_process or PreparedChild("transform")
+        # this process waits for the transform's answer: the report's imports load meanwhile
+        threading.Thread(target=prewarm_report, name="report-prewarm", daemon=True).start()
         # the report starts while the transform process shuts down; it is waited for before the manifest
         return transform_process.call(transform_stage, config, run_id, pinned, wait=False)
 
