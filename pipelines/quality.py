@@ -394,7 +394,7 @@ def _load_suite(gx, name: str):
 
 def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str, ...] | None = None,
              run_id: str | None = None, lake_checks: bool = True, lake_from_warehouse: bool = False,
-             prepared=None, lake_done: tuple[list, dict] | None = None) -> GateResult:  # fmt: skip
+             prepared=None, lake_done: tuple[list, dict] | None = None, gx_run: str | None = None) -> GateResult:  # fmt: skip
     """Run the suites; write results and Data Docs under DATA_DIR/quality; never raises on failures.
 
     A suite whose table is missing (a derived lake table, a warehouse table) fails: the gate
@@ -402,7 +402,8 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
     lake snapshot the build loaded, row by row only what it added since the published warehouse
     (and, in the warehouse, the customers it recomputed), instead of the lake's current versions
     and the whole warehouse. ``lake_done``: the lake suites' outcomes and missing tables, validated
-    already (``early_lake_suites``): only the warehouse suites run here.
+    already (``warehouse_gate``'s ``before_build``): only the warehouse suites run here.
+    ``gx_run``: the name GX stores these results under (default: ``run_id``, else a timestamp).
     """
     started = time.monotonic()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -429,7 +430,7 @@ def validate(config: RunConfig, warehouse: Path | None = None, suites: tuple[str
         if not frames and not done:
             raise InputError(f"nothing to validate under {layout.root}: run `revenue ingest` first")
         outcomes = _run_suites(config, frames, [s for s in (suites or LAKE_SUITES + WAREHOUSE_SUITES) if s in frames],
-                               run_id, prepared, done)  # fmt: skip
+                               gx_run or run_id, prepared, done)  # fmt: skip
     finally:
         for con in connections:
             con.close()
@@ -617,6 +618,7 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
 
     prepared = []
     early: dict = {}  # the lake suites started beside dbt (``before_build``): thread, outcome, error
+    gx_run = _gx_run_name(run_id)  # the lake suites and the warehouse suites store their results under one name
 
     def gate(build_file: Path) -> dict:
         lake_done = None
@@ -626,7 +628,7 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
                 raise early.pop("error")
             lake_done = early.pop("outcome")
         result = validate(config, warehouse=build_file, run_id=run_id, lake_from_warehouse=True,
-                          prepared=prepared[0] if prepared else None, lake_done=lake_done)  # fmt: skip
+                          prepared=prepared[0] if prepared else None, lake_done=lake_done, gx_run=gx_run)  # fmt: skip
         if on_result is not None:
             on_result(result)
         raise_on_failure(result)
@@ -656,8 +658,8 @@ def warehouse_gate(config: RunConfig, run_id: str | None = None, on_result=None)
 
         def work() -> None:
             try:
-                _, outcomes = _validate_suites(config, frames, [s for s in LAKE_SUITES if s in frames],
-                                               _gx_run_name(run_id), prepared[0])  # fmt: skip
+                _, outcomes = _validate_suites(config, frames, [s for s in LAKE_SUITES if s in frames], gx_run,
+                                               prepared[0])  # fmt: skip
                 early["outcome"] = (outcomes, missing)
             except BaseException as exc:  # noqa: BLE001 - raised again by ``gate``, in the caller's thread
                 early["error"] = exc
