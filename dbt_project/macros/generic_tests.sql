@@ -5,24 +5,22 @@
     duplicate can only be among them; a full build checks every row. -#}
 select {{ columns | join(', ') }}, count(*) as n
 from {{ model }}
-{%- if changed == 'customers' %}
-where customer_id in (select customer_id from {{ source('lake', 'changed_customers') }})
-    or (select json_extract_string(state, '$.mode') from {{ source('lake', '_load_state') }}) <> 'incremental'
-{%- elif changed is not none %}
-{{ exceptions.raise_compiler_error("unique_combination: changed must be 'customers', not " ~ changed) }}
-{%- endif %}
+{{ recomputed_rows_only(changed, 'unique_combination') }}
 group by {{ columns | join(', ') }}
 having count(*) > 1
 {% endtest %}
 
-{% test non_negative(model, column_name) %}
-select * from {{ model }} where {{ column_name }} < 0
-{% endtest %}
-
-{% test between_zero_and_one(model, column_name) %}
-{#- Rates are fractions; null (undefined, e.g. a zero denominator) is allowed. -#}
-select * from {{ model }} where {{ column_name }} < 0 or {{ column_name }} > 1
-{% endtest %}
+{% macro recomputed_rows_only(changed, test) -%}
+{#- A test's where clause for changed='customers' (a table keyed by customer_id): in an incremental
+    build, the rows of the customers it recomputed (lake.changed_customers); in a full build, every
+    row. Nothing for changed=none. -#}
+{%- if changed == 'customers' -%}
+where customer_id in (select customer_id from {{ source('lake', 'changed_customers') }})
+    or (select json_extract_string(state, '$.mode') from {{ source('lake', '_load_state') }}) <> 'incremental'
+{%- elif changed is not none -%}
+{{ exceptions.raise_compiler_error(test ~ ": changed must be 'customers', not " ~ changed) }}
+{%- endif -%}
+{%- endmacro %}
 
 {% test column_rules(model, not_null=[], non_negative=[], between_zero_and_one=[], accepted_values={}, changed=none) %}
 {#- A model's row rules in one test and one scan: dbt spends ~50 ms of its own work on every test
@@ -56,12 +54,7 @@ with counts as (
         count(*) filter (where {{ condition }}) as broken_{{ loop.index }}{{ "," if not loop.last }}
     {%- endfor %}
     from {{ model }}
-    {%- if changed == 'customers' %}
-    where customer_id in (select customer_id from {{ source('lake', 'changed_customers') }})
-        or (select json_extract_string(state, '$.mode') from {{ source('lake', '_load_state') }}) <> 'incremental'
-    {%- elif changed is not none %}
-    {{ exceptions.raise_compiler_error("column_rules: changed must be 'customers', not " ~ changed) }}
-    {%- endif %}
+    {{ recomputed_rows_only(changed, 'column_rules') }}
 )
 {%- for rule, column, condition in rules %}
 select '{{ rule }}' as rule, '{{ column }}' as column_name, broken_{{ loop.index }} as failing_rows
