@@ -10,6 +10,7 @@ currency's minor unit (0 decimals for JPY, 2 for USD, 3 for KWD).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -67,14 +68,10 @@ def prewarm() -> None:
     _environment().get_template("report.html.j2")
 
 
-_ENVIRONMENT: list = []
-
-
+@functools.cache
 def _environment() -> jinja2.Environment:
     """One Jinja environment per process: it caches the compiled template."""
-    if not _ENVIRONMENT:
-        _ENVIRONMENT.append(jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True))
-    return _ENVIRONMENT[0]
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
 
 
 def build_report(config: RunConfig, month: dt.date, run_id: str | None = None,
