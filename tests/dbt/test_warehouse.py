@@ -238,3 +238,33 @@ def test_column_rules_name_each_broken_rule_and_check_only_recomputed_customers_
     assert failures("full", []) == {("non_negative", "mrr", 1), ("accepted_values", "movement", months_of_b),
                                     ("not_null", "previous_mrr", months_of_c)}  # fmt: skip
     assert failures("incremental", [a, c]) == {("non_negative", "mrr", 1), ("not_null", "previous_mrr", months_of_c)}
+
+
+def test_dbt_unit_tests_pass_and_no_build_runs_them(published, tmp_path):
+    """The models' unit tests (fixed fixtures, whatever the data) run here, as dbt recommends, and
+    in no build: every one defined in the project runs and passes; the published build ran none."""
+    import json
+    import os
+
+    import yaml
+
+    from pipelines.transform import dbt_executable
+
+    layout = DataLayout(published)
+    built = json.loads((layout.dbt_workspace / "target" / "run_results.json").read_text())["results"]
+    assert built and not [r["unique_id"] for r in built if r["unique_id"].startswith("unit_test.")]
+    defined = {t["name"] for path in (REPO / "dbt_project" / "models").rglob("*.yml")
+               for t in (yaml.safe_load(path.read_text()) or {}).get("unit_tests", [])}  # fmt: skip
+    assert len(defined) >= 5
+    project = tmp_path / "project"
+    shutil.copytree(layout.dbt_workspace / "project", project)
+    warehouse = tmp_path / "build" / layout.warehouse.name  # unit tests read their inputs' column types here
+    warehouse.parent.mkdir()
+    shutil.copy(layout.warehouse, warehouse)
+    env = dict(os.environ, DO_NOT_TRACK="1", REVENUE_WAREHOUSE_BUILD=str(warehouse))
+    proc = subprocess.run([dbt_executable(), "test", "--project-dir", str(project), "--profiles-dir", str(project),
+                           "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+                           "--select", "test_type:unit"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ran = json.loads((tmp_path / "target" / "run_results.json").read_text())["results"]
+    assert {r["unique_id"].rsplit(".", 1)[-1]: r["status"] for r in ran} == dict.fromkeys(defined, "pass")
