@@ -420,7 +420,23 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}", err=True)
         code = USAGE_EXIT
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if argv is None:  # the console command: exit without tearing the interpreter down
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit with ``code`` once the exit handlers have run (logging flushed, child processes reaped,
+    temporary files removed) and the output is flushed, without the interpreter's teardown: freeing
+    every object of Beam, Arrow, DuckDB and plotly one by one takes ~0.5 s after a run (mypy exits
+    the same way). Everything the command wrote is closed by then."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,22 @@ def env_pii_key() -> bytes | None:
     return key.encode() if key else None
 
 
+GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the ingest's shard count
+
+
+def input_json_bytes(files: list[tuple[int, str, str]]) -> int:
+    """About how much JSON ``files`` (``discover_input``) hold: a gzip file counts ``GZIP_RATIO``
+    times its size; an unreadable one 0 (the ingest's read step dead-letters it)."""
+
+    def size(path: str) -> int:
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return 0
+
+    return sum(size(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
+
+
 def discover_input(input_dir: Path) -> list[tuple[int, str, str]]:
     """``(file_index, absolute path, path relative to input)`` of every event file, in path order."""
     input_dir = Path(input_dir)

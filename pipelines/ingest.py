@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import pyarrow.dataset as ds
 
 from pipelines import lake
 from pipelines.beam_options import pipeline_options
-from pipelines.config import PII_KEY_ENV, RunConfig, discover_input
+from pipelines.config import PII_KEY_ENV, RunConfig, discover_input, input_json_bytes
 from pipelines.layout import DataLayout
 from pipelines.manifest import new_run_id, write_manifest
 from pipelines.store import LakeStore
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 SHARD_INPUT_BYTES = 64 << 20  # about 250k events of JSON per dedup shard: bounds memory
 MAX_SHARDS = 64
 INGEST_TABLES = ("events", "usage", "dead_letter")  # committed in this order
-GZIP_RATIO = 5  # a gzip file's JSON is about this many times its size, for the shard count
 # A stream batch writes one small file per partition it touches; once a partition holds this many
 # small files, the batch merges them (every later lookup and read opens each file: see ingest_batch)
 STREAM_COMPACT_MIN_FILES = 4
@@ -83,18 +81,6 @@ class IngestResult:
             "dead_letters": self.dead_letters,
             "dead_letters_by_reason": dict(sorted(self.dead_letters_by_reason.items())),
         }
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0  # unreadable: the read step dead-letters it
-
-
-def input_json_bytes(files: list[tuple[int, str, str]]) -> int:
-    """About how much JSON ``files`` hold: a gzip file counts ``GZIP_RATIO`` times its size."""
-    return sum(_size(path) * (GZIP_RATIO if path.endswith(".gz") else 1) for _, path, _ in files)
 
 
 def file_checksums(files: list[tuple[int, str, str]], redact_path) -> list[dict]:

@@ -90,10 +90,9 @@ def _warm_transform() -> None:
 
 
 def _input_bytes(config: RunConfig) -> int | None:
-    """The JSON the run will read (``pipelines.ingest.input_json_bytes``), None if unknown (the
+    """The JSON the run will read (``pipelines.config.input_json_bytes``), None if unknown (the
     ingest then reports why)."""
-    from pipelines.config import discover_input
-    from pipelines.ingest import input_json_bytes
+    from pipelines.config import discover_input, input_json_bytes
 
     if config.input_dir is None:
         return None
@@ -106,6 +105,11 @@ def _input_bytes(config: RunConfig) -> int | None:
 def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             on_finish: Callable[[RunResult], None] | None = None) -> RunResult:  # fmt: skip
     """Run every stage with ``config``; ``on_finish(result)`` sees the result (failed or not) before a raise."""
+    size = _input_bytes(config)
+    warm = size is not None and size <= WARM_START_MAX_BYTES
+    # started before this process imports its stages (Beam, ~1.5 s of one core): its own imports take
+    # the other core meanwhile
+    transform_process = PreparedChild("transform", warm=_warm_transform) if warm else None
     from pipelines.ingest import run_ingest
     from pipelines.metrics import run_metrics
     from pipelines.report import build_report
@@ -134,9 +138,6 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             progress.update(task, completed=1, description=f"{description} [dim]({timings[name]:.1f}s)[/dim]")
 
     failure: RevenueError | None = None
-    size = _input_bytes(config)
-    warm = size is not None and size <= WARM_START_MAX_BYTES
-    transform_process = PreparedChild("transform", warm=_warm_transform) if warm else None
     summary["transform_started"] = "with the run" if warm else "after the metrics"
 
     def transform_call():
