@@ -131,14 +131,16 @@ def test_killing_the_run_kills_its_dbt_child(published, tmp_path):
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def dbt_children() -> list[int]:
+        """The transform's dbt: a child of it running dbt (its build comes on stdin)."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    cmdline = (entry / "cmdline").read_bytes().split(b"\x00")
-                except OSError:
+                    cmdline = (entry / "cmdline").read_bytes()
+                    parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
                     continue
-                if any(str(data).encode() in part for part in cmdline) and any(part.endswith(b"dbt") for part in cmdline):
+                if parent == proc.pid and b"dbt.cli.main" in cmdline:
                     found.append(int(entry.name))
         return found
 
@@ -251,3 +253,26 @@ def test_each_writer_scope_removes_only_its_own_interrupted_scratch_files(tmp_pa
         assert ingest_left.exists() and not metrics_left.exists()
     with lake.lake_lock(layout):
         assert not any(layout.staging_root.iterdir())
+
+
+def test_a_build_file_left_with_a_write_ahead_log_is_checkpointed_before_it_is_published_alone(tmp_path):
+    """A writer that ends without closing its DuckDB file leaves its last changes in the WAL beside
+    it; the publish moves the file alone, so those changes are checkpointed into it first."""
+    import duckdb
+
+    from pipelines.transform import _checkpointed
+
+    build = tmp_path / "revenue.duckdb"
+    script = ("import duckdb, os, sys\n"
+              "con = duckdb.connect(sys.argv[1])\n"
+              "con.execute('create table t as select range as i from range(1000)')\n"
+              "os._exit(0)\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", script, str(build)], check=True)
+    assert Path(f"{build}.wal").exists()
+    _checkpointed(build)
+    assert not Path(f"{build}.wal").exists()
+    alone = tmp_path / "published.duckdb"
+    shutil.copyfile(build, alone)
+    con = duckdb.connect(str(alone), read_only=True)
+    assert con.execute("select count(*), sum(i) from t").fetchall() == [(1000, 499500)]
+    con.close()
