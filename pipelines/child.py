@@ -87,18 +87,35 @@ def _child_main(conn, debug, warm, interruptible) -> None:
         # imports (and helpers such as a waiting dbt) load before the work is known; a failure here is
         # the call's outcome
         warmed = call_reporting(warm) if warm is not None else ("ok", None)
-        try:
-            job = conn.recv()
-        except EOFError:  # the parent went away, or closed an unused child
-            return
-        if job is None:
-            return
-        fn, args, kwargs = job
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:  # the parent went away, or closed an unused child
+                return
+            if job is None:
+                return
+            kind, fn, args, kwargs = job
+            if kind == "call":
+                break
+            if warmed[0] == "ok":  # a hint: work ahead of the call (``PreparedChild.hint``)
+                _run_hint(fn, args, kwargs)
         send_outcome(conn, call_reporting(fn, *args, **kwargs) if warmed[0] == "ok" else warmed, fn)
     finally:
         conn.close()
     while _after_answer:
         _after_answer.pop(0)()
+
+
+def _run_hint(fn, args, kwargs) -> None:
+    """A hint is work the call would otherwise do itself (see ``PreparedChild.hint``): one that fails
+    has done nothing the call relies on, so its error is logged and the call goes on without it."""
+    import logging
+
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the call redoes the work and reports what really fails
+        logging.getLogger(__name__).warning("work ahead of the call (%s) failed; the call does it itself",
+                                            getattr(fn, "__name__", fn), exc_info=True)  # fmt: skip
 
 
 class PreparedChild:
@@ -121,6 +138,15 @@ class PreparedChild:
         self._process.start()
         child_conn.close()
 
+    def hint(self, fn, *args, **kwargs) -> None:
+        """Have the child run ``fn(*args, **kwargs)`` once ``warm`` is done, before the call and without
+        an answer: work the call can use when it is there and redoes when it is not (a hint that fails
+        is logged there, nothing more). A child that has gone away is the call's error, not this one's."""
+        try:
+            self._conn.send(("hint", fn, args, kwargs))
+        except OSError:
+            pass
+
     def call(self, fn, *args, wait: bool = True, **kwargs):
         """``fn(*args, **kwargs)`` in the child (``fn``, the arguments, the value and its errors must
         pickle). A RevenueError raised there is raised here; a crash (in ``warm`` too) raises
@@ -130,7 +156,7 @@ class PreparedChild:
         takes a second or two): ``close()`` or ``end()`` waits for it, ``exited()`` tells."""
         process, name = self._process, self.name
         try:
-            self._conn.send((fn, args, kwargs))
+            self._conn.send(("call", fn, args, kwargs))
             kind, value = self._conn.recv()
         except (EOFError, OSError):  # killed (OOM killer, kill -9) before it could answer
             process.join()

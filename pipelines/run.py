@@ -89,6 +89,13 @@ def _warm_transform() -> None:
     quality.prewarm().join()
 
 
+def _prepare_transform(config: RunConfig) -> None:
+    """In the transform process, while the metrics run: its build's set-up (``transform.prepare_ahead``)."""
+    from pipelines.transform import prepare_ahead
+
+    prepare_ahead(config)
+
+
 def _input_bytes(config: RunConfig) -> int | None:
     """The JSON the run will read (``pipelines.config.input_json_bytes``), None if unknown (the
     ingest then reports why)."""
@@ -156,6 +163,8 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             summary["input_files"] = ingest.files
             config = config.resolve_as_of()  # once, after the ingest: every later stage uses this date
             summary["config"] = config.describe()
+            if transform_process is not None:  # the build's set-up and dbt's parse, beside the metrics
+                transform_process.hint(_prepare_transform, config)
             metrics = stage("metrics", "metrics: calendar-month windows into customer_months",
                             lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
             summary.update(as_of=config.as_of.isoformat(), reporting_currency=config.reporting_currency,
@@ -176,6 +185,7 @@ def run_all(config: RunConfig, show_progress: bool = True, on_gate=None,
             timings["dbt_build"] = transform.dbt_seconds
             # where the stage's time went; "process" is the rest: handing the call to the transform
             # process (and that process's imports, when they had not finished loading beside the metrics)
+            summary["transform_prepared_ahead"] = transform.prepared_ahead
             summary["transform_steps"] = {**transform.steps,
                                           "process": round(timings["transform"] - transform.seconds, 3)}  # fmt: skip
             summary["quality"] = {"passed": transform.gate["passed"], "docs": transform.gate["docs"]}

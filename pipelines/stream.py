@@ -437,10 +437,11 @@ def publish_warehouse(config: RunConfig, run_id: str) -> dict:
     """
     from pipelines.metrics import run_metrics
     from pipelines.quality import warehouse_gate
-    from pipelines.transform import LAKE_SOURCES, run_transform
+    from pipelines.transform import LAKE_SOURCES, prepare_ahead, run_transform
 
     started = time.monotonic()
     config = config.resolve_as_of()
+    prepare_ahead(config)  # the waiting dbt parses the project while the metrics run
     metrics = _waiting_for_lake(lambda: run_metrics(config, run_id=run_id, write_run_manifest=False))
     release_memory()  # what the metrics freed goes back before the lake copy's load takes DuckDB's share
     # the build reads the events and usage versions the metrics read (batches go on committing meanwhile)

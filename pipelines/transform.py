@@ -19,6 +19,7 @@ import csv
 import datetime as dt
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ class TransformResult:
     lake_load: dict = field(default_factory=dict)  # warehouse_lake.LoadResult: full or incremental, and what changed
     steps: dict = field(default_factory=dict)  # seconds of each step: project, load (copy included), dbt, gate, ...
     restatements: dict = field(default_factory=dict)  # closed months restated by this build (pipelines.closes)
+    prepared_ahead: bool = False  # the project's copy and dbt's parse were made ahead (``prepare_ahead``)
 
 
 def check_lake_matches(config: RunConfig) -> None:
@@ -86,14 +88,6 @@ def check_lake_matches(config: RunConfig) -> None:
                           f"{config.reporting_currency}` or pass the same --reporting-currency")  # fmt: skip
 
 
-def _write_fx_seed(project: Path, config: RunConfig) -> None:
-    with open(project / "seeds" / "fx_rates.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["date", "currency", "rate"])
-        for day, currency, rate in config.fx.rows():
-            writer.writerow([day.isoformat(), currency, format(rate, "f")])
-
-
 def dbt_executable() -> str:
     candidate = Path(sys.executable).parent / "dbt"
     return str(candidate) if candidate.exists() else "dbt"
@@ -112,22 +106,37 @@ def _failures(target: Path) -> list[str]:
     return out
 
 
+def _lock_builds(layout: DataLayout):
+    """The data dir's build lock, taken (an open file: closing it releases the lock), or LakeError;
+    leftover build folders of killed builds are removed."""
+    layout.warehouse_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(layout.warehouse_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise LakeError(f"another build is running in {layout.warehouse_dir}; wait for it to finish") from None
+    for stale in layout.stale_builds():
+        log.warning("removing the leftover build folder %s of an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    return handle
+
+
 @contextlib.contextmanager
 def warehouse_lock(layout: DataLayout):
-    """One build at a time per data dir; a build killed earlier leaves a folder that the next one removes."""
-    layout.warehouse_dir.mkdir(parents=True, exist_ok=True)
-    with open(layout.warehouse_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LakeError(f"another build is running in {layout.warehouse_dir}; wait for it to finish") from None
-        try:
-            for stale in layout.stale_builds():
-                log.warning("removing the leftover build folder %s of an interrupted run", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One build at a time per data dir; a build killed earlier leaves a folder that the next one removes.
+    A lock this process took ahead (``prepare_ahead``) is this build's."""
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is not None and ahead.warehouse_dir != layout.warehouse_dir:
+        ahead.handle.close()  # prepared for another data dir
+        ahead = None
+    handle = ahead.handle if ahead is not None else _lock_builds(layout)
+    try:
+        yield ahead
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # Runs first in the child, then becomes dbt: asks the kernel for SIGKILL when the parent dies (even
@@ -233,6 +242,9 @@ def _dbt_env(config: RunConfig, build_root: Path, build_file: Path) -> dict[str,
         "REVENUE_REPORTING_CURRENCY": config.reporting_currency,
         "REVENUE_REPORTING_EXPONENT": str(config.reporting_exponent),
     })  # fmt: skip
+    # as importing the quality gate sets it: the environment of a build prepared before that import
+    # (``prepare_ahead``) is then the build's
+    env.setdefault("GX_ANALYTICS_ENABLED", "False")
     return env
 
 
@@ -264,26 +276,101 @@ def _start_build(config: RunConfig, project: Path, build_file: Path,
 REBUILT_MATERIALIZATIONS = ("table", "incremental")
 
 
-def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path, pinned: dict[str, int],
-               steps: dict, before_dbt: Callable[[Path], bool] | None = None,
-               ) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
-    """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
-    ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes.
-    ``steps`` receives the seconds of each step."""
-    mark = time.monotonic()
-    workspace = config.layout.dbt_workspace
-    project, target = workspace / "project", workspace / "target"
-    shutil.rmtree(project, ignore_errors=True)  # a fresh copy, at the same path as the previous build's
-    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"),
-                    copy_function=shutil.copyfile)  # new files under the umask: this copy stays between builds
-    (target / "run_results.json").unlink(missing_ok=True)  # only this build's results are read back
-    _write_fx_seed(project, config)
+def _build_paths(layout: DataLayout) -> tuple[Path, Path]:
+    """The build folder and file: the file's path is in dbt's profile, and a path that changed would
+    make dbt parse everything again, so every build uses the same ones."""
+    build_root = layout.dbt_workspace / "build"
+    return build_root, build_root / layout.warehouse.name
+
+
+def _fx_seed_text(config: RunConfig) -> str:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["date", "currency", "rate"])
+    for day, currency, rate in config.fx.rows():
+        writer.writerow([day.isoformat(), currency, format(rate, "f")])
+    return out.getvalue()
+
+
+def _build_command(config: RunConfig) -> tuple[list[str], dict[str, str], str]:
+    """dbt's command line and environment for a build of ``config``, and the FX seed's text."""
+    layout = config.layout
+    build_root, build_file = _build_paths(layout)
+    project, target = layout.dbt_workspace / "project", layout.dbt_workspace / "target"
     # no log file: it would go to the build folder, removed after the build (what dbt prints is kept on failure)
     cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
            "--target-path", str(target), "--log-path", str(build_root / "logs"), "--log-level-file", "none",
            "--no-use-colors"]  # fmt: skip
-    env = _dbt_env(config, build_root, build_file)
-    _parse_ahead(cmd, env)  # dbt parses the project (it reads no data) while the lake copy loads
+    return cmd, _dbt_env(config, build_root, build_file), _fx_seed_text(config)
+
+
+def _copy_project(config: RunConfig, seed: str) -> None:
+    """The build's copy of the dbt project, with ``seed`` as its FX table."""
+    workspace = config.layout.dbt_workspace
+    project = workspace / "project"
+    shutil.rmtree(project, ignore_errors=True)  # a fresh copy, at the same path as the previous build's
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*"),
+                    copy_function=shutil.copyfile)  # new files under the umask: this copy stays between builds
+    (project / "seeds" / "fx_rates.csv").write_text(seed, newline="")
+
+
+@dataclass
+class _Ahead:
+    """What ``prepare_ahead`` did for the build that follows in this process."""
+
+    warehouse_dir: Path
+    handle: object  # the build lock's open file
+    cmd: list[str] | None = None  # the command, environment and FX seed the project was copied and parsed for
+    env: dict[str, str] | None = None
+    seed: str | None = None
+    used: bool = False  # the build found them as it needs them
+
+
+_ahead: _Ahead | None = None
+
+
+def prepare_ahead(config: RunConfig) -> None:
+    """Before the build is asked for (``revenue run`` hints this to its transform process once the
+    ingest has fixed the as-of date, while the metrics stage runs): take the data dir's build lock,
+    clear the build folder, copy the dbt project and have the waiting dbt (``prewarm_dbt``) parse it.
+    The build that follows in this process (``run_transform``) keeps the lock, and uses the copy and
+    the parse when its command, environment and FX table are the ones prepared (else it does both
+    again). Without a waiting dbt, or with the lock held by another build (which the build then
+    reports), it does nothing."""
+    global _ahead
+    if _warm_dbt is None or _warm_dbt.poll() is not None or _ahead is not None:
+        return
+    layout = config.layout
+    try:
+        handle = _lock_builds(layout)
+    except LakeError:
+        return
+    _ahead = _Ahead(layout.warehouse_dir, handle)
+    build_root, _ = _build_paths(layout)
+    shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
+    build_root.mkdir(parents=True)
+    cmd, env, seed = _build_command(config)
+    _copy_project(config, seed)
+    _parse_ahead(cmd, env)
+    _ahead.cmd, _ahead.env, _ahead.seed = cmd, env, seed
+
+
+def _dbt_build(config: RunConfig, run_id: str, build_root: Path, build_file: Path, pinned: dict[str, int],
+               steps: dict, before_dbt: Callable[[Path], bool] | None = None, ahead: _Ahead | None = None,
+               ) -> tuple[float, dict, warehouse_lake.LoadResult]:  # fmt: skip
+    """Copy the project, bring the build's lake copy to the pinned versions, run ``dbt build`` into
+    ``build_file`` (incremental models recompute what changed); raise BuildFailed with the failing nodes.
+    ``steps`` receives the seconds of each step. ``ahead``: the copy and parse ``prepare_ahead`` made."""
+    mark = time.monotonic()
+    target = config.layout.dbt_workspace / "target"
+    cmd, env, seed = _build_command(config)
+    (target / "run_results.json").unlink(missing_ok=True)  # only this build's results are read back
+    if ahead is not None:
+        ahead.used = (ahead.cmd, ahead.env, ahead.seed) == (cmd, env, seed)
+    if ahead is None or not ahead.used:
+        _copy_project(config, seed)
+        _parse_ahead(cmd, env)  # dbt parses the project (it reads no data) while the lake copy loads
+    project = config.layout.dbt_workspace / "project"
     steps["project"] = round(time.monotonic() - mark, 3)
     mark = time.monotonic()
     loaded = _start_build(config, project, build_file, pinned)
@@ -328,20 +415,19 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         pinned = pinned if pinned is not None else lake.versions(layout, LAKE_SOURCES)
     published = layout.warehouse
     steps = {"prepare": round(time.monotonic() - started, 3)}
-    with warehouse_lock(layout):
-        # the build file's path is in dbt's profile: a path that changed would make dbt parse everything again
-        build_root = layout.dbt_workspace / "build"
-        build_file = build_root / published.name
+    with warehouse_lock(layout) as ahead:
+        build_root, build_file = _build_paths(layout)
         try:
-            shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
-            build_root.mkdir(parents=True)
+            if ahead is None:  # else prepare_ahead cleared it (and dbt may be writing to it)
+                shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
+                build_root.mkdir(parents=True)
             if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
                 getattr(gate, "prepare", quality.prewarm)()
             try:
                 before_dbt = getattr(gate, "before_build", None) if gate is not None else None
                 try:
                     dbt_seconds, nodes, loaded = _dbt_build(config, run_id, build_root, build_file, pinned, steps,
-                                                            before_dbt)  # fmt: skip
+                                                            before_dbt, ahead)  # fmt: skip
                 except BaseException:
                     getattr(gate, "abandon", lambda: None)()  # its lake suites, if started, finish first
                     raise
@@ -366,7 +452,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
                              reporting_currency=config.reporting_currency, dbt_seconds=dbt_seconds,
                              seconds=round(time.monotonic() - started, 3), nodes=nodes, gate=gate_result,
                              lake_versions=pinned, lake_load=loaded.as_dict(), restatements=restatements,
-                             steps=steps)  # fmt: skip
+                             steps=steps, prepared_ahead=ahead is not None and ahead.used)  # fmt: skip
     if write_run_manifest:
         write_manifest(layout, run_id, "transform", {
             "warehouse": str(published), "config": config.describe(), "lake_versions": pinned,

@@ -266,3 +266,40 @@ def test_the_gate_reads_the_lake_rows_beside_dbt_only_when_each_suite_fits_in_on
     assert len(frames["lake_events"].frame) == new_events > 0
     monkeypatch.setattr(quality, "BATCH_ROWS", new_events - 1)
     assert quality.lake_frames_in_memory(layout, layout.warehouse, min_lines=100) is None
+
+
+def test_a_build_redoes_the_set_up_made_ahead_for_other_settings(published, tmp_path):
+    """`prepare_ahead` (what `revenue run`'s transform process does while the metrics run: test_run
+    checks that a run's build uses it) takes the build lock, copies the dbt project and has the
+    waiting dbt parse it. A build whose command, environment or FX table differ (here another as-of
+    date) copies and parses again, and builds the same warehouse. With the lock held by another
+    build, it prepares nothing and the build reports the lock."""
+    from pipelines import transform
+    from pipelines.transform import _lock_builds, prepare_ahead
+    from transforms.errors import LakeError
+
+    data = tmp_path / "data"
+    shutil.copytree(published, data)
+    layout = DataLayout(data)
+    config = cfg(data).resolve_as_of()
+    try:
+        transform.prewarm_dbt()
+        prepare_ahead(cfg(data, as_of=config.as_of - dt.timedelta(days=40)).resolve_as_of())
+        assert transform._ahead is not None and transform._ahead.cmd is not None
+        result = run_transform(config)
+        assert result.prepared_ahead is False and transform._ahead is None
+        assert result.lake_load["mode"] == "incremental"
+        assert table_differences(published / "warehouse" / "revenue.duckdb", layout.warehouse) == {}
+        transform.prewarm_dbt()
+        other = _lock_builds(layout)  # another build holds the lock
+        try:
+            prepare_ahead(config)
+            assert transform._ahead is None
+            with pytest.raises(LakeError, match="another build is running"):
+                run_transform(config)
+        finally:
+            other.close()
+    finally:
+        if transform._warm_dbt is not None:
+            transform._warm_dbt.kill()
+        transform._warm_dbt = None
