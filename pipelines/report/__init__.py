@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -88,17 +89,20 @@ def build_report(config: RunConfig, month: dt.date, run_id: str | None = None,
             for k, label, kind, meaning in KPIS]  # fmt: skip
     out_dir = config.layout.report_dir(month)
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_tables(figures.tables, out_dir, f"revenue-{month:%Y-%m}.xlsx")
-    counts = {"run_id": run_id, **run_counts} if run_counts else latest_ingest_counts(config)
-    quality = config.layout.quality_latest
-    page = _environment().get_template("report.html.j2").render(
-        month=month, currency=currency, as_of=config.as_of, kpis=kpis, row=row,
-        charts=render_charts(figures, currency), movers=figures.movers, usage=figures.usage,
-        dead_by_reason=figures.dead_by_reason, counts=counts, run_id=run_id, lake_counts=figures.lake_counts,
-        quality=_json(quality) if quality.exists() else None, period=figures.period,
-        fmt=lambda v: format_money(v, currency) if v is not None else "n/a", qty=format_quantity,
-        money=lambda v, code: format_money(v, code) if v is not None else "n/a",
-    )  # fmt: skip
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-export") as pool:
+        # the tables' files are written (mostly outside the GIL) while the page renders
+        exported = pool.submit(export_tables, figures.tables, out_dir, f"revenue-{month:%Y-%m}.xlsx")
+        counts = {"run_id": run_id, **run_counts} if run_counts else latest_ingest_counts(config)
+        quality = config.layout.quality_latest
+        page = _environment().get_template("report.html.j2").render(
+            month=month, currency=currency, as_of=config.as_of, kpis=kpis, row=row,
+            charts=render_charts(figures, currency), movers=figures.movers, usage=figures.usage,
+            dead_by_reason=figures.dead_by_reason, counts=counts, run_id=run_id, lake_counts=figures.lake_counts,
+            quality=_json(quality) if quality.exists() else None, period=figures.period,
+            fmt=lambda v: format_money(v, currency) if v is not None else "n/a", qty=format_quantity,
+            money=lambda v, code: format_money(v, code) if v is not None else "n/a",
+        )  # fmt: skip
+        exported.result()  # the page is written last: a report.html means its files are there
     html_path = write_aside(out_dir / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
     return {"html": html_path, "dir": out_dir, "kpis": {k["key"]: k["value"] for k in kpis}}
 
