@@ -37,6 +37,37 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class ProjectCopy:
+    """The published build's dbt project and warehouse copied under ``root`` (the warehouse under the
+    catalog name the sources use), for ``dbt test`` runs that may change the copy, never the original."""
+
+    def __init__(self, data, root):
+        layout = DataLayout(data)
+        self.root = root
+        self.project = root / "project"
+        shutil.copytree(layout.dbt_workspace / "project", self.project)
+        self.warehouse = root / "build" / layout.warehouse.name
+        self.warehouse.parent.mkdir()
+        shutil.copy(layout.warehouse, self.warehouse)
+
+    def dbt_test(self, *args: str) -> subprocess.CompletedProcess:
+        """``dbt test --select ARGS`` on the copy: node selectors, then any other options."""
+        import os
+
+        from pipelines.transform import dbt_executable
+
+        env = dict(os.environ, DO_NOT_TRACK="1", REVENUE_WAREHOUSE_BUILD=str(self.warehouse))
+        return subprocess.run([dbt_executable(), "test", "--project-dir", str(self.project), "--profiles-dir",
+                               str(self.project), "--target-path", str(self.root / "target"), "--log-path",
+                               str(self.root / "logs"), "--select", *args],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+
+    def results(self) -> list[dict]:
+        import json
+
+        return json.loads((self.root / "target" / "run_results.json").read_text())["results"]
+
+
 def truth_by_customer(generated):
     rows = defaultdict(list)
     with open(generated / "expected_mrr.csv") as handle:
@@ -195,16 +226,9 @@ def test_column_rules_name_each_broken_rule_and_check_only_recomputed_customers_
     (``column_rules``): each broken rule is a failing row naming it; in an incremental build, only
     the customers the build recomputed are checked (the others passed when they were built)."""
     import json
-    import os
 
-    from pipelines.transform import dbt_executable
-
-    layout = DataLayout(published)
-    project = tmp_path / "project"
-    shutil.copytree(layout.dbt_workspace / "project", project)
-    warehouse = tmp_path / "build" / layout.warehouse.name  # the catalog name the sources use
-    warehouse.parent.mkdir()
-    shutil.copy(layout.warehouse, warehouse)
+    copy = ProjectCopy(published, tmp_path)
+    warehouse = copy.warehouse
     con = duckdb.connect(str(warehouse))
     a, b, c = [r[0] for r in con.execute("select distinct customer_id from fct_mrr order by 1 limit 3").fetchall()]
     con.execute("update fct_mrr set mrr = -1 where customer_id = ? and month = (select min(month) from fct_mrr "
@@ -219,11 +243,7 @@ def test_column_rules_name_each_broken_rule_and_check_only_recomputed_customers_
         con.execute("insert into lake.changed_customers select unnest(?::varchar[])", [changed])
         con.execute("update lake._load_state set state = json_merge_patch(state, ?)", [json.dumps({"mode": mode})])
         con.close()
-        env = dict(os.environ, DO_NOT_TRACK="1", REVENUE_WAREHOUSE_BUILD=str(warehouse))
-        proc = subprocess.run([dbt_executable(), "test", "--project-dir", str(project), "--profiles-dir", str(project),
-                               "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
-                               "--select", "fct_mrr_column_rules", "--store-failures"],
-                              capture_output=True, text=True, env=env)  # fmt: skip
+        proc = copy.dbt_test("fct_mrr_column_rules", "--store-failures")
         assert proc.returncode == 1, proc.stdout + proc.stderr
         con = duckdb.connect(str(warehouse), read_only=True)
         rows = con.execute("select rule, column_name, failing_rows from main_dbt_test__audit.fct_mrr_column_rules")
@@ -244,11 +264,8 @@ def test_dbt_unit_tests_pass_and_no_build_runs_them(published, tmp_path):
     """The models' unit tests (fixed fixtures, whatever the data) run here, as dbt recommends, and
     in no build: every one defined in the project runs and passes; the published build ran none."""
     import json
-    import os
 
     import yaml
-
-    from pipelines.transform import dbt_executable
 
     layout = DataLayout(published)
     built = json.loads((layout.dbt_workspace / "target" / "run_results.json").read_text())["results"]
@@ -256,15 +273,8 @@ def test_dbt_unit_tests_pass_and_no_build_runs_them(published, tmp_path):
     defined = {t["name"] for path in (REPO / "dbt_project" / "models").rglob("*.yml")
                for t in (yaml.safe_load(path.read_text()) or {}).get("unit_tests", [])}  # fmt: skip
     assert len(defined) >= 5
-    project = tmp_path / "project"
-    shutil.copytree(layout.dbt_workspace / "project", project)
-    warehouse = tmp_path / "build" / layout.warehouse.name  # unit tests read their inputs' column types here
-    warehouse.parent.mkdir()
-    shutil.copy(layout.warehouse, warehouse)
-    env = dict(os.environ, DO_NOT_TRACK="1", REVENUE_WAREHOUSE_BUILD=str(warehouse))
-    proc = subprocess.run([dbt_executable(), "test", "--project-dir", str(project), "--profiles-dir", str(project),
-                           "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
-                           "--select", "test_type:unit"], capture_output=True, text=True, env=env)  # fmt: skip
+    copy = ProjectCopy(published, tmp_path)  # unit tests read their inputs' column types from its warehouse
+    proc = copy.dbt_test("test_type:unit")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ran = json.loads((tmp_path / "target" / "run_results.json").read_text())["results"]
+    ran = copy.results()
     assert {r["unique_id"].rsplit(".", 1)[-1]: r["status"] for r in ran} == dict.fromkeys(defined, "pass")
