@@ -420,7 +420,7 @@ def run_transform(config: RunConfig, gate: Callable[[Path], dict] | None = None,
         try:
             if ahead is None:  # else prepare_ahead cleared it (and dbt may be writing to it)
                 shutil.rmtree(build_root, ignore_errors=True)  # what a killed build left
-                build_root.mkdir(parents=True)
+            build_root.mkdir(parents=True, exist_ok=True)  # there unless prepare_ahead stopped before it
             if gate is not None:  # the gate's imports (and set-up, when it can) load while dbt builds
                 getattr(gate, "prepare", quality.prewarm)()
             try:
